@@ -1,0 +1,190 @@
+"""``longrope-search`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from longrope_search import __version__
+from longrope_search.defaults import EMBEDDED_HELDOUT_DOCS, EMBEDDED_MODEL
+from longrope_search.errors import ConfigError
+from longrope_search.rope import SEED_NAMES
+
+
+def _int_list(field: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(field, f"{text!r} is not a comma-separated list of integers",
+                          "write e.g. 128,256,512") from None
+    if not values or min(values) < 2:
+        raise ConfigError(field, f"needs lengths ≥ 2, got {text!r}", "write e.g. 128,256,512")
+    return values
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in SEED_NAMES]
+    if unknown:
+        raise ConfigError("methods", f"unknown method(s) {unknown}", f"use any of {SEED_NAMES}")
+    return methods
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=EMBEDDED_MODEL,
+                   help="local Hugging Face model folder (default: the embedded model)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16), float32, bfloat16, float16")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model folder's own Python code (only for folders you trust)")
+
+
+def _print_table(rows: list[dict], value: str, fmt: str) -> None:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lengths = sorted({r["length"] for r in rows})
+    cell = {(r["method"], r["length"]): r[value] for r in rows}
+    width = max(10, *(len(m) + 2 for m in methods))
+    print(f"{'method':<{width}}" + "".join(f"{n:>12}" for n in lengths))
+    for m in methods:
+        print(f"{m:<{width}}" + "".join(f"{cell[m, n]:>12{fmt}}" for n in lengths))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Perplexity by length for the seeds and any factor files."""
+    import pyarrow as pa
+
+    from longrope_search.evaluation.documents import load_documents
+    from longrope_search.evaluation.sweep import perplexity_by_length
+    from longrope_search.factor_file import load_factor_file
+    from longrope_search.io import write_json, write_table
+    from longrope_search.model import load_model, read_geometry
+
+    # Everything cheap is checked before the model is loaded.
+    geometry = read_geometry(args.model, trust_remote_code=args.trust_remote_code)
+    L = geometry.original_length
+    lengths = (_int_list("lengths", args.lengths) if args.lengths
+               else [L, 2 * L, 4 * L, 8 * L])
+    methods = _methods(args.methods)
+    factors = [load_factor_file(f, geometry) for f in args.factors]
+    documents_source = args.documents or EMBEDDED_HELDOUT_DOCS
+    out = args.out or Path("results") / "eval" / Path(args.model).resolve().name
+
+    t0 = time.time()
+    print(f"loading {args.model} …", file=sys.stderr)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device,
+                        trust_remote_code=args.trust_remote_code)
+    docs = load_documents(documents_source, loaded.tokenizer, min_tokens=max(lengths), k=args.k,
+                          seed=args.seed,
+                          max_tokens=max(lengths) if args.mode == "truncate" else args.max_tokens,
+                          text_field=args.text_field)
+    rows = perplexity_by_length(loaded.model, geometry, docs, lengths, methods=methods,
+                                candidates=factors, mode=args.mode, stride=args.stride,
+                                batch_size=args.batch_size)
+    print(f"\nperplexity ({args.mode}, {len(docs)} documents, {loaded.dtype}, trained L = {L}):")
+    _print_table(rows, "ppl", ".3f")
+
+    table = pa.Table.from_pylist(rows)
+    write_table(out / "eval.parquet", table)
+    write_table(out / "eval.csv", table)
+    write_json(out / "eval.json", {
+        "command": args.command_line,
+        "model": str(args.model), "documents": str(documents_source), "k": args.k,
+        "seed": args.seed, "mode": args.mode, "stride": args.stride, "dtype": str(loaded.dtype),
+        "device": str(loaded.device), "original_length": L, "lengths": lengths,
+        "seconds": round(time.time() - t0, 1), "versions": _versions(), "rows": rows,
+    })
+    print(f"\nwrote {out / 'eval.parquet'} and eval.csv")
+    return 0
+
+
+def cmd_passkey(args: argparse.Namespace) -> int:
+    """Passkey retrieval accuracy by length for the seeds."""
+    from longrope_search.evaluation.passkey import passkey_accuracy
+    from longrope_search.model import load_model, read_geometry
+    from longrope_search.rope import seed_candidate
+
+    geometry = read_geometry(args.model, trust_remote_code=args.trust_remote_code)
+    L = geometry.original_length
+    lengths = _int_list("lengths", args.lengths) if args.lengths else [L, 2 * L, 4 * L, 8 * L]
+    methods = _methods(args.methods)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device,
+                        trust_remote_code=args.trust_remote_code)
+    rows = []
+    for method in methods:
+        for length in lengths:
+            cand = seed_candidate(method, geometry, max(1.0, length / L), length=length)
+            trials = passkey_accuracy(loaded.model, loaded.tokenizer, geometry, cand, [length],
+                                      trials=args.trials, seed=args.seed)
+            acc = sum(t["correct"] for t in trials) / len(trials)
+            rows.append({"method": method, "length": length, "accuracy": acc})
+    _print_table(rows, "accuracy", ".2f")
+    return 0
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"longrope_search": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longrope-search", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="perplexity by length for PI, NTK, YaRN and factor files")
+    _common(p)
+    p.add_argument("--documents", type=Path, default=None,
+                   help="folder of .txt, .jsonl, .parquet, or a saved tokenized Arrow dataset "
+                        "(default: the embedded model's held-out documents)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--lengths", default=None, help="comma-separated (default L,2L,4L,8L)")
+    p.add_argument("--methods", default="none,pi,ntk,yarn",
+                   help=f"comma-separated seeds from {', '.join(SEED_NAMES)}")
+    p.add_argument("--factors", type=Path, nargs="*", default=[],
+                   help="factor JSON files (longrope-search export or a longrope config)")
+    p.add_argument("--k", type=int, default=8, help="number of documents")
+    p.add_argument("--seed", type=int, default=0, help="which documents are picked")
+    p.add_argument("--mode", choices=["truncate", "sliding"], default="truncate")
+    p.add_argument("--stride", type=int, default=256, help="sliding-window stride")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="sliding mode: keep at most this many tokens per document")
+    p.add_argument("--batch-size", default="auto",
+                   type=lambda v: v if v == "auto" else int(v),
+                   help="candidates per forward (auto: by free GPU memory, 1 on CPU)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default results/eval/<model>)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("passkey", help="passkey retrieval accuracy by length")
+    _common(p)
+    p.add_argument("--lengths", default=None)
+    p.add_argument("--methods", default="none,pi,ntk,yarn")
+    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_passkey)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["longrope-search", *argv])
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["build_parser", "main"]

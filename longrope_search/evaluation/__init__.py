@@ -1,0 +1,1 @@
+"""Long-context evaluation: documents, perplexity scoring, passkey retrieval."""

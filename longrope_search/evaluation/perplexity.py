@@ -1,0 +1,210 @@
+"""Long-sequence perplexity of candidates: LongRoPE's search fitness.
+
+Two modes:
+
+* ``truncate`` — each document cut to L' tokens, one forward per document (the paper's fitness);
+* ``sliding`` — Press et al.'s sliding window of L' tokens with a stride (256 by default), every
+  token scored once with as much left context as the window allows.
+
+The loss is computed in chunks from the final hidden states, so the full tokens × vocab logits
+never exist at once (the naive ``model(ids, labels=ids)`` holds them, in fp32, several times).
+Several candidates can share one batched forward: the rescaled rotary module gives each row its
+own cos/sin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from longrope_search.errors import ConfigError
+from longrope_search.model.patch import apply_candidates
+from longrope_search.rope import Candidate, RopeGeometry
+
+MODES = ("truncate", "sliding")
+IGNORE = -100
+LOGITS_BUDGET_BYTES = 256 * 2**20  # fp32 logits alive at once, per chunk
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """A candidate's per-document mean NLL (nats/token) and scored-token counts."""
+
+    candidate: Candidate
+    nll: np.ndarray
+    tokens: np.ndarray
+
+    @property
+    def mean_nll(self) -> float:
+        return float(np.sum(self.nll * self.tokens) / np.sum(self.tokens))
+
+    @property
+    def ppl(self) -> float:
+        """exp of the token-weighted mean NLL (equal weights in truncate mode)."""
+        return math.exp(self.mean_nll)
+
+
+def chunked_nll(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
+                chunk_tokens: int, softcap: float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL and token count per row, without materialising all logits.
+
+    Args:
+        hidden: final hidden states (B, T, H); ``hidden[:, t]`` predicts ``labels[:, t]``.
+        labels: (B, T) target ids, ``-100`` where a position is not scored.
+        chunk_tokens: how many positions' logits (fp32) exist at once.
+    """
+    rows, steps = labels.shape
+    scored = (labels != IGNORE).reshape(-1)
+    flat_h = hidden.reshape(rows * steps, -1)[scored]  # logits only where a token is scored
+    flat_y = labels.reshape(-1)[scored]
+    row_of = torch.arange(rows, device=labels.device).repeat_interleave(steps)[scored]
+    total = torch.zeros(rows, dtype=torch.float64, device=labels.device)
+    for start in range(0, flat_y.numel(), chunk_tokens):
+        sl = slice(start, start + chunk_tokens)
+        logits = lm_head(flat_h[sl]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        nll = nn.functional.cross_entropy(logits, flat_y[sl], reduction="none")
+        total.index_add_(0, row_of[sl], nll.double())
+    count = (labels != IGNORE).sum(dim=1)
+    return total, count
+
+
+def windows(n_tokens: int, length: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """Sliding windows ``(begin, end, scored)`` over a document (Press et al., HF's recipe):
+    each window holds up to ``length`` tokens and scores its last ``scored`` of them."""
+    prev_end = 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + length, n_tokens)
+        yield begin, end, end - prev_end
+        prev_end = end
+        if end == n_tokens:
+            break
+
+
+def auto_batch_size(model: nn.Module, seq_len: int, max_batch: int = 16) -> int:
+    """Candidates per forward that fit in free GPU memory; 1 on CPU, where batching does not
+    pay (see results/bench_scorer.md)."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return 1
+    cfg = model.config
+    free, _ = torch.cuda.mem_get_info(device)
+    elem = next(model.parameters()).element_size()
+    kv = 2 * getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * (
+        getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    # one layer's activations alive at a time in a no-grad forward, doubled for allocator slack
+    per_row = 2 * seq_len * elem * (4 * cfg.hidden_size + 3 * cfg.intermediate_size + kv)
+    budget = free * 0.8 - LOGITS_BUDGET_BYTES * 3
+    return int(max(1, min(max_batch, budget // per_row)))
+
+
+class PerplexityScorer:
+    """Scores candidates on fixed documents with a model loaded once.
+
+    Args:
+        model: a transformers causal LM (any dtype/device), patched in place per candidate.
+        geometry: its RoPE geometry.
+        documents: 1-D token-id tensors.
+        length: L', the evaluation length (truncate) or window (sliding).
+        mode: ``truncate`` or ``sliding``.
+        stride: sliding-window stride.
+        batch_size: candidates per forward, or ``"auto"``.
+    """
+
+    def __init__(self, model: nn.Module, geometry: RopeGeometry,
+                 documents: Sequence[torch.Tensor], *, length: int, mode: str = "truncate",
+                 stride: int = 256, batch_size: int | str = "auto") -> None:
+        if mode not in MODES:
+            raise ConfigError("mode", f"unknown scoring mode {mode!r}", f"use one of {MODES}")
+        if length < 2:
+            raise ConfigError("length", f"must be ≥ 2 tokens, got {length}",
+                              "set the target length L'")
+        if not documents:
+            raise ConfigError("documents", "no documents given", "give at least one document")
+        lengths = [int(d.numel()) for d in documents]
+        if mode == "truncate" and min(lengths) < length:
+            short = sum(n < length for n in lengths)
+            raise ConfigError(
+                "documents", f"{short} of {len(lengths)} documents are shorter than the "
+                f"evaluation length {length} (shortest {min(lengths)} tokens)",
+                "load documents with min_tokens ≥ length, or use mode: sliding")
+        if mode == "sliding" and not 0 < stride <= length:
+            raise ConfigError("stride", f"must be in (0, {length}], got {stride}",
+                              "use a stride no longer than the window")
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigError("batch_size", f"must be 'auto' or an integer ≥ 1, got {batch_size!r}",
+                              "use auto")
+        self.model, self.geometry = model, geometry
+        self.length, self.mode, self.stride = length, mode, stride
+        self.device = next(model.parameters()).device
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        vocab = self.lm_head.weight.shape[0]
+        self.chunk_tokens = max(1, LOGITS_BUDGET_BYTES // (4 * vocab))
+        if mode == "truncate":
+            documents = [d[:length] for d in documents]
+        self.documents = [d.to(self.device, torch.long) for d in documents]
+        self.batch_size = (auto_batch_size(model, length) if batch_size == "auto"
+                           else int(batch_size))
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.documents)
+
+    @torch.inference_mode()
+    def _forward_nll(self, ids: torch.Tensor, labels: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
+        return chunked_nll(hidden, labels, self.lm_head, self.chunk_tokens, self.softcap)
+
+    def _document_nll(self, rows: int, index: int) -> tuple[np.ndarray, int]:
+        """Summed NLL per row (the applied candidates, one per row) and scored tokens."""
+        doc = self.documents[index]
+        if self.mode == "truncate":
+            spans = [(0, doc.numel(), doc.numel())]
+        else:
+            spans = list(windows(doc.numel(), self.length, self.stride))
+        total = torch.zeros(rows, dtype=torch.float64, device=self.device)
+        count = 0
+        for begin, end, scored in spans:
+            ids = doc[begin:end][None]
+            labels = ids[:, 1:].clone()
+            labels[:, : max(0, labels.shape[1] - scored)] = IGNORE
+            nll, n = self._forward_nll(ids.expand(rows, -1), labels.expand(rows, -1))
+            total += nll
+            count += int(n[0])
+        return total.cpu().numpy(), count
+
+    def score_document(self, candidates: Sequence[Candidate], index: int
+                       ) -> tuple[np.ndarray, int]:
+        """Mean NLL of each candidate on document ``index``, and the tokens scored.
+
+        Scoring one document at a time is what lets a search stop a hopeless candidate early.
+        """
+        out = np.empty(len(candidates))
+        count = 0
+        for start in range(0, len(candidates), self.batch_size):
+            group = list(candidates[start : start + self.batch_size])
+            apply_candidates(self.model, group, self.geometry)
+            nll, count = self._document_nll(len(group), index)
+            out[start : start + len(group)] = nll / count
+        return out, count
+
+    def score(self, candidates: Sequence[Candidate],
+              on_document: Callable[[int], None] | None = None) -> list[ScoreResult]:
+        """Every candidate on every document; ``on_document(i)`` after each (progress bars)."""
+        nll = np.empty((len(candidates), self.num_documents))
+        tokens = np.empty(self.num_documents, dtype=np.int64)
+        for i in range(self.num_documents):
+            nll[:, i], tokens[i] = self.score_document(candidates, i)
+            if on_document:
+                on_document(i)
+        return [ScoreResult(c, nll[j], tokens.copy()) for j, c in enumerate(candidates)]

@@ -1,0 +1,46 @@
+"""Perplexity by evaluation length for the hand-made seeds and any given candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from longrope_search.evaluation.perplexity import PerplexityScorer
+from longrope_search.rope import Candidate, RopeGeometry, seed_candidate
+
+DEFAULT_METHODS = ("none", "pi", "ntk", "yarn")
+
+
+def perplexity_by_length(
+    model, geometry: RopeGeometry, documents: Sequence[torch.Tensor], lengths: Sequence[int], *,
+    methods: Sequence[str] = DEFAULT_METHODS, candidates: Sequence[Candidate] = (),
+    mode: str = "truncate", stride: int = 256, batch_size: int | str = "auto",
+    progress: bool = True,
+) -> list[dict]:
+    """One row per (method, length).
+
+    Seeds are rebuilt at each length ℓ for s = max(1, ℓ/L) (dynamic NTK at ℓ itself); the given
+    candidates are fixed factors and are scored as they are at every length.
+    """
+    rows = []
+    bar = tqdm(total=len(lengths) * len(documents), desc="perplexity", unit="doc",
+               disable=not progress)
+    for length in lengths:
+        s = max(1.0, length / geometry.original_length)
+        cands = [seed_candidate(m, geometry, s, length=length) for m in methods] + list(candidates)
+        scorer = PerplexityScorer(model, geometry, documents, length=length, mode=mode,
+                                  stride=stride, batch_size=batch_size)
+        bar.set_postfix(length=length)
+        for res in scorer.score(cands, on_document=lambda _: bar.update()):
+            c = res.candidate
+            rows.append({
+                "method": c.name, "length": length, "extension_ratio": s, "ppl": res.ppl,
+                "mean_nll": res.mean_nll, "documents": len(res.nll),
+                "tokens": int(res.tokens.sum()), "n_hat": c.n_hat,
+                "attention_factor": c.attention_factor, "lambda_min": float(c.lambdas.min()),
+                "lambda_max": float(c.lambdas.max()), "mode": mode,
+            })
+    bar.close()
+    return rows
