@@ -126,6 +126,41 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run or resume a search job, then compare its best factors with PI, NTK and YaRN."""
+    import dataclasses
+
+    from longrope_search.model import load_model
+    from longrope_search.search.job import load_job
+    from longrope_search.search.runner import compare_on_documents, plan_job, run_search, summarize
+
+    spec = load_job(args.config)
+    if args.results_dir:
+        spec = dataclasses.replace(spec, results_dir=str(args.results_dir))
+    plan = plan_job(spec)  # validates against the model's config before loading weights
+    print(f"job {spec.name}: L = {plan.original_length} → L' = {plan.target_length} "
+          f"(s = {plan.extension_ratio:g}), strategy {spec.strategy}, budget "
+          f"{spec.evolution.budget} evaluations", file=sys.stderr)
+    loaded = load_model(spec.model_path, dtype=spec.scoring.dtype, device=spec.scoring.device,
+                        trust_remote_code=spec.trust_remote_code)
+    result = run_search(spec, loaded=loaded, progress=not args.no_progress)
+    print(summarize(result))
+    docs = spec.heldout_path or spec.documents_path
+    which = "held-out" if spec.heldout_path else "search"
+    rows = compare_on_documents(spec, plan, loaded, result.best, docs)
+    print(f"\non {which} documents ({docs}):")
+    for r in rows:
+        gain = "" if r["method"] == "best" else f"  best is {r['gain_vs_this_pct']:.2f}% lower"
+        print(f"  {r['method']:<6} ppl {r['ppl']:9.4f}{gain}")
+    from longrope_search.io import write_json
+
+    write_json(result.job_dir / "comparison.json", {"documents": str(docs), "rows": rows})
+    print(f"\nfactor tables: {result.job_dir / 'generations'}  (pandas.read_parquet)")
+    print(f"ledger: {result.job_dir / 'ledger.journal'}; best factors: "
+          f"{result.job_dir / 'best.json'}")
+    return 0
+
+
 def _versions() -> dict[str, str]:
     import torch
     import transformers
@@ -162,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default results/eval/<model>)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("run", help="run or resume a search job from a YAML config")
+    p.add_argument("config", type=Path)
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="override the config's results_dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("passkey", help="passkey retrieval accuracy by length")
     _common(p)

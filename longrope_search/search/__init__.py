@@ -1,0 +1,1 @@
+"""The search: space, operators, Algorithm 1, early stopping, ledger, tables, jobs."""

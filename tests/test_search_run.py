@@ -1,0 +1,178 @@
+"""Search jobs end to end on the embedded model: ledger, SIGKILL resume, tables, strategies."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+import yaml
+
+from longrope_search.errors import ConfigError
+from longrope_search.search.early_stopping import PruneRule, prune_rule
+from longrope_search.search.evolution import OK, PRUNED, Evaluation
+from longrope_search.search.job import JobSpec, job_from_dict, load_job
+from longrope_search.search.ledger import open_study
+from longrope_search.search.runner import run_search
+
+SMALL = {
+    "extension_ratio": 8, "k_documents": 3, "seed": 0,
+    "evolution": {"population": 10, "mutations": 4, "crossovers": 4, "top_k": 5,
+                  "generations": 3},
+}
+
+
+def spec(tmp_path: Path, name: str = "small", **changes) -> JobSpec:
+    data = {"name": name, **SMALL, "results_dir": str(tmp_path), **changes}
+    return job_from_dict(data)
+
+
+def ledger_keys(job_dir: Path, name: str) -> list[str]:
+    study = open_study(job_dir / "ledger.journal", name)
+    return [t.user_attrs["key"] for t in study.get_trials(deepcopy=False)]
+
+
+def test_run_writes_ledger_tables_and_best(tmp_path: Path, embedded) -> None:
+    s = spec(tmp_path)
+    result = run_search(s, loaded=embedded, progress=False)
+    keys = ledger_keys(result.job_dir, s.name)
+    assert len(keys) == len(set(keys)) == result.evaluations == s.evolution.budget
+    gens = pd.read_parquet(result.job_dir / "generations")
+    assert sorted(gens.generation.astype(int).unique()) == [0, 1, 2, 3]
+    new = gens[gens.operator != "parent"]
+    assert len(new) == s.evolution.budget
+    assert {"seed:pi", "seed:ntk", "seed:yarn", "mutation", "crossover"} <= set(new.operator)
+    lam = np.stack(new.lambdas.to_numpy())
+    assert lam.shape[1] == embedded.geometry.num_pairs
+    assert np.all(np.diff(lam, axis=1) >= -1e-6)  # every candidate monotone
+    ok = new[new.status == "ok"]
+    assert result.best_evaluation.ppl == pytest.approx(ok.ppl.min())
+    seeds = new[new.operator.str.startswith("seed")]
+    assert result.best_evaluation.ppl <= seeds.ppl.min()
+    # one dataset for three readers
+    glob = str(result.job_dir / "generations" / "*" / "*.parquet")
+    assert duckdb.sql(f"select count(*) from read_parquet('{glob}', hive_partitioning=1)"
+                      ).fetchall()[0][0] == len(gens)
+    assert pl.scan_parquet(glob, hive_partitioning=True).collect().height == len(gens)
+    assert (result.job_dir / "best.json").exists()
+
+
+def test_resume_after_sigkill_repeats_nothing_and_ends_the_same(tmp_path: Path,
+                                                                embedded) -> None:
+    reference = run_search(spec(tmp_path / "a", name="job"), loaded=embedded, progress=False)
+    s = spec(tmp_path / "b", name="job")
+    s.job_dir.mkdir(parents=True)
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(dataclasses.asdict(s)))
+    proc = subprocess.Popen([sys.executable, "-m", "longrope_search.cli", "run", str(config),
+                             "--no-progress"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONHASHSEED": "0"})
+    target = s.evolution.population + 3  # inside generation 1
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (s.job_dir / "ledger.journal").exists() and len(ledger_keys(s.job_dir, "job")) >= target:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = ledger_keys(s.job_dir, "job")
+    assert target <= len(before) < s.evolution.budget  # really interrupted mid-run
+
+    resumed = run_search(s, loaded=embedded, progress=False)
+    keys = ledger_keys(s.job_dir, "job")
+    assert len(keys) == len(set(keys)) == s.evolution.budget  # no evaluation ran twice
+    assert keys[: len(before)] == before
+    assert resumed.reused == len(before)
+    assert np.array_equal(resumed.best.lambdas, reference.best.lambdas)
+    assert resumed.best.n_hat == reference.best.n_hat
+    assert resumed.best_evaluation.nll == pytest.approx(reference.best_evaluation.nll)
+
+
+def test_same_job_twice_reuses_everything(tmp_path: Path, embedded) -> None:
+    first = run_search(spec(tmp_path), loaded=embedded, progress=False)
+    again = run_search(spec(tmp_path), loaded=embedded, progress=False)
+    assert again.evaluations == 0 and again.reused == first.evaluations
+    with pytest.raises(ConfigError, match=r"already exists .* with a different spec"):
+        run_search(spec(tmp_path, seed=1), loaded=embedded, progress=False)
+
+
+def test_early_stopping_prunes_without_changing_the_best(tmp_path: Path, embedded) -> None:
+    on = run_search(spec(tmp_path / "on"), loaded=embedded, progress=False)
+    off = run_search(spec(tmp_path / "off", early_stopping={"enabled": False}),
+                     loaded=embedded, progress=False)
+    assert on.pruned > 0 and off.pruned == 0
+    assert on.document_evaluations < off.document_evaluations
+    assert np.array_equal(on.best.lambdas, off.best.lambdas)
+    gens = pd.read_parquet(on.job_dir / "generations")
+    pruned = gens[gens.status == "pruned"]
+    assert (pruned.documents_scored < 3).all() and pruned.nll.map(len).min() >= 1
+
+
+@pytest.mark.parametrize("strategy", ["random", "tpe", "cmaes"])
+def test_optuna_strategies_spend_the_same_budget(tmp_path: Path, embedded,
+                                                 strategy: str) -> None:
+    s = spec(tmp_path, strategy=strategy,
+             evolution={"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
+                        "generations": 1})
+    result = run_search(s, loaded=embedded, progress=False)
+    gens = pd.read_parquet(result.job_dir / "generations")
+    assert len(gens) == s.evolution.budget == 12
+    assert set(gens.operator) == {strategy}
+    lam = np.stack(gens.lambdas.to_numpy())
+    assert np.all(np.diff(lam, axis=1) >= -1e-6)
+    assert len(ledger_keys(result.job_dir, s.name)) == 12
+
+
+def test_prune_rule_is_a_bound_over_remaining_documents() -> None:
+    rule = PruneRule(threshold=2.0, floors=np.array([1.0, 1.0, 1.0, 1.0]))
+    assert not rule.should_prune([2.0])  # (2 + 3) / 4 = 1.25
+    assert rule.should_prune([4.0, 4.0, 0.5])  # (8.5 + 1) / 4 > 2
+    assert not rule.should_prune([9.0, 9.0, 9.0, 9.0])  # complete: never pruned
+    evals = [Evaluation(str(i), (1.0 + i, 2.0 + i), OK, 2) for i in range(4)]
+    evals.append(Evaluation("p", (0.1,), PRUNED, 2))
+    rule = prune_rule(evals, top_k=2, margin=0.5)
+    assert rule.threshold == pytest.approx(2.5)
+    np.testing.assert_allclose(rule.floors, [0.5, 1.5])
+    assert prune_rule(evals, top_k=5, margin=0.5) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "x", "extension_ratio": 8, "evolutoin": {}}, "evolutoin: unknown key.*evolution"),
+        ({"name": "x", "extension_ratio": "eight"}, "extension_ratio: expected float"),
+        ({"name": "x", "extension_ratio": 8, "target_length": 1024}, "target_length: give exactly"),
+        ({"name": "x"}, "target_length: give exactly one"),
+        ({"name": "../etc", "extension_ratio": 8}, "name: '../etc' is not a safe job name"),
+        ({"name": "x", "extension_ratio": 8, "strategy": "sgd"}, "strategy: unknown"),
+        ({"name": "x", "extension_ratio": 0.5}, "extension_ratio: must be > 1"),
+        ({"name": "x", "extension_ratio": 8, "evolution": {"top_k": 100}},
+         "evolution.top_k: invalid value 100"),
+        ({"extension_ratio": 8}, "name: required key missing"),
+    ],
+)
+def test_job_spec_errors_name_the_field(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        job_from_dict(data)
+
+
+def test_n_hat_beyond_target_is_refused_before_loading(tmp_path: Path) -> None:
+    from longrope_search.search.runner import plan_job
+
+    with pytest.raises(ConfigError, match=r"space\.n_hat: values \[256\]"):
+        plan_job(spec(tmp_path, extension_ratio=1.5))
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    job = load_job(path)
+    assert job.name == path.stem
