@@ -146,6 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_search(spec, loaded=loaded, progress=not args.no_progress)
     print(summarize(result))
     docs = spec.heldout_path or spec.documents_path
+    if docs.is_absolute() and docs.is_relative_to(Path.cwd()):
+        docs = docs.relative_to(Path.cwd())
     which = "held-out" if spec.heldout_path else "search"
     rows = compare_on_documents(spec, plan, loaded, result.best, docs)
     print(f"\non {which} documents ({docs}):")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+from transformers import GemmaConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from longrope_search.errors import ConfigError, NoRotaryEmbeddingError
@@ -166,8 +166,11 @@ def test_seeds_are_monotone_and_bounded() -> None:
                     rope_scaling={"type": "longrope", "long_factor": [1.5] * 24,
                                   "short_factor": [1.0] * 24}),
          96, 48, 1e4, 4096),
+        (GemmaConfig(hidden_size=256, num_attention_heads=2, head_dim=256,
+                     max_position_embeddings=8192), 256, 256, 1e4, 8192),
     ],
-    ids=["llama-v5", "mistral-explicit-head-dim", "qwen2-legacy-rope-scaling", "phi3-partial"],
+    ids=["llama-v5", "mistral-explicit-head-dim", "qwen2-legacy-rope-scaling", "phi3-partial",
+         "gemma-head-dim-exceeds-hidden-per-head"],
 )
 def test_geometry_from_configs(config, head_dim, rotary_dim, base, original) -> None:
     g = RopeGeometry.from_config(config)

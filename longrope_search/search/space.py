@@ -161,7 +161,7 @@ class SearchSpace:
         return self.complete(self.repair(g), n)
 
     def lambdas(self, genome: Genome) -> np.ndarray:
-        return genome.grid * self.step
+        return np.round(genome.grid * self.step, 10)  # 1.4, not 1.4000000000000001
 
     def candidate(self, genome: Genome, attention_factor: float, name: str = "") -> Candidate:
         return Candidate(self.lambdas(genome), genome.n_hat, attention_factor, name)
