@@ -141,15 +141,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"job {spec.name}: L = {plan.original_length} → L' = {plan.target_length} "
           f"(s = {plan.extension_ratio:g}), strategy {spec.strategy}, budget "
           f"{spec.evolution.budget} evaluations", file=sys.stderr)
-    loaded = load_model(spec.model_path, dtype=spec.scoring.dtype, device=spec.scoring.device,
-                        trust_remote_code=spec.trust_remote_code)
-    result = run_search(spec, loaded=loaded, progress=not args.no_progress)
-    print(summarize(result))
     docs = spec.heldout_path or spec.documents_path
     if docs.is_absolute() and docs.is_relative_to(Path.cwd()):
         docs = docs.relative_to(Path.cwd())
     which = "held-out" if spec.heldout_path else "search"
-    rows = compare_on_documents(spec, plan, loaded, result.best, docs)
+    if args.ray:
+        import ray
+
+        from longrope_search.distributed import RayEvaluator, connect
+
+        connect(args.address)
+        gpus = args.gpus_per_worker
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+        pool = RayEvaluator(spec, args.workers, gpus_per_worker=gpus)
+        result = run_search(spec, evaluator=pool, progress=not args.no_progress)
+        for t in pool.throughput():
+            print(f"worker {t['worker']}: {t['candidates']} candidates, "
+                  f"{t['candidates_per_second']:.2f}/s busy", file=sys.stderr)
+        rows = ray.get(pool.workers[0].compare.remote(result.best, str(docs)))
+    else:
+        loaded = load_model(spec.model_path, dtype=spec.scoring.dtype,
+                            device=spec.scoring.device, trust_remote_code=spec.trust_remote_code)
+        result = run_search(spec, loaded=loaded, progress=not args.no_progress)
+        rows = compare_on_documents(spec, plan, loaded, result.best, docs)
+    print(summarize(result))
     print(f"\non {which} documents ({docs}):")
     for r in rows:
         gain = "" if r["method"] == "best" else f"  best is {r['gain_vs_this_pct']:.2f}% lower"
@@ -205,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=None,
                    help="override the config's results_dir")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ray", action="store_true",
+                   help="score on a pool of Ray workers (local Ray unless --address/RAY_ADDRESS)")
+    p.add_argument("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001")
+    p.add_argument("--workers", type=int, default=1, help="Ray scorer actors (model replicas)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per worker (default 1 when the cluster has GPUs, else 0)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("passkey", help="passkey retrieval accuracy by length")

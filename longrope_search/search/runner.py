@@ -6,7 +6,6 @@ job's seed, and every candidate already in the ledger is taken from there instea
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from longrope_search.rope import Candidate, RopeGeometry, attention_factor, seed
 from longrope_search.search.early_stopping import prune_rule
 from longrope_search.search.evaluator import Evaluator, LocalEvaluator
 from longrope_search.search.evolution import (
-    OK,
     PRUNED,
     Evaluation,
     Evolution,
@@ -216,4 +214,3 @@ def summarize(result: SearchResult) -> str:
             f"{result.seconds:.0f} s")
 
 
-__all__ = ["OK", "Plan", "SearchResult", "math", "plan_job", "run_search"]

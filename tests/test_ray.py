@@ -1,0 +1,112 @@
+"""The search on a real local Ray cluster (logical GPUs): same result as in-process, a killed
+worker costs nothing, a killed coordinator resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import yaml
+
+from longrope_search.distributed import RayEvaluator
+from longrope_search.search.runner import run_search
+from tests.test_search_run import ledger_keys, spec
+
+ROOT = Path(__file__).resolve().parents[1]
+FP32 = {"scoring": {"dtype": "float32"}}  # the `embedded` fixture's dtype, for the reference
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, embedded):
+    return run_search(spec(tmp_path_factory.mktemp("ref"), name="job", **FP32), loaded=embedded,
+                      progress=False)
+
+
+def same_best(a, b) -> None:
+    assert np.array_equal(a.best.lambdas, b.best.lambdas) and a.best.n_hat == b.best.n_hat
+    # workers run with fewer threads than this process: float sums may differ in the last bits
+    assert a.best_evaluation.nll == pytest.approx(b.best_evaluation.nll, rel=1e-6)
+
+
+def test_two_workers_give_the_in_process_result(cluster, reference, tmp_path: Path) -> None:
+    s = spec(tmp_path, name="job", **FP32)
+    pool = RayEvaluator(s, 2, gpus_per_worker=1)
+    result = run_search(s, evaluator=pool, progress=False)
+    keys = ledger_keys(s.job_dir, "job")
+    assert len(keys) == len(set(keys)) == s.evolution.budget
+    same_best(result, reference)
+    report = pool.throughput()
+    assert len({r["worker"] for r in report}) == 2 and all(r["candidates"] > 0 for r in report)
+    pool.shutdown()
+
+
+def test_killed_worker_loses_no_candidate(cluster, reference, tmp_path: Path) -> None:
+    s = spec(tmp_path, name="job", **FP32)
+    pool = RayEvaluator(s, 2, gpus_per_worker=1)
+    victim = pool.pids()[0]
+    killed = threading.Event()
+
+    def kill_mid_run() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            path = s.job_dir / "ledger.journal"
+            if path.exists() and len(ledger_keys(s.job_dir, "job")) >= 12:
+                os.kill(victim, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=kill_mid_run, daemon=True).start()
+    result = run_search(s, evaluator=pool, progress=False)
+    assert killed.is_set()
+    keys = ledger_keys(s.job_dir, "job")
+    assert len(keys) == len(set(keys)) == s.evolution.budget  # each candidate exactly once
+    assert victim not in pool.pids()  # the worker was restarted as a new process
+    same_best(result, reference)
+    pool.shutdown()
+
+
+def test_killed_coordinator_resumes_to_the_same_result(cluster, reference,
+                                                       tmp_path: Path) -> None:
+    s = spec(tmp_path, name="job", **FP32)
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(dataclasses.asdict(s)))
+    env = {**os.environ, "RAY_ADDRESS": cluster, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "longrope_search.cli", "run", str(config),
+                             "--ray", "--workers", "2", "--gpus-per-worker", "1",
+                             "--no-progress"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if (s.job_dir / "ledger.journal").exists() and len(ledger_keys(s.job_dir, "job")) >= 14:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(ledger_keys(s.job_dir, "job"))
+    assert 14 <= before < s.evolution.budget
+
+    pool = RayEvaluator(s, 2, gpus_per_worker=1)
+    result = run_search(s, evaluator=pool, progress=False)
+    keys = ledger_keys(s.job_dir, "job")
+    assert len(keys) == len(set(keys)) == s.evolution.budget
+    assert result.reused == before
+    same_best(result, reference)
+    pool.shutdown()
