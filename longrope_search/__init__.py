@@ -1,6 +1,8 @@
 """longrope-search: LongRoPE's evolutionary search for RoPE rescale factors."""
 
-from longrope_search.errors import ConfigError, NoRotaryEmbeddingError
-
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "NoRotaryEmbeddingError", "__version__"]
+
+from longrope_search.errors import ConfigError, NoRotaryEmbeddingError
+from longrope_search.export import apply_factors
+
+__all__ = ["ConfigError", "NoRotaryEmbeddingError", "__version__", "apply_factors"]

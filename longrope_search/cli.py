@@ -14,6 +14,7 @@ from longrope_search import __version__
 from longrope_search.defaults import EMBEDDED_HELDOUT_DOCS, EMBEDDED_MODEL
 from longrope_search.errors import ConfigError
 from longrope_search.rope import SEED_NAMES
+from longrope_search.service.client import ApiError
 
 
 def _int_list(field: str, text: str) -> list[int]:
@@ -236,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_passkey)
+
+    from longrope_search.service.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -248,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ApiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if 400 <= e.status < 500 else 1
 
 
 if __name__ == "__main__":

@@ -61,5 +61,7 @@ def load_factor_file(path: str | Path, geometry: RopeGeometry) -> Candidate:
     if not isinstance(m, (int, float)) or not math.isfinite(m):
         raise ConfigError(f"{field}.attention_factor", f"{m!r} is not a number",
                           "remove it or give a positive number")
-    return Candidate.create(block["long_factor"], num_pairs=geometry.num_pairs,
+    # n̂ has no key in any engine's block; this package's exports keep it beside the block
+    n_hat = (data.get("longrope_search") or {}).get("n_hat", 0)
+    return Candidate.create(block["long_factor"], num_pairs=geometry.num_pairs, n_hat=n_hat,
                             attention_factor=float(m), name=name, allow_below_one=True)

@@ -110,3 +110,24 @@ def test_killed_coordinator_resumes_to_the_same_result(cluster, reference,
     assert result.reused == before
     same_best(result, reference)
     pool.shutdown()
+
+
+def test_service_runs_jobs_on_ray_workers(cluster, reference, tmp_path: Path) -> None:
+    import json
+
+    from longrope_search.service.jobs import JobManager
+    from longrope_search.service.runners import ray_runner
+
+    manager = JobManager(tmp_path, ray_runner(2, gpus_per_worker=1))
+    try:
+        manager.submit(spec(tmp_path, name="job", **FP32).to_dict())
+        job = manager.wait("job", timeout=300)
+        assert job.state == "finished", job.error
+        assert job.progress["evaluations"] == job.spec.evolution.budget
+    finally:
+        manager.close()
+    best = json.loads((tmp_path / "job" / "best.json").read_text())
+    assert best["lambdas"] == pytest.approx(reference.best.lambdas.tolist())
+    assert best["search_ppl"] == pytest.approx(reference.best_evaluation.ppl, rel=1e-6)
+    keys = ledger_keys(tmp_path / "job", "job")
+    assert len(keys) == len(set(keys)) == job.spec.evolution.budget

@@ -20,6 +20,7 @@ from longrope_search.search.space import N_HAT_CHOICES
 
 STRATEGIES = ("evolution", "tpe", "cmaes", "random")
 EMBEDDED = "embedded"
+PATH_FIELDS = ("model", "documents", "heldout_documents")  # the spec's paths (seed_files aside)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from longrope_search.rope import Candidate, RopeGeometry, attention_factor, seed
 from longrope_search.search.early_stopping import prune_rule
 from longrope_search.search.evaluator import Evaluator, LocalEvaluator
 from longrope_search.search.evolution import (
+    OK,
     PRUNED,
     Evaluation,
     Evolution,
@@ -85,8 +86,9 @@ class SearchResult:
     seconds: float
 
 
-def _check_or_write_spec(spec: JobSpec, job_dir: Path) -> None:
+def check_or_write_spec(spec: JobSpec) -> None:
     """A job folder belongs to one spec: resuming with a different one would mix searches."""
+    job_dir = spec.job_dir
     path = job_dir / "job.yaml"
     current = spec.to_dict()
     if path.exists():
@@ -101,8 +103,14 @@ def _check_or_write_spec(spec: JobSpec, job_dir: Path) -> None:
 def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
                loaded: LoadedModel | None = None, progress: bool = True,
                on_generation: Callable[[int, dict[str, Any]], None] | None = None,
+               on_progress: Callable[[dict[str, Any]], None] | None = None,
                ) -> SearchResult:
-    """Run (or resume) a job's evolution search to the end."""
+    """Run (or resume) a job's evolution search to the end.
+
+    ``on_progress`` gets the running counts after every evaluation (generation, evaluations,
+    pruned, reused, documents, best_ppl, budget); an exception it raises stops the search
+    between two evaluations, with everything finished so far already in the ledger.
+    """
     if spec.strategy != "evolution":
         from longrope_search.search.strategies import run_optuna_search
 
@@ -110,7 +118,7 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
     t0 = time.time()
     plan = plan_job(spec)
     job_dir = spec.job_dir
-    _check_or_write_spec(spec, job_dir)
+    check_or_write_spec(spec)
     if evaluator is None:
         loaded = loaded or load_model(spec.model_path, dtype=spec.scoring.dtype,
                                       device=spec.scoring.device,
@@ -120,7 +128,9 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
     evals = ledger.evaluations()
     cfg = spec.evolution
     engine = Evolution(plan.space, plan.seeds, cfg, spec.seed)
-    stats = {"evaluations": 0, "pruned": 0, "reused": 0, "documents": 0}
+    stats: dict[str, Any] = {"evaluations": 0, "pruned": 0, "reused": 0, "documents": 0,
+                             "best_ppl": min((e.ppl for e in evals.values() if e.status == OK),
+                                             default=float("inf"))}
     bar = tqdm(total=cfg.budget, desc=spec.name, unit="cand", disable=not progress)
 
     def on_result(ind: Individual, ev: Evaluation) -> None:
@@ -129,10 +139,13 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
         stats["evaluations"] += 1
         stats["pruned"] += ev.status == PRUNED
         stats["documents"] += len(ev.nll)
+        if ev.status == OK and ev.ppl < stats["best_ppl"]:
+            stats["best_ppl"] = ev.ppl
         bar.update()
-        best = ranked(history + pop, evals)
-        bar.set_postfix(gen=gen, pruned=stats["pruned"],
-                        best=f"{evals[best[0].key].ppl:.3f}" if best else "-")
+        bar.set_postfix(gen=gen, pruned=stats["pruned"], best=f"{stats['best_ppl']:.3f}",
+                        refresh=False)
+        if on_progress:
+            on_progress({"generation": gen, "budget": cfg.budget, **stats})
 
     history: list[Individual] = []
     pop = engine.initial()
@@ -161,8 +174,28 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
     result = SearchResult(best, evals[best_ind.key], job_dir, stats["evaluations"],
                           stats["pruned"], stats["reused"], stats["documents"],
                           time.time() - t0)
-    write_json(job_dir / "best.json", best_record(plan, best, evals[best_ind.key]))
+    record = best_record(plan, best, evals[best_ind.key])
+    record["seed_ppl"] = {name: evals[g.key].ppl for name, g in plan.seeds
+                          if g.key in evals and evals[g.key].status == OK}
+    if best.n_hat:  # what an inference engine (none supports n̂) will actually get
+        record["search_ppl_without_n_hat"] = _ppl_without_n_hat(plan, best_ind, evals,
+                                                                evaluator)
+    write_json(job_dir / "best.json", record)
     return result
+
+
+def _ppl_without_n_hat(plan: Plan, ind: Individual, evals: dict[str, Evaluation],
+                       evaluator: Evaluator) -> float:
+    """Search-document perplexity of the best λ with n̂ = 0, scored in full if the search has
+    not (kept out of the ledger: it is not part of the search)."""
+    genome = Genome(ind.genome.grid, 0)
+    if genome.key in evals and evals[genome.key].status == OK:
+        return evals[genome.key].ppl
+    found: list[Evaluation] = []
+    evaluator.evaluate([(Individual(genome, ind.generation, "n_hat=0", (ind.key,)),
+                         plan.space.candidate(genome, plan.attention_factor))], None,
+                       lambda _, ev: found.append(ev))
+    return found[0].ppl
 
 
 def scorer_for(spec: JobSpec, plan: Plan, loaded: LoadedModel,
@@ -178,13 +211,20 @@ def scorer_for(spec: JobSpec, plan: Plan, loaded: LoadedModel,
 def best_record(plan: Plan, best: Candidate, ev: Evaluation) -> dict[str, Any]:
     """The searched factors in longrope-search's own format (``longrope-search eval --factors``
     reads it)."""
+    from transformers import AutoConfig
+
+    from longrope_search.export import model_fingerprint, versions
+
+    config = AutoConfig.from_pretrained(plan.spec.model_path,
+                                        trust_remote_code=plan.spec.trust_remote_code)
     return {
         "lambdas": best.lambdas.tolist(), "n_hat": best.n_hat,
         "attention_factor": best.attention_factor,
         "original_length": plan.original_length, "target_length": plan.target_length,
         "extension_ratio": plan.extension_ratio, "search_ppl": ev.ppl,
         "search_nll": list(ev.nll), "job": plan.spec.name,
-        "model": str(plan.spec.model_path), "rope_theta": plan.geometry.base,
+        "model": str(plan.spec.model_path), "model_fingerprint": model_fingerprint(config),
+        "rope_theta": plan.geometry.base, "versions": versions(),
     }
 
 

@@ -76,8 +76,8 @@ def run_optuna_search(spec: JobSpec, *, loaded: LoadedModel | None = None,
     from longrope_search.io import write_json
     from longrope_search.search.runner import (
         SearchResult,
-        _check_or_write_spec,
         best_record,
+        check_or_write_spec,
         plan_job,
         scorer_for,
     )
@@ -85,7 +85,7 @@ def run_optuna_search(spec: JobSpec, *, loaded: LoadedModel | None = None,
     t0 = time.time()
     plan = plan_job(spec)
     space = plan.space
-    _check_or_write_spec(spec, spec.job_dir)
+    check_or_write_spec(spec)
     loaded = loaded or load_model(spec.model_path, dtype=spec.scoring.dtype,
                                   device=spec.scoring.device,
                                   trust_remote_code=spec.trust_remote_code)

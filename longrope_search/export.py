@@ -1,0 +1,294 @@
+"""Export a finished job's factors for inference engines, and apply any export to a model.
+
+One job folder (``job.yaml`` + ``best.json``), three formats:
+
+* ``hf``: the ``rope_parameters`` block transformers 5 reads (``rope_type: longrope``; λ is
+  ``long_factor``, since transformers computes ``inv_freq = 1 / (long_factor · b^(2i/d))``), with
+  ``max_position_embeddings`` set to the target; or, with ``with_config``, the model's whole
+  ``config.json`` patched (drop-in).
+* ``vllm``: the ``rope_scaling`` override (``long_mscale`` = m, so vLLM applies the searched
+  attention factor) and the matching ``--max-model-len``.
+* ``longrope``: the whole record — λ, n̂, m, lengths, model fingerprint, documents, perplexities,
+  the seeds' perplexities, search settings, versions.
+
+No inference engine implements n̂ (LongRoPE Eq. 3's unscaled first positions): for n̂ > 0 the
+``hf`` and ``vllm`` exports say so and carry the perplexity without it. :func:`apply_factors`
+applies any of the three (or any config with a ``longrope`` block) to a loaded transformers
+model, n̂ included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from longrope_search.errors import ConfigError
+from longrope_search.rope import Candidate, RopeGeometry
+
+FORMATS = ("hf", "vllm", "longrope")
+RECORD_FORMAT = "longrope-search/factors"
+RECORD_VERSION = 1
+N_HAT_NOTE = ("n_hat = {n_hat} was searched, but inference engines (transformers, vLLM, SGLang, "
+              "llama.cpp) ignore it and rescale every position; the search documents' perplexity "
+              "without it is in ppl_without_n_hat. longrope_search.apply_factors(model, file) "
+              "applies n_hat too.")
+# What identifies a checkpoint's architecture; max_position_embeddings is left out on purpose,
+# since exporting changes it.
+FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size")
+
+
+def model_fingerprint(config: Any) -> str:
+    """A short hash of a transformers config's architecture and RoPE geometry: an export and the
+    model it is applied to must agree on it."""
+    geometry = RopeGeometry.from_config(config)
+    facts = {k: getattr(config, k, None) for k in FINGERPRINT_KEYS}
+    facts.update(rotary_dim=geometry.rotary_dim, rope_theta=geometry.base,
+                 original_length=geometry.original_length)
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from longrope_search import __version__
+
+    return {"longrope_search": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def _factors(values: Any) -> list[float]:
+    """λ as plain JSON numbers; rounding drops float noise such as 1.4000000000000001 (λ lie on
+    a 0.01 grid, so nothing is lost)."""
+    return [round(float(v), 10) for v in values]
+
+
+# -- reading a job folder ---------------------------------------------------------------------
+
+def _read_best(job_dir: Path) -> dict[str, Any]:
+    path = job_dir / "best.json"
+    if not (job_dir / "job.yaml").is_file():
+        raise ConfigError("job", f"{job_dir} is not a job folder (no job.yaml)",
+                          "give the folder a search wrote, results/<job>")
+    if not path.is_file():
+        raise ConfigError("job", f"{job_dir.name} has not finished (no best.json yet)",
+                          "wait for the search to end, or resume it")
+    return json.loads(path.read_text())
+
+
+def _model_config(job_dir: Path) -> tuple[dict[str, Any], Any]:
+    """The job's model ``config.json`` as written on disk, and as transformers reads it."""
+    from transformers import AutoConfig
+
+    from longrope_search.search.job import load_job
+
+    spec = load_job(job_dir / "job.yaml")
+    folder = spec.model_path
+    if not (folder / "config.json").is_file():
+        raise ConfigError("model", f"the job's model folder {folder} has no config.json",
+                          "export on a machine where the job's model folder exists")
+    raw = json.loads((folder / "config.json").read_text())
+    return raw, AutoConfig.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
+
+
+def _short_factor(best: dict[str, Any], short_dir: Path | None) -> tuple[list[float], str | None]:
+    """λ for sequences up to the original length: a short-context search's best, else ones."""
+    ones = [1.0] * len(best["lambdas"])
+    if short_dir is None:
+        return ones, None
+    short = _read_best(short_dir)
+    if len(short["lambdas"]) != len(ones):
+        raise ConfigError("short_from", f"job {short_dir.name} has {len(short['lambdas'])} "
+                          f"factors, this one {len(ones)}", "use a search of the same model")
+    if short.get("rope_theta") != best.get("rope_theta") or \
+            short.get("original_length") != best.get("original_length"):
+        raise ConfigError("short_from", f"job {short_dir.name} searched another model "
+                          "(different rope_theta or original length)",
+                          "use a search of the same model")
+    return _factors(short["lambdas"]), short_dir.name
+
+
+def _provenance(best: dict[str, Any], short_job: str | None) -> dict[str, Any]:
+    """What engines drop, kept beside their keys (``longrope_search`` in config.json)."""
+    out: dict[str, Any] = {"job": best.get("job"), "n_hat": best["n_hat"],
+                           "search_ppl": best.get("search_ppl"),
+                           "target_length": best["target_length"]}
+    if best.get("model_fingerprint"):
+        out["model_fingerprint"] = best["model_fingerprint"]
+    if short_job:
+        out["short_factor_from"] = short_job
+    if best["n_hat"]:
+        out["note"] = N_HAT_NOTE.format(n_hat=best["n_hat"])
+        out["ppl_without_n_hat"] = best.get("search_ppl_without_n_hat")
+    return out
+
+
+def rope_parameters(best: dict[str, Any], short_factor: list[float],
+                    partial_rotary_factor: float | None = None) -> dict[str, Any]:
+    """transformers' ``longrope`` block. ``original_max_position_embeddings`` and ``rope_theta``
+    are always written: without the first a Llama config silently never uses long_factor, without
+    the second ``from_pretrained`` fails (REFERENCE.md, pitfalls)."""
+    block = {"rope_type": "longrope", "rope_theta": float(best["rope_theta"]),
+             "factor": best["target_length"] / best["original_length"],
+             "original_max_position_embeddings": int(best["original_length"]),
+             "long_factor": _factors(best["lambdas"]),
+             "short_factor": short_factor,
+             "attention_factor": float(best["attention_factor"])}
+    if partial_rotary_factor not in (None, 1.0):
+        block["partial_rotary_factor"] = partial_rotary_factor
+    return block
+
+
+def _partial_rotary_factor(raw: dict[str, Any] | None) -> float | None:
+    if raw is None:
+        return None
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    return rope.get("partial_rotary_factor", raw.get("partial_rotary_factor"))
+
+
+def export_job(job_dir: str | Path, fmt: str, *, with_config: bool = False,
+               short_factors: str | Path | None = None) -> dict[str, Any]:
+    """The export of a finished job in format ``fmt`` (``hf``, ``vllm`` or ``longrope``).
+
+    Args:
+        with_config: ``hf`` only: the model's whole ``config.json``, patched.
+        short_factors: a job folder whose best λ become ``short_factor`` (a search at the
+            original length); ones otherwise.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError("format", f"unknown export format {fmt!r}", f"use one of {FORMATS}")
+    job_dir = Path(job_dir)
+    best = _read_best(job_dir)
+    short, short_job = _short_factor(best, Path(short_factors) if short_factors else None)
+    raw = None
+    if with_config or fmt == "longrope" or not best.get("model_fingerprint"):
+        raw, config = _model_config(job_dir)
+        best.setdefault("model_fingerprint", model_fingerprint(config))
+    block = rope_parameters(best, short, _partial_rotary_factor(raw))
+    target = int(best["target_length"])
+    if fmt == "hf":
+        if not with_config:
+            return {"rope_parameters": block, "max_position_embeddings": target,
+                    "longrope_search": _provenance(best, short_job)}
+        assert raw is not None
+        patched = {k: v for k, v in raw.items() if k != "rope_scaling"}
+        patched["rope_parameters"] = block
+        patched["max_position_embeddings"] = target
+        if "original_max_position_embeddings" in raw:  # Phi-3 keeps it at top level too
+            patched["original_max_position_embeddings"] = block["original_max_position_embeddings"]
+        patched["longrope_search"] = _provenance(best, short_job)
+        return patched
+    if fmt == "vllm":
+        m = block["attention_factor"]
+        scaling = {**block, "type": "longrope", "long_mscale": m, "short_mscale": m}
+        overrides = {"rope_scaling": scaling, "max_position_embeddings": target}
+        return {"rope_scaling": scaling, "max_model_len": target, "hf_overrides": overrides,
+                "cli_args": f"--max-model-len {target} --hf-overrides '"
+                            f"{json.dumps(overrides, separators=(',', ':'))}'",
+                "longrope_search": _provenance(best, short_job)}
+    return _record(job_dir, best, short, short_job, raw)
+
+
+def _record(job_dir: Path, best: dict[str, Any], short: list[float], short_job: str | None,
+            raw: dict[str, Any] | None) -> dict[str, Any]:
+    from longrope_search.search.job import load_job
+
+    spec = load_job(job_dir / "job.yaml")
+    perplexity: dict[str, Any] = {"search": {str(best["target_length"]): best.get("search_ppl")}}
+    comparison = job_dir / "comparison.json"
+    if comparison.is_file():
+        held = json.loads(comparison.read_text())
+        perplexity["heldout"] = {str(best["target_length"]): {
+            r["method"]: r["ppl"] for r in held["rows"]}}
+    return {
+        "format": RECORD_FORMAT, "format_version": RECORD_VERSION,
+        "lambdas": _factors(best["lambdas"]), "n_hat": int(best["n_hat"]),
+        "attention_factor": float(best["attention_factor"]),
+        "short_factor": short, "short_factor_from": short_job,
+        "original_length": best["original_length"], "target_length": best["target_length"],
+        "extension_ratio": best["extension_ratio"], "rope_theta": best["rope_theta"],
+        "model": {"name": spec.model_path.name, "path": str(spec.model_path),
+                  "model_type": (raw or {}).get("model_type"),
+                  "config_hash": best["model_fingerprint"]},
+        "documents": {"search": str(spec.documents_path), "k": spec.k_documents,
+                      "seed": spec.seed, "heldout": str(spec.heldout_path or "") or None},
+        "perplexity": perplexity, "search_nll": best.get("search_nll"),
+        "search_ppl_without_n_hat": best.get("search_ppl_without_n_hat"),
+        "seed_ppl": best.get("seed_ppl") or _seed_ppl_from_tables(job_dir),
+        "search": spec.to_dict(), "versions": best.get("versions") or versions(),
+    }
+
+
+def _seed_ppl_from_tables(job_dir: Path) -> dict[str, float]:
+    """Seeds' perplexity from generation 0's table (jobs whose best.json predates seed_ppl)."""
+    import pyarrow.parquet as pq
+
+    from longrope_search.search.tables import generation_path
+
+    path = generation_path(job_dir / "generations", 0)
+    if not path.is_file():
+        return {}
+    rows = pq.read_table(path, columns=["operator", "status", "ppl"]).to_pylist()
+    return {r["operator"].removeprefix("seed:"): r["ppl"] for r in rows
+            if r["operator"].startswith("seed:") and r["status"] == "ok"}
+
+
+# -- applying an export -----------------------------------------------------------------------
+
+def _stated(data: dict[str, Any], key: str) -> Any:
+    """A fact an export states, wherever its format keeps it."""
+    for where in (data, data.get("longrope_search") or {}, data.get("model") or {}):
+        if isinstance(where, dict) and where.get(key) is not None:
+            return where[key]
+    return None
+
+
+def apply_factors(model: Any, path: str | Path, *, check_model: bool = True) -> Candidate:
+    """Apply an exported factor file to a loaded transformers model, in place, n̂ included.
+
+    Reads any export of this package (``hf``, ``vllm``, ``longrope``), a config with a
+    ``longrope`` block, or ``{"lambdas": [...], "n_hat": ..., "attention_factor": ...}``. Every
+    position from n̂ on is rotated by θ_i/λ_i and scaled by m (LongRoPE Eq. 3); the model's
+    ``max_position_embeddings`` becomes the export's target length.
+
+    Raises:
+        ConfigError: malformed file, wrong vector length, non-finite values, or factors searched
+            for another model (fingerprint, rope_theta or original length differ); pass
+            ``check_model=False`` to apply factors across models deliberately.
+    """
+    from longrope_search.factor_file import load_factor_file
+    from longrope_search.model import apply_candidates
+
+    path = Path(path)
+    geometry = RopeGeometry.from_config(model.config)
+    candidate = load_factor_file(path, geometry)
+    data = json.loads(path.read_text())
+    if check_model:
+        _check_same_model(data, model.config, geometry, path.name)
+    apply_candidates(model, candidate, geometry)
+    target = _stated(data, "target_length") or data.get("max_position_embeddings")
+    if isinstance(target, int) and target > 0:
+        model.config.max_position_embeddings = target
+    return candidate
+
+
+def _check_same_model(data: dict[str, Any], config: Any, geometry: RopeGeometry,
+                      name: str) -> None:
+    field = f"factors ({name})"
+    fix = "export factors searched on this model, or pass check_model=False"
+    stated = _stated(data, "config_hash") or _stated(data, "model_fingerprint")
+    if stated is not None and stated != model_fingerprint(config):
+        raise ConfigError(field, f"searched for another model (fingerprint {stated}, this model "
+                          f"{model_fingerprint(config)})", fix)
+    block = (data.get("rope_parameters") or data.get("rope_scaling") or data)
+    theta = block.get("rope_theta", data.get("rope_theta"))
+    if theta is not None and not math.isclose(float(theta), geometry.base, rel_tol=1e-9):
+        raise ConfigError(field, f"rope_theta {theta} but the model's is {geometry.base}", fix)
+    original = block.get("original_max_position_embeddings", data.get("original_length"))
+    if original is not None and int(original) != geometry.original_length:
+        raise ConfigError(field, f"original length {original} but the model was trained on "
+                          f"{geometry.original_length}", fix)

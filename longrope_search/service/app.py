@@ -1,0 +1,150 @@
+"""The HTTP API and the dashboard: one FastAPI app over a :class:`JobManager`.
+
+Every path a request can name is a job name (checked against the job-name pattern and looked up
+among the manager's jobs) or a generation number, so no request reaches a file outside the
+results folder; model and document paths in a submitted spec must lie under the server's data
+roots. With a token set, every ``/api`` request needs ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from longrope_search import __version__
+from longrope_search.errors import ConfigError
+from longrope_search.service import reports
+from longrope_search.service.jobs import Job, JobConflict, JobManager
+
+JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+STATIC = Path(str(files("longrope_search.service") / "static"))
+
+
+def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
+    app = FastAPI(title="longrope-search", version=__version__,
+                  description="Search LongRoPE rescale factors; watch generations; export.",
+                  docs_url=None, redoc_url=None)  # the stock docs pages load from a CDN
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def job_of(name: str) -> Job:
+        if not re.fullmatch(JOB_NAME, name):
+            raise HTTPException(404, f"no job named {name!r}")
+        try:
+            return manager.get(name)
+        except KeyError:
+            raise HTTPException(404, f"no job named {name!r}") from None
+
+    @app.exception_handler(ConfigError)
+    async def config_error(_: Request, e: ConfigError) -> JSONResponse:
+        return JSONResponse({"detail": str(e), "field": e.field, "problem": e.problem,
+                             "fix": e.fix}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0]
+        where = [str(p) for p in first["loc"] if p not in ("body", "query", "path")]
+        field = ".".join(where) or "spec"
+        problem = first["msg"]
+        return JSONResponse({"detail": f"{field}: {problem}", "field": field,
+                             "problem": problem, "fix": "see /openapi.json",
+                             "errors": jsonable_encoder(e.errors())}, status_code=422)
+
+    @app.exception_handler(JobConflict)
+    async def conflict(_: Request, e: JobConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=409)
+
+    api = [Depends(authorize)]
+
+    @app.get("/api/health", dependencies=api)
+    def health() -> dict[str, Any]:
+        return {"ok": True, "version": __version__, "jobs": len(manager.jobs)}
+
+    @app.post("/api/jobs", status_code=201, dependencies=api)
+    def submit(spec: Annotated[dict[str, Any], Body(description="the job spec, as in a YAML "
+                                                             "config")]) -> dict[str, Any]:
+        return manager.submit(spec).summary()
+
+    @app.get("/api/jobs", dependencies=api)
+    def list_jobs() -> list[dict[str, Any]]:
+        return [j.summary() for j in sorted(manager.jobs.values(), key=lambda j: j.submitted)]
+
+    @app.get("/api/jobs/{name}", dependencies=api)
+    def job_detail(name: str) -> dict[str, Any]:
+        job = job_of(name)
+        return {**job.summary(), "spec": job.spec.to_dict(),
+                "generation_summaries": reports.generation_summaries(job.dir)}
+
+    @app.get("/api/jobs/{name}/generations", dependencies=api)
+    def generations(name: str) -> list[dict[str, Any]]:
+        return reports.generation_summaries(job_of(name).dir)
+
+    @app.get("/api/jobs/{name}/generations/{generation}", dependencies=api)
+    def generation(name: str, generation: int) -> list[dict[str, Any]]:
+        rows = reports.generation_rows(job_of(name).dir, generation)
+        if rows is None:
+            raise HTTPException(404, f"job {name!r} has no table for generation {generation}")
+        return rows
+
+    @app.get("/api/jobs/{name}/candidates", dependencies=api)
+    def candidates(name: str) -> dict[str, list[Any]]:
+        return reports.candidates(job_of(name).dir)
+
+    @app.get("/api/jobs/{name}/best", dependencies=api)
+    def best(name: str) -> dict[str, Any]:
+        job = job_of(name)
+        out = reports.best(job.dir, job.spec.evolution.top_k)
+        if out is None:
+            raise HTTPException(404, f"job {name!r} has no finished evaluation yet")
+        return out
+
+    @app.post("/api/jobs/{name}/cancel", dependencies=api)
+    def cancel(name: str) -> dict[str, Any]:
+        job_of(name)
+        return manager.cancel(name).summary()
+
+    @app.post("/api/jobs/{name}/resume", dependencies=api)
+    def resume(name: str) -> dict[str, Any]:
+        job_of(name)
+        return manager.resume(name).summary()
+
+    @app.get("/api/jobs/{name}/export", dependencies=api)
+    def export(name: str, format: str = Query("hf", pattern="^(hf|vllm|longrope)$"),
+               config: bool = Query(False, description="hf: the whole patched config.json"),
+               short_from: str | None = Query(None, pattern=JOB_NAME,
+                                              description="job whose λ become short_factor"),
+               ) -> JSONResponse:
+        from longrope_search.export import export_job
+
+        job = job_of(name)
+        short = job_of(short_from).dir if short_from else None
+        data = export_job(job.dir, format, with_config=config, short_factors=short)
+        suffix = "config" if config and format == "hf" else format
+        return JSONResponse(data, headers={
+            "Content-Disposition": f'attachment; filename="{name}.{suffix}.json"'})
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard/")
+
+    @app.get("/dashboard/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

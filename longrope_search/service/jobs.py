@@ -1,0 +1,306 @@
+"""Jobs of the service: a folder each under the results folder, a queue, and runners.
+
+A job's folder holds its spec (``job.yaml``), its ledger, its Parquet tables and ``state.json``
+(state, progress, error, times). Everything a restarted server needs is on disk: jobs that were
+queued or running when it stopped are queued again and resume from their ledgers.
+
+States: ``queued`` → ``running`` → ``finished`` | ``failed`` | ``cancelled``; ``resume`` puts a
+cancelled or failed job back in the queue. Jobs run one at a time by default (``max_running``),
+each on its own pool of Ray scorer workers, so submissions queue for the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longrope_search.errors import ConfigError
+from longrope_search.io import write_json
+from longrope_search.search.job import (
+    EMBEDDED,
+    PATH_FIELDS,
+    JobSpec,
+    job_from_dict,
+    load_job,
+)
+from longrope_search.search.runner import check_or_write_spec, plan_job
+
+QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", \
+    "cancelled"
+ACTIVE = (QUEUED, RUNNING)
+
+
+class JobCancelled(Exception):
+    """Raised inside a running search to stop it between two evaluations."""
+
+
+class JobConflict(Exception):
+    """The request does not fit the job's current state (or the job already exists)."""
+
+
+@dataclass
+class Job:
+    spec: JobSpec
+    state: str = QUEUED
+    progress: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def dir(self) -> Path:
+        return self.spec.job_dir
+
+    def summary(self) -> dict[str, Any]:
+        p = self.progress
+        budget = p.get("budget") or self.spec.evolution.budget
+        done = p.get("evaluations", 0) + p.get("reused", 0)
+        eta = None
+        if self.state == RUNNING and self.started and p.get("evaluations"):
+            per = (time.time() - self.started) / p["evaluations"]
+            eta = max(0.0, per * (budget - done))
+        best = p.get("best_ppl")
+        return {"name": self.name, "state": self.state, "submitted": self.submitted,
+                "started": self.started, "finished": self.finished, "error": self.error,
+                "generation": p.get("generation"), "generations": self.spec.evolution.generations,
+                "evaluations": p.get("evaluations", 0), "reused": p.get("reused", 0),
+                "pruned": p.get("pruned", 0), "budget": budget,
+                "fraction_done": min(1.0, done / budget) if budget else None,
+                "best_ppl": best if best is not None and best != float("inf") else None,
+                "eta_seconds": eta}
+
+    def save(self) -> None:
+        write_json(self.dir / "state.json", {
+            "state": self.state, "progress": {k: v for k, v in self.progress.items()
+                                              if v != float("inf")},
+            "error": self.error, "submitted": self.submitted, "started": self.started,
+            "finished": self.finished})
+
+
+#: Runs one job to its end; raises JobCancelled when ``job.cancel`` is set.
+Runner = Callable[[Job], None]
+
+
+def check_paths(data: dict[str, Any], data_roots: list[Path]) -> None:
+    """Refuse a request whose model or documents lie outside the server's data roots."""
+    for name in PATH_FIELDS:
+        value = data.get(name)
+        if value is None or value == EMBEDDED:
+            continue
+        path = Path(str(value)).expanduser().resolve()
+        if not any(path.is_relative_to(root) for root in data_roots):
+            raise ConfigError(name, f"{value!r} is outside the folders this server may read",
+                              "put it under a --data-root of the server, or use 'embedded'")
+    for i, value in enumerate(data.get("seed_files") or []):
+        path = Path(str(value)).expanduser().resolve()
+        if not any(path.is_relative_to(root) for root in data_roots):
+            raise ConfigError(f"seed_files[{i}]", f"{value!r} is outside the server's data "
+                              "roots", "put it under a --data-root of the server")
+
+
+class JobManager:
+    """The jobs under ``results_dir``, a FIFO queue and ``max_running`` runner threads."""
+
+    def __init__(self, results_dir: Path, runner: Runner, *, data_roots: list[Path] | None = None,
+                 max_running: int = 1, allow_remote_code: bool = False) -> None:
+        self.results_dir = Path(results_dir).resolve()
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.runner = runner
+        self.data_roots = [Path(r).resolve() for r in (data_roots or [Path.cwd()])]
+        self.max_running = max_running
+        self.allow_remote_code = allow_remote_code
+        self.jobs: dict[str, Job] = {}
+        self.queue: deque[str] = deque()
+        self.lock = threading.Condition()
+        self.stopping = False
+        self._load()
+        self.threads = [threading.Thread(target=self._work, name=f"job-runner-{i}", daemon=True)
+                        for i in range(max_running)]
+        for t in self.threads:
+            t.start()
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _load(self) -> None:
+        """Jobs already on disk; those cut off by a stop go back in the queue."""
+        for spec_file in sorted(self.results_dir.glob("*/job.yaml")):
+            try:
+                spec = load_job(spec_file)
+            except ConfigError:
+                continue
+            if spec.name != spec_file.parent.name:
+                continue
+            spec = _in_results(spec, self.results_dir)
+            job = Job(spec)
+            state_file = spec_file.parent / "state.json"
+            if state_file.exists():
+                saved = json.loads(state_file.read_text())
+                job.state, job.progress = saved["state"], saved.get("progress", {})
+                job.error, job.submitted = saved.get("error"), saved.get("submitted") or 0.0
+                job.started, job.finished = saved.get("started"), saved.get("finished")
+            else:  # a job run by `longrope-search run`, not by a server
+                job.state, job.progress = _progress_from_tables(spec_file.parent)
+                job.submitted = spec_file.stat().st_mtime
+            if job.state in ACTIVE:
+                job.state = QUEUED
+                self.queue.append(job.name)
+            self.jobs[job.name] = job
+
+    # -- requests ------------------------------------------------------------------------------
+    def submit(self, data: dict[str, Any]) -> Job:
+        """Validate a spec (as in a YAML config) and queue it; nothing is written on error."""
+        if not isinstance(data, dict):
+            raise ConfigError("spec", "must be a JSON object", "send the YAML config's fields")
+        data = {k: v for k, v in data.items() if k != "results_dir"}
+        check_paths(data, self.data_roots)
+        if data.get("trust_remote_code") and not self.allow_remote_code:
+            raise ConfigError("trust_remote_code", "this server does not run a model folder's "
+                              "own code", "start the server with --allow-remote-code")
+        spec = _in_results(job_from_dict(data), self.results_dir)
+        plan_job(spec)  # model config, lengths and space checked before anything is queued
+        with self.lock:
+            if spec.name in self.jobs or spec.job_dir.exists():
+                raise JobConflict(f"job {spec.name!r} already exists: resume it, or submit "
+                                  "under another name")
+            job = Job(spec)
+            spec.job_dir.mkdir(parents=True)
+            check_or_write_spec(spec)
+            job.save()
+            self.jobs[job.name] = job
+            self.queue.append(job.name)
+            self.lock.notify_all()
+        return job
+
+    def get(self, name: str) -> Job:
+        job = self.jobs.get(name)
+        if job is None:
+            raise KeyError(name)
+        return job
+
+    def cancel(self, name: str) -> Job:
+        job = self.get(name)
+        with self.lock:
+            if job.state == QUEUED:
+                self.queue.remove(name)
+                job.state, job.finished = CANCELLED, time.time()
+                job.save()
+            elif job.state == RUNNING:
+                job.cancel.set()  # the runner stops at the next finished evaluation
+            else:
+                raise JobConflict(f"job {name!r} is {job.state}; only queued or running jobs "
+                                  "can be cancelled")
+        return job
+
+    def resume(self, name: str) -> Job:
+        job = self.get(name)
+        with self.lock:
+            if job.state not in (CANCELLED, FAILED):
+                raise JobConflict(f"job {name!r} is {job.state}; only cancelled or failed jobs "
+                                  "can be resumed")
+            job.state, job.error, job.finished = QUEUED, None, None
+            job.cancel.clear()
+            job.save()
+            self.queue.append(name)
+            self.lock.notify_all()
+        return job
+
+    def wait(self, name: str, timeout: float | None = None) -> Job:
+        """Block until the job is no longer queued or running (for tests and scripts)."""
+        deadline = None if timeout is None else time.time() + timeout
+        with self.lock:
+            while self.get(name).state in ACTIVE:
+                left = None if deadline is None else deadline - time.time()
+                if left is not None and left <= 0:
+                    raise TimeoutError(name)
+                self.lock.wait(left)
+        return self.get(name)
+
+    def close(self) -> None:
+        """Stop taking jobs and cancel running ones; their ledgers keep every evaluation."""
+        with self.lock:
+            self.stopping = True
+            for job in self.jobs.values():
+                if job.state == RUNNING:
+                    job.cancel.set()
+            self.lock.notify_all()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    # -- runner threads ------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self.lock:
+                while not self.queue and not self.stopping:
+                    self.lock.wait()
+                if self.stopping:
+                    return
+                job = self.jobs[self.queue.popleft()]
+                job.state, job.started, job.error = RUNNING, time.time(), None
+                job.save()
+            try:
+                self.runner(job)
+                state, error = FINISHED, None
+            except JobCancelled:
+                state, error = CANCELLED, None
+            except ConfigError as e:
+                state, error = FAILED, str(e)
+            except Exception as e:  # the job fails, the server goes on
+                traceback.print_exc()
+                state, error = FAILED, f"{type(e).__name__}: {e}"
+            with self.lock:
+                if self.stopping and state == CANCELLED:
+                    state = QUEUED  # cut off by a server stop: picked up again on restart
+                job.state, job.error, job.finished = state, error, time.time()
+                job.save()
+                self.lock.notify_all()
+
+
+def _progress_from_tables(job_dir: Path) -> tuple[str, dict[str, Any]]:
+    """State and progress of a job that no server ran, from what it wrote: finished when it
+    has a best.json, otherwise cancelled (``resume`` continues it from its ledger)."""
+    from longrope_search.service.reports import generation_summaries
+
+    gens = generation_summaries(job_dir)
+    progress: dict[str, Any] = {
+        "generation": gens[-1]["generation"] if gens else None,
+        "evaluations": sum(g["new"] for g in gens), "pruned": sum(g["pruned"] for g in gens),
+        "best_ppl": min((g["best_ppl"] for g in gens if g["best_ppl"] is not None),
+                        default=None)}
+    best = job_dir / "best.json"
+    if best.exists():
+        progress["best_ppl"] = json.loads(best.read_text())["search_ppl"]
+        return FINISHED, progress
+    return CANCELLED, progress
+
+
+def _in_results(spec: JobSpec, results_dir: Path) -> JobSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, results_dir=str(results_dir))
+
+
+def progress_hook(job: Job, *, save_every: float = 2.0) -> Callable[[dict[str, Any]], None]:
+    """``run_search``'s ``on_progress`` for a job: keeps its progress, stops it when cancelled."""
+    last = [0.0]
+
+    def hook(progress: dict[str, Any]) -> None:
+        job.progress = progress
+        if time.time() - last[0] > save_every:
+            last[0] = time.time()
+            job.save()
+        if job.cancel.is_set():
+            raise JobCancelled(job.name)
+
+    return hook

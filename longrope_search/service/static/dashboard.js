@@ -1,0 +1,601 @@
+/* longrope-search dashboard: plain JavaScript over the JSON API, charts drawn with uPlot.
+ *
+ * The page polls the job list every 2 s, and the selected job's details every 2 s while it is
+ * queued or running (once more when it ends, then no more). With `?token=...` in the page's URL
+ * every API call carries `Authorization: Bearer <token>`, the export downloads included (fetched,
+ * then saved from a Blob). Text from the server (job names, errors) goes into the DOM only as
+ * text nodes. `window.dashboard` exposes the uPlot charts and the last data, for tests.
+ */
+(function () {
+  "use strict";
+
+  const POLL_MS = 2000;
+  const ACTIVE = ["queued", "running"];
+  const COLORS = {
+    best: "#1f5fbf", median: "#8a94a6",
+    ok: "rgba(31, 95, 191, 0.55)", pruned: "rgba(212, 140, 20, 0.75)", failed: "#c62828",
+    pi: "#e07b00", ntk: "#2e9d4a", yarn: "#8e44ad",
+  };
+  const SEED_LABELS = {pi: "PI", ntk: "NTK", yarn: "YaRN"};
+  const CHART_HEIGHT = 270;
+
+  const params = new URLSearchParams(window.location.search);
+  const token = params.get("token");
+
+  const state = {
+    jobs: [],              // last /api/jobs
+    selected: params.get("job"),
+    detail: null,          // last /api/jobs/{name}
+    candidates: null,      // last /api/jobs/{name}/candidates
+    best: null,            // last /api/jobs/{name}/best (null until there is one)
+    detailKey: null,       // what the candidates/best fetched last correspond to
+    detailTimer: null,
+    detailRun: 0,          // bumped on each selection: late answers for an old job are dropped
+    loading: false,        // a detail refresh is under way
+  };
+  const charts = {};
+  window.dashboard = {charts, state};
+
+  const $ = (id) => document.getElementById(id);
+
+  // ---- small helpers -------------------------------------------------------------------------
+
+  /** An element with attributes and children (strings become text nodes, never HTML). */
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "dataset") Object.assign(node.dataset, v);
+      else if (k === "style") node.style.cssText = v;
+      else node.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children.flat(Infinity)) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function setText(node, text) {
+    text = text === null || text === undefined ? "" : String(text);
+    if (node.textContent !== text) node.textContent = text;
+  }
+
+  function fmtPpl(x) {
+    return x === null || x === undefined || !isFinite(x) ? "–" : Number(x).toFixed(3);
+  }
+
+  function fmtNum(x, digits = 4) {
+    return x === null || x === undefined ? "–" : String(Number(Number(x).toPrecision(digits)));
+  }
+
+  function fmtPct(x) {
+    if (x === null || x === undefined || !isFinite(x)) return "–";
+    return (x > 0 ? "+" : "") + x.toFixed(1) + " %";
+  }
+
+  function fmtEta(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    const s = Math.round(seconds);
+    if (s < 60) return `${s} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min ${String(s % 60).padStart(2, "0")} s`;
+    return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} min`;
+  }
+
+  /** A finished job is done, also one run outside the server, whose progress is unknown. */
+  function fractionDone(job) {
+    return job.state === "finished" ? 1 : job.fraction_done || 0;
+  }
+
+  /** Gain of `ppl` over a reference perplexity, in percent of the reference. */
+  function gainPct(ppl, reference) {
+    if (!isFinite(ppl) || !isFinite(reference) || reference <= 0) return null;
+    return (reference - ppl) / reference * 100;
+  }
+
+  class ApiError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  async function api(path) {
+    const headers = token ? {Authorization: `Bearer ${token}`} : {};
+    const response = await fetch(path, {headers, cache: "no-store"});
+    if (!response.ok) {
+      let detail = response.statusText;
+      try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
+      throw new ApiError(response.status, `${response.status}: ${detail}`);
+    }
+    return response;
+  }
+
+  const apiJson = async (path) => (await api(path)).json();
+  const jobPath = (name, rest = "") => `/api/jobs/${encodeURIComponent(name)}${rest}`;
+
+  function showError(message) {
+    const box = $("error");
+    if (!message) { box.hidden = true; setText(box, ""); return; }
+    if (message instanceof ApiError && message.status === 401) {
+      message = "The server wants a token: open this page as /dashboard/?token=YOUR_TOKEN.";
+    }
+    setText(box, String(message.message || message));
+    box.hidden = false;
+  }
+
+  // ---- the job list --------------------------------------------------------------------------
+
+  function jobButton(job) {
+    const button = el("button", {type: "button", class: "job-button", dataset: {job: job.name}},
+      el("span", {class: "row"},
+        el("span", {class: "name"}, job.name),
+        el("span", {class: "state", "data-role": "state"})),
+      el("progress", {max: 1, value: 0, "data-role": "progress"}),
+      el("span", {class: "row meta"},
+        el("span", {"data-role": "progress-text"}),
+        el("span", {"data-role": "best"})),
+      el("span", {class: "meta", "data-role": "eta"}),
+      el("span", {class: "job-error", "data-role": "error"}));
+    button.addEventListener("click", () => select(job.name));
+    return el("li", {dataset: {job: job.name}}, button);
+  }
+
+  function renderJobList() {
+    const list = $("job-list");
+    const present = new Map([...list.children].map((li) => [li.dataset.job, li]));
+    state.jobs.forEach((job, i) => {
+      let li = present.get(job.name);
+      if (!li) li = jobButton(job);
+      present.delete(job.name);
+      if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
+      const part = (role) => li.querySelector(`[data-role="${role}"]`);
+      li.dataset.state = job.state;
+      const badge = part("state");
+      badge.dataset.state = job.state;
+      setText(badge, job.state);
+      const progress = part("progress");
+      const fraction = fractionDone(job);
+      progress.value = fraction;
+      const pct = `${Math.round(fraction * 100)} %`;
+      progress.setAttribute("aria-label", `${job.name}: ${pct} of the evaluations done`);
+      const gen = job.generation ?? (job.state === "finished" ? job.generations : "–");
+      setText(part("progress-text"), `${pct} · generation ${gen}/${job.generations}`);
+      setText(part("best"), `best ppl ${fmtPpl(job.best_ppl)}`);
+      const eta = part("eta");
+      eta.hidden = job.state !== "running";
+      setText(eta, `ETA ${fmtEta(job.eta_seconds)}`);
+      const error = part("error");
+      error.hidden = !job.error;
+      setText(error, job.error || "");
+      li.querySelector("button").setAttribute("aria-current",
+        job.name === state.selected ? "true" : "false");
+    });
+    for (const li of present.values()) li.remove();
+    $("jobs-empty").hidden = state.jobs.length > 0;
+  }
+
+  async function pollJobs() {
+    try {
+      state.jobs = await apiJson("/api/jobs");
+      setText($("connection"), `updated ${new Date().toLocaleTimeString()}`);
+      showError(null);
+      renderJobList();
+      if (!state.selected && state.jobs.length) {
+        const active = state.jobs.find((j) => ACTIVE.includes(j.state));
+        select((active || state.jobs[state.jobs.length - 1]).name);
+      } else if (state.selected) {
+        // The selected job started again (resumed) or changed state: follow it.
+        const job = state.jobs.find((j) => j.name === state.selected);
+        const stale = job && (!state.detail || job.state !== state.detail.state);
+        if (stale && !state.detailTimer && !state.loading) refreshDetail(state.detailRun);
+      }
+    } catch (e) {
+      setText($("connection"), "cannot reach the server");
+      showError(e);
+    }
+    setTimeout(pollJobs, POLL_MS);
+  }
+
+  // ---- the selected job ----------------------------------------------------------------------
+
+  function select(name) {
+    if (name === state.selected && state.detail) return;
+    state.selected = name;
+    state.detail = state.candidates = state.best = state.detailKey = null;
+    state.detailRun += 1;
+    clearTimeout(state.detailTimer);
+    state.detailTimer = null;
+    for (const key of Object.keys(charts)) { charts[key].destroy(); delete charts[key]; }
+    params.set("job", name);
+    window.history.replaceState(null, "", `${window.location.pathname}?${params}`);
+    renderJobList();
+    refreshDetail(state.detailRun);
+  }
+
+  async function refreshDetail(run) {
+    state.detailTimer = null;
+    state.loading = true;
+    const name = state.selected;
+    try {
+      const detail = await apiJson(jobPath(name));
+      // Candidates and best change only when a generation's table is written (or the job
+      // ends); before the first one there are none, and /best would answer 404.
+      const key = `${detail.generation_summaries.length}|${detail.state}`;
+      let {candidates, best} = state;
+      if (!detail.generation_summaries.length) {
+        [candidates, best] = [{generation: [], candidate_id: [], operator: [], status: [],
+          ppl: [], n_hat: []}, null];
+      } else if (key !== state.detailKey) {
+        [candidates, best] = await Promise.all([
+          apiJson(jobPath(name, "/candidates")),
+          apiJson(jobPath(name, "/best")).catch((e) => {
+            if (e.status === 404) return null;  // no finished evaluation yet
+            throw e;
+          }),
+        ]);
+      }
+      if (run !== state.detailRun) return;  // another job was selected meanwhile
+      Object.assign(state, {detail, candidates, best, detailKey: key});
+      // The list shows the same summary as the header, not one from up to 2 s earlier.
+      const i = state.jobs.findIndex((j) => j.name === detail.name);
+      if (i >= 0) state.jobs[i] = {...state.jobs[i], ...detail};
+      renderJobList();
+      renderDetail();
+      showError(null);
+      if (ACTIVE.includes(detail.state)) schedule(run);
+    } catch (e) {
+      if (run !== state.detailRun) return;
+      showError(e);
+      if (!(e instanceof ApiError && e.status === 404)) schedule(run);  // retry after errors
+    } finally {
+      if (run === state.detailRun) state.loading = false;
+    }
+  }
+
+  function schedule(run) {
+    clearTimeout(state.detailTimer);
+    state.detailTimer = setTimeout(() => refreshDetail(run), POLL_MS);
+  }
+
+  function renderDetail() {
+    const {detail} = state;
+    $("job").hidden = false;
+    $("job").dataset.job = detail.name;
+    $("job").dataset.state = detail.state;
+    setText($("job-name"), detail.name);
+    const badge = $("job-state");
+    badge.dataset.state = detail.state;
+    setText(badge, detail.state);
+    const fraction = fractionDone(detail);
+    $("job-progress").value = fraction;
+    const done = detail.evaluations + detail.reused;
+    setText($("job-progress-text"), `${Math.round(fraction * 100)} % · ` +
+      (done || !fraction ? `${done} of ${detail.budget} evaluations` : "done"));
+
+    const spec = detail.spec || {};
+    const gens = detail.generation_summaries;
+    const lastGen = gens.length ? gens[gens.length - 1].generation : "–";
+    const facts = [
+      ["generation", `${detail.generation ?? lastGen} of ${detail.generations}`],
+      ["best ppl", fmtPpl(detail.best_ppl)],
+      // Counted from the tables: a job run outside the server has no progress record.
+      ["candidates", state.candidates ? state.candidates.status.length : "–"],
+      ["pruned early", state.candidates
+        ? state.candidates.status.filter((st) => st === "pruned").length : "–"],
+      ["extension", spec.extension_ratio ? `×${fmtNum(spec.extension_ratio)}` : "–"],
+      ["model", spec.model ?? "–"],
+    ];
+    if (detail.reused) facts.splice(4, 0, ["reused from the ledger", detail.reused]);
+    if (detail.state === "running") facts.splice(2, 0, ["ETA", fmtEta(detail.eta_seconds)]);
+    $("job-facts").replaceChildren(...facts.map(([k, v]) =>
+      el("div", {}, el("dt", {}, k), el("dd", {}, v))));
+    const error = $("job-error");
+    error.hidden = !detail.error;
+    setText(error, detail.error ? `Error: ${detail.error}` : "");
+
+    drawGenerations();
+    drawCandidates();
+    drawLambdas();
+    renderBest();
+    renderTopK();
+    // The exports read best.json, which a job writes when it finishes.
+    const exportable = !!(state.best && state.best.final);
+    for (const b of document.querySelectorAll("[data-export]")) b.disabled = !exportable;
+    const status = $("export-status");
+    if (!exportable) setText(status, "Available when the job has finished.");
+    else if (status.textContent.startsWith("Available")) setText(status, "");
+  }
+
+  // ---- charts --------------------------------------------------------------------------------
+
+  /** The width of the card a chart sits in (also while the chart itself is hidden). */
+  function chartWidth(container) {
+    const card = container.closest(".card");
+    const style = window.getComputedStyle(card);
+    const inner = card.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    return Math.max(280, Math.floor(inner));
+  }
+
+  /** Create the chart, or only give it new data when its series are the same as before. */
+  function draw(key, opts, data) {
+    const container = document.querySelector(`[data-chart="${key}"]`);
+    const signature = JSON.stringify(opts.series.map((s) => s.label));
+    const old = charts[key];
+    if (old && old.signature === signature) {
+      old.setData(data);
+      return old;
+    }
+    if (old) old.destroy();
+    opts = {width: chartWidth(container), height: CHART_HEIGHT, ...opts};
+    const chart = new uPlot(opts, data, container);
+    chart.signature = signature;
+    charts[key] = chart;
+    return chart;
+  }
+
+  const axis = (label, extra) => ({
+    label, stroke: "#3b4552", grid: {stroke: "#e6eaef", width: 1},
+    ticks: {stroke: "#d0d6de", width: 1}, font: "12px system-ui, sans-serif",
+    labelFont: "bold 12px system-ui, sans-serif", ...extra,
+  });
+
+  const integerAxis = (label) => axis(label, {
+    incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? String(v) : "")),
+  });
+
+  /** Log scale when the values span more than a factor of 20, else linear. */
+  function pplScale(values) {
+    const finite = values.filter((v) => v !== null && isFinite(v) && v > 0);
+    if (!finite.length) return {auto: true};
+    const lo = Math.min(...finite), hi = Math.max(...finite);
+    return hi / lo > 20 ? {distr: 3, log: 10} : {auto: true};
+  }
+
+  /** Show a chart, or its "nothing yet" line instead (the chart object stays, empty). */
+  function showChart(key, show) {
+    document.querySelector(`[data-chart="${key}"]`).hidden = !show;
+    document.querySelector(`[data-empty-for="${key}"]`).hidden = show;
+  }
+
+  function drawGenerations() {
+    const gens = state.detail.generation_summaries;
+    const data = [gens.map((g) => g.generation), gens.map((g) => g.best_ppl),
+      gens.map((g) => g.median_ppl)];
+    showChart("generations", gens.length > 0);
+    draw("generations", {
+      scales: {x: {time: false, range: (u, lo, hi) => [Math.min(lo ?? 0, 0), Math.max(hi ?? 1, 1)]},
+        y: pplScale([...data[1], ...data[2]])},
+      axes: [integerAxis("generation"), axis("perplexity", {size: 60})],
+      series: [
+        {label: "generation"},
+        {label: "best", stroke: COLORS.best, width: 2.5, value: (u, v) => fmtPpl(v),
+          points: {show: true, size: 5, fill: COLORS.best}},
+        {label: "median", stroke: COLORS.median, width: 1.5, dash: [6, 4],
+          value: (u, v) => fmtPpl(v), points: {show: true, size: 4, fill: COLORS.median}},
+      ],
+    }, data);
+  }
+
+  /** Every candidate, spread a little around its generation; failed ones along the top. */
+  function drawCandidates() {
+    const c = state.candidates;
+    const n = c.ppl.length;
+    const byGen = new Map();
+    for (let i = 0; i < n; i++) {
+      if (!byGen.has(c.generation[i])) byGen.set(c.generation[i], []);
+      byGen.get(c.generation[i]).push(i);
+    }
+    const finite = c.ppl.filter((p) => p !== null && isFinite(p));
+    const scale = pplScale(finite);
+    const hi = finite.length ? Math.max(...finite) : 1;
+    const lo = finite.length ? Math.min(...finite) : 1;
+    // The top of the axis, where candidates without a perplexity are drawn.
+    const unscored = c.ppl.some((p) => p === null || !isFinite(p));
+    const top = !unscored ? hi : scale.distr === 3 ? hi * 1.6 : hi + (hi - lo || hi) * 0.12;
+    const xs = [], ok = [], pruned = [], failed = [];
+    const counts = {ok: 0, pruned: 0, failed: 0};
+    for (const g of [...byGen.keys()].sort((a, b) => a - b)) {
+      const idx = byGen.get(g);
+      idx.forEach((i, j) => {
+        xs.push(idx.length > 1 ? g - 0.32 + 0.64 * j / (idx.length - 1) : g);
+        const status = c.status[i] in counts ? c.status[i] : "failed";
+        counts[status] += 1;
+        const y = c.ppl[i] === null || !isFinite(c.ppl[i]) ? top : c.ppl[i];
+        ok.push(status === "ok" ? y : null);
+        pruned.push(status === "pruned" ? y : null);
+        failed.push(status === "failed" ? top : null);
+      });
+    }
+    showChart("candidates", n > 0);
+    const counter = $("candidate-counts");
+    Object.entries(counts).forEach(([k, v]) => { counter.dataset[k] = v; });
+    counter.replaceChildren(
+      el("b", {}, String(n)), " candidates: ", el("b", {}, String(counts.ok)), " ok, ",
+      el("b", {}, String(counts.pruned)), " pruned early, ", el("b", {}, String(counts.failed)),
+      " failed", counts.failed ? " (drawn at the top)" : "", ".");
+    const dot = (color, size) => ({show: true, size, fill: color, stroke: color, width: 0});
+    const yScale = scale.distr === 3
+      ? {distr: 3, log: 10, range: () => [lo / 1.15, top * 1.15]}
+      : {range: () => {
+        const pad = ((top - lo) || Math.abs(top) || 1) * 0.05;
+        return [Math.max(0, lo - pad), top + pad];
+      }};
+    draw("candidates", {
+      scales: {x: {time: false, range: (u, a, b) => [Math.min(a ?? 0, 0) - 0.5, Math.max(b ?? 1, 1) + 0.5]},
+        y: yScale},
+      axes: [integerAxis("generation"), axis("perplexity", {size: 60})],
+      cursor: {points: {size: 8}},
+      series: [
+        {label: "generation", value: (u, v) => (v === null ? "–" : String(Math.round(v)))},
+        {label: `ok (${counts.ok})`, stroke: COLORS.ok, paths: () => null,
+          points: dot(COLORS.ok, 4), value: (u, v) => fmtPpl(v)},
+        {label: `pruned (${counts.pruned})`, stroke: COLORS.pruned, paths: () => null,
+          points: dot(COLORS.pruned, 4), value: (u, v) => fmtPpl(v)},
+        {label: `failed (${counts.failed})`, stroke: COLORS.failed, paths: () => null,
+          points: dot(COLORS.failed, 6), value: (u, v) => (v === null ? "–" : "no ppl")},
+      ],
+    }, [xs, ok, pruned, failed]);
+  }
+
+  function drawLambdas() {
+    const best = state.best;
+    showChart("lambdas", !!best);
+    if (!best) {
+      if (charts.lambdas) { charts.lambdas.destroy(); delete charts.lambdas; }
+      return;
+    }
+    const seeds = ["pi", "ntk", "yarn"].filter((s) => best.seed_lambdas && best.seed_lambdas[s]);
+    const data = [best.lambdas.map((_, i) => i), best.lambdas,
+      ...seeds.map((s) => best.seed_lambdas[s])];
+    draw("lambdas", {
+      scales: {x: {time: false}},
+      axes: [integerAxis("rotary pair index"), axis("λ (rescale factor)", {size: 55})],
+      series: [
+        {label: "pair"},
+        {label: "best", stroke: COLORS.best, width: 3, value: (u, v) => fmtNum(v),
+          points: {show: true, size: 5, fill: COLORS.best}},
+        ...seeds.map((s) => ({label: SEED_LABELS[s], stroke: COLORS[s], width: 1.5,
+          dash: [5, 4], value: (u, v) => fmtNum(v), points: {show: false}})),
+      ],
+    }, data);
+  }
+
+  // ---- numbers -------------------------------------------------------------------------------
+
+  /** The seeds' perplexity on the search documents: from best.json, else from the candidates. */
+  function seedPpl() {
+    if (state.best && state.best.seed_ppl) return state.best.seed_ppl;
+    const c = state.candidates, out = {};
+    if (!c) return out;
+    c.operator.forEach((op, i) => {
+      if (op.startsWith("seed:") && c.status[i] === "ok") out[op.slice(5)] = c.ppl[i];
+    });
+    return out;
+  }
+
+  function renderBest() {
+    const box = $("best");
+    const best = state.best;
+    if (!best) {
+      box.replaceChildren(el("p", {class: "muted"}, "No finished evaluation yet."));
+      return;
+    }
+    const ppl = best.final && best.search_ppl !== undefined ? best.search_ppl : best.ppl;
+    const rows = [
+      ["perplexity (search documents)", fmtPpl(ppl), "ppl"],
+      ["n̂", String(best.n_hat), "n-hat"],
+      ["attention factor", fmtNum(best.attention_factor, 5), "attention-factor"],
+      ["candidate", `#${best.candidate_id} (${best.operator})`, "candidate"],
+    ];
+    if (best.final && best.original_length) {
+      rows.push(["lengths", `${best.original_length} → ${best.target_length} ` +
+        `(×${fmtNum(best.extension_ratio)})`, "lengths"]);
+    }
+    const seeds = seedPpl();
+    for (const s of ["pi", "ntk", "yarn"]) {
+      if (seeds[s] === undefined || seeds[s] === null) continue;
+      const gain = gainPct(ppl, seeds[s]);
+      rows.push([`gain over ${SEED_LABELS[s]} (ppl ${fmtPpl(seeds[s])})`,
+        el("span", {class: gain >= 0 ? "gain-pos" : "gain-neg"}, fmtPct(gain)), `gain-${s}`]);
+    }
+    const numbers = el("dl", {class: "best-numbers", "data-final": best.final ? "true" : "false"},
+      rows.map(([k, v, id]) => [el("dt", {}, k), el("dd", {dataset: {field: id}}, v)]));
+    const parts = [numbers];
+    if (!best.final) {
+      const why = ACTIVE.includes(state.detail.state) ? "the job is still running"
+        : `the job ended ${state.detail.state}, without a final record`;
+      parts.push(el("p", {class: "hint"}, `Best of the generations finished so far; ${why}.`));
+    }
+    if (best.n_hat > 0) {
+      const without = best.search_ppl_without_n_hat;
+      parts.push(el("p", {class: "note", id: "nhat-note"},
+        `Inference engines (transformers, vLLM) ignore n̂: they rescale every position. ` +
+        (without !== undefined && without !== null
+          ? `Without n̂ this candidate's perplexity is ${fmtPpl(without)} ` +
+            `(${fmtPpl(ppl)} with it).`
+          : best.final ? "This job's record has no perplexity without n̂ (an older version " +
+            "wrote it)." : "Its perplexity without n̂ is measured when the job finishes.")));
+    }
+    if (best.heldout && best.heldout.rows) parts.push(heldoutTable(best.heldout));
+    box.replaceChildren(...parts);
+  }
+
+  function heldoutTable(heldout) {
+    const names = {best: "best (this search)", ...SEED_LABELS};
+    return el("table", {id: "heldout", class: "heldout"},
+      el("caption", {}, `Held-out documents (${heldout.rows.length} methods)`),
+      el("thead", {}, el("tr", {},
+        el("th", {scope: "col"}, "method"), el("th", {scope: "col"}, "perplexity"),
+        el("th", {scope: "col"}, "mean NLL"), el("th", {scope: "col"}, "best's gain"))),
+      el("tbody", {}, heldout.rows.map((r) => el("tr", {dataset: {method: r.method}},
+        el("th", {scope: "row"}, names[r.method] || r.method),
+        el("td", {}, fmtPpl(r.ppl)), el("td", {}, fmtNum(r.mean_nll, 4)),
+        el("td", {}, r.method === "best" ? "" : fmtPct(r.gain_vs_this_pct))))));
+  }
+
+  function renderTopK() {
+    const body = document.querySelector("#nhat-hist tbody");
+    const values = state.best ? state.best.top_k_n_hat : [];
+    const table = $("nhat-hist");
+    table.dataset.count = values.length;
+    const counts = new Map();
+    for (const v of values) counts.set(v, (counts.get(v) || 0) + 1);
+    const most = Math.max(1, ...counts.values());
+    const rows = [...counts.entries()].sort((a, b) => a[0] - b[0]).map(([v, k]) =>
+      el("tr", {dataset: {nHat: v, count: k}},
+        el("th", {scope: "row"}, String(v)),
+        el("td", {class: "bar-cell"},
+          el("span", {class: "bar", style: `width: ${Math.max(2, 80 * k / most)}%`,
+            "aria-hidden": "true"}),
+          el("span", {class: "bar-count"}, String(k)))));
+    if (!rows.length) {
+      rows.push(el("tr", {}, el("td", {colspan: 2, class: "muted"}, "No candidates yet.")));
+    }
+    body.replaceChildren(...rows);
+    table.querySelector("thead th:last-child").textContent =
+      values.length ? `candidates (top ${values.length})` : "candidates";
+  }
+
+  // ---- export --------------------------------------------------------------------------------
+
+  async function download(format) {
+    const name = state.selected;
+    const status = $("export-status");
+    setText(status, `Preparing the ${format} export…`);
+    try {
+      const response = await api(jobPath(name, `/export?format=${encodeURIComponent(format)}`));
+      const blob = await response.blob();
+      const disposition = response.headers.get("content-disposition") || "";
+      const match = /filename="?([^";]+)"?/.exec(disposition);
+      const filename = match ? match[1] : `${name}.${format}.json`;
+      const url = URL.createObjectURL(blob);
+      const link = el("a", {href: url, download: filename, hidden: true});
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      setText(status, `Saved ${filename}.`);
+    } catch (e) {
+      setText(status, `Export failed: ${e.message}`);
+    }
+  }
+
+  for (const button of document.querySelectorAll("[data-export]")) {
+    button.addEventListener("click", () => download(button.dataset.export));
+  }
+
+  let resizeTimer = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      for (const [key, chart] of Object.entries(charts)) {
+        const container = document.querySelector(`[data-chart="${key}"]`);
+        chart.setSize({width: chartWidth(container), height: CHART_HEIGHT});
+      }
+    }, 150);
+  });
+
+  if (state.selected) select(state.selected);
+  pollJobs();
+})();

@@ -1,0 +1,102 @@
+"""The CLI's service commands against a real HTTP server (uvicorn on a loopback port)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+import yaml
+
+from longrope_search.cli import main
+from longrope_search.service.app import create_app
+from longrope_search.service.jobs import JobManager
+from longrope_search.service.runners import local_runner
+
+
+@pytest.fixture
+def server(tmp_path):
+    manager = JobManager(tmp_path / "results", local_runner(), data_roots=[tmp_path])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(manager, token="t0k"), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.02)
+    yield manager, f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+    manager.close()
+
+
+def test_submit_follow_jobs_status_export(server, tmp_path, capsys):
+    manager, url = server
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "cli-job", "extension_ratio": 4, "k_documents": 2, "results_dir": "/elsewhere",
+        "scoring": {"dtype": "float32", "device": "cpu"},
+        "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+                      "generations": 1}}))
+    auth = ["--server", url, "--token", "t0k"]
+    assert main(["submit", str(config), "--follow", *auth]) == 0
+    out = capsys.readouterr().out
+    assert "submitted cli-job" in out and "finished" in out
+    assert main(["jobs", *auth]) == 0
+    assert "cli-job" in capsys.readouterr().out
+    assert main(["status", "cli-job", *auth]) == 0
+    assert "generation   1" in capsys.readouterr().out
+
+    out_file = tmp_path / "factors.json"
+    assert main(["export", "cli-job", "--format", "hf", "-o", str(out_file), *auth]) == 0
+    hf = json.loads(out_file.read_text())
+    best = json.loads((manager.results_dir / "cli-job" / "best.json").read_text())
+    assert hf["rope_parameters"]["long_factor"] == pytest.approx(best["lambdas"])
+    assert main(["export", "cli-job", "--format", "longrope", "--results-dir",
+                 str(manager.results_dir)]) == 0  # no server needed
+    assert json.loads(capsys.readouterr().out)["lambdas"] == pytest.approx(best["lambdas"])
+
+
+def test_errors_are_clear(server, tmp_path, capsys):
+    _, url = server
+    assert main(["jobs", "--server", url]) == 2  # no token
+    assert "401" in capsys.readouterr().err
+    assert main(["status", "nope", "--server", url, "--token", "t0k"]) == 2
+    assert "no job named 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "extension_ratio": 0.5}))
+    assert main(["submit", str(bad), "--server", url, "--token", "t0k"]) == 2
+    assert "extension_ratio" in capsys.readouterr().err
+    outside = tmp_path.parent / "outside.yaml"
+    outside.write_text(yaml.safe_dump({"name": "x", "extension_ratio": 4, "model": "/etc"}))
+    assert main(["submit", str(outside), "--server", url, "--token", "t0k"]) == 2
+    assert "model" in capsys.readouterr().err
+    assert main(["jobs", "--server", "http://127.0.0.1:9", "--token", "t0k"]) == 1
+    assert "cannot reach the server" in capsys.readouterr().err
+
+
+def test_cancel_and_resume(server, tmp_path, capsys):
+    manager, url = server
+    auth = ["--server", url, "--token", "t0k"]
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "c", "extension_ratio": 4, "k_documents": 2,
+        "scoring": {"dtype": "float32", "device": "cpu"},
+        "evolution": {"population": 8, "mutations": 4, "crossovers": 4, "top_k": 4,
+                      "generations": 4}}))
+    assert main(["submit", str(config), *auth]) == 0
+    job = manager.get("c")
+    while job.progress.get("evaluations", 0) < 2 and job.state in ("queued", "running"):
+        time.sleep(0.05)
+    assert main(["cancel", "c", *auth]) == 0
+    assert manager.wait("c", timeout=60).state == "cancelled"
+    assert main(["resume", "c", *auth]) == 0
+    assert main(["status", "c", "--follow", *auth]) == 0
+    assert manager.get("c").state == "finished"
+    assert not Path(manager.results_dir / "c" / "state.json.tmp").exists()
