@@ -99,3 +99,18 @@ def test_scorer_refuses_bad_settings(kwargs: dict, field: str) -> None:
     args = {"length": 64, **kwargs}
     with pytest.raises(ConfigError, match=f"^{field}: "):
         PerplexityScorer(model, g, docs(2, 64), **args)
+
+
+def test_a_model_loaded_with_a_device_map_scores_the_same(embedded) -> None:
+    """The device_map path (one replica over several GPUs) on what this machine has: the
+    loader takes it, and the scorer gives the same perplexities as a plainly loaded model."""
+    from longrope_search.evaluation.documents import load_documents
+    from longrope_search.model import load_model
+
+    mapped = load_model(embedded.path, dtype="float32", device="cpu", device_map="auto")
+    docs = load_documents(embedded.path / "documents" / "search", embedded.tokenizer,
+                          min_tokens=256, k=2, max_tokens=256)
+    yarn = seed_candidate("yarn", embedded.geometry, 2.0)
+    a, b = (PerplexityScorer(m.model, m.geometry, docs, length=256).score([yarn])[0].ppl
+            for m in (embedded, mapped))
+    assert a == pytest.approx(b, rel=1e-6)

@@ -1,9 +1,11 @@
 """The GPU worker: a Ray actor that loads the model and documents once and scores candidates.
 
-One actor per model replica (one GPU by default through ``num_gpus``; CPU when the cluster has
-no GPU). It scores with the same :class:`~longrope_search.search.evaluator.LocalEvaluator` as an
-in-process run, document by document, so the generation's pruning rule stops a hopeless
-candidate on whichever worker scores it.
+One actor per model replica (one GPU by default through ``num_gpus``; a model that fits no
+single GPU spreads its layers over the actor's GPUs with ``device_map="auto"`` when the actor has
+several, ``--gpus-per-worker 2``; CPU when the cluster has no GPU). It scores with the same
+:class:`~longrope_search.search.evaluator.LocalEvaluator` as an in-process run, document by
+document, so the generation's pruning rule stops a hopeless candidate on whichever worker scores
+it.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ class ScorerWorker:
 
         job = job_from_dict(spec)
         plan = plan_job(job)
-        device = job.scoring.device
-        if device == "auto" and not ray.get_gpu_ids():
+        device, device_map = job.scoring.device, None
+        gpus = ray.get_gpu_ids()
+        if device == "auto" and not gpus:
             device = "cpu"  # a CPU-only replica even when the node has GPUs for others
+        elif device == "auto" and len(gpus) > 1:
+            device_map = "auto"  # a model too big for one GPU: layers spread over this actor's
         loaded = load_model(job.model_path, dtype=job.scoring.dtype, device=device,
-                            trust_remote_code=job.trust_remote_code)
+                            device_map=device_map, trust_remote_code=job.trust_remote_code)
         self.job, self.plan, self.loaded = job, plan, loaded
         self.evaluator = LocalEvaluator(scorer_for(job, plan, loaded))
         self.evaluator.worker = f"{socket.gethostname()}:{os.getpid()}"

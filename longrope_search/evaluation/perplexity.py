@@ -163,7 +163,10 @@ class PerplexityScorer:
     def _forward_nll(self, ids: torch.Tensor, labels: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
-        return chunked_nll(hidden, labels, self.lm_head, self.chunk_tokens, self.softcap)
+        # with layers spread over GPUs (device_map) the last hidden state is on another device
+        total, count = chunked_nll(hidden, labels.to(hidden.device), self.lm_head,
+                                   self.chunk_tokens, self.softcap)
+        return total.to(self.device), count.to(self.device)
 
     def _document_nll(self, rows: int, index: int) -> tuple[np.ndarray, int]:
         """Summed NLL per row (the applied candidates, one per row) and scored tokens."""

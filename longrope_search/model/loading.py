@@ -77,11 +77,14 @@ def read_geometry(path: str | Path, *, trust_remote_code: bool = False) -> RopeG
 
 
 def load_model(path: str | Path, *, dtype: str = "auto", device: str = "auto",
-               attn_implementation: str = "sdpa", trust_remote_code: bool = False) -> LoadedModel:
+               device_map: str | dict[str, Any] | None = None, attn_implementation: str = "sdpa",
+               trust_remote_code: bool = False) -> LoadedModel:
     """Load model and tokenizer with plain ``from_pretrained`` from a local folder.
 
     The config is checked first (folder exists, RoPE present), so a wrong path or a model
     without RoPE fails in milliseconds rather than after loading gigabytes of weights.
+    ``device_map`` (e.g. ``"auto"``) spreads the layers over every visible GPU, for models
+    that fit no single one; ``device`` then only picks the dtype.
     """
     folder = Path(path).expanduser()
     geometry = read_geometry(folder, trust_remote_code=trust_remote_code)
@@ -89,8 +92,9 @@ def load_model(path: str | Path, *, dtype: str = "auto", device: str = "auto",
     torch_dtype = resolve_dtype(dtype, dev)
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch_dtype, attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code,
-    ).to(dev).eval()
+        trust_remote_code=trust_remote_code, device_map=device_map,
+    )
+    model = (model if device_map is not None else model.to(dev)).eval()
     find_rotary_embedding(model)  # refuse per-layer or missing RoPE before any scoring
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     return LoadedModel(model=model, tokenizer=tokenizer, geometry=geometry, path=folder)
