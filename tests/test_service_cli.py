@@ -48,6 +48,10 @@ def test_submit_follow_jobs_status_export(server, tmp_path, capsys):
     assert main(["submit", str(config), "--follow", *auth]) == 0
     out = capsys.readouterr().out
     assert "submitted cli-job" in out and "finished" in out
+    assert main(["submit", str(config), "--name", "cli-job-2", *auth]) == 0  # same config again
+    assert manager.get("cli-job-2").spec.evolution == manager.get("cli-job").spec.evolution
+    assert main(["submit", str(config), "--name", "../x", *auth]) == 2
+    assert "name" in capsys.readouterr().err
     assert main(["jobs", *auth]) == 0
     assert "cli-job" in capsys.readouterr().out
     assert main(["status", "cli-job", *auth]) == 0

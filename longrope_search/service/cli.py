@@ -47,15 +47,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec_for_server(config: Path) -> dict[str, Any]:
+def _spec_for_server(config: Path, name: str | None = None) -> dict[str, Any]:
     """The YAML config as the server must see it: validated here, with paths made absolute
-    (they are relative to where the command runs, as for ``run``)."""
-    from longrope_search.search.job import EMBEDDED, PATH_FIELDS, load_job
-
-    load_job(config)  # the same errors as `run`, before anything is sent
+    (they are relative to where the command runs, as for ``run``), renamed if asked."""
     import yaml
 
+    from longrope_search.search.job import EMBEDDED, PATH_FIELDS, job_from_dict, load_job
+
+    load_job(config)  # the same errors as `run`, before anything is sent
     data = yaml.safe_load(config.read_text())
+    if name is not None:
+        data["name"] = name
+        job_from_dict(data)  # the name is checked here too
     for name in PATH_FIELDS:
         if data.get(name) not in (None, EMBEDDED):
             data[name] = str(Path(data[name]).expanduser().resolve())
@@ -78,7 +81,7 @@ def _line(job: dict[str, Any]) -> str:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    job = Client(args.server, args.token).submit(_spec_for_server(args.config))
+    job = Client(args.server, args.token).submit(_spec_for_server(args.config, args.name))
     print(f"submitted {job['name']} ({job['state']})")
     if args.follow:
         return _follow(Client(args.server, args.token), job["name"])
@@ -188,6 +191,8 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("submit", help="submit a YAML job config to the server")
     p.add_argument("config", type=Path)
+    p.add_argument("--name", default=None,
+                   help="job name instead of the config's (the same config, another run)")
     p.add_argument("--follow", action="store_true", help="then show its progress to the end")
     _client_options(p)
     p.set_defaults(func=cmd_submit)
