@@ -1,16 +1,30 @@
 """Search on Ray: the coordinator hands candidates to a pool of scorer actors.
 
-Each candidate goes to the next free worker (``ray.wait``, no barrier inside a generation). A
-worker that dies mid-evaluation (killed process, CUDA out-of-memory, lost node) is restarted by
-Ray and its candidate goes back to the queue for another worker; a candidate that kills workers
-``max_tries`` times is recorded as failed. The coordinator itself keeps no state that the
-ledger does not: kill it and run the job again, and it resumes where the ledger ends.
+Dispatch is pipelined so that no worker waits for the coordinator. Each worker gets its next
+candidate before the coordinator records the result it just returned (the ledger append, with
+its fsync, takes milliseconds; an evaluation takes seconds), and while the queue holds at least
+one candidate per worker each worker also has a second one waiting behind the one it scores
+(Ray runs an actor's tasks in the order they were sent), so it starts the next one the moment
+it finishes. Near the end of a generation the depth drops to one, so that no candidate waits
+behind a slow one while another worker is idle. There is no barrier inside a generation; the
+one between generations is Algorithm 1's (the next generation is bred from this one's top-k).
+
+A worker that dies mid-evaluation (killed process, CUDA out-of-memory, lost node) is restarted
+by Ray, and every task sent to it fails with a ``RayActorError`` (Ray 2.60 raises its subclass
+``ActorUnavailableError`` while the actor restarts). All of them go back to the queue, but only
+the one it was running (the oldest) is charged with the failure: a candidate that kills workers
+``max_tries`` times is recorded as failed. The restarted worker is pinged once and gets work
+again when the ping answers. A worker whose constructor fails (say, the model does not load) is
+not restarted by Ray: it is retired, and when none is left the search stops with that error
+instead of waiting forever. The coordinator itself keeps no state that the ledger does not:
+kill it and run the job again, and it resumes where the ledger ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +37,9 @@ from longrope_search.search.early_stopping import PruneRule
 from longrope_search.search.evaluator import OnResult
 from longrope_search.search.evolution import FAILED, Evaluation, Individual
 from longrope_search.search.job import JobSpec
+
+Item = tuple[Individual, Candidate]
+Finished = list[tuple[Individual, Evaluation]]
 
 
 def connect(address: str | None = None, **init_kwargs: Any) -> None:
@@ -39,60 +56,163 @@ def connect(address: str | None = None, **init_kwargs: Any) -> None:
 
 
 class RayEvaluator:
-    """The :class:`~longrope_search.search.evaluator.Evaluator` of a pool of Ray workers."""
+    """The :class:`~longrope_search.search.evaluator.Evaluator` of a pool of Ray workers.
+
+    ``wait_seconds`` counts the time the coordinator spent blocked waiting for workers; the rest
+    of its time is its own overhead (engine, dispatch, ledger, tables).
+    """
 
     def __init__(self, spec: JobSpec, num_workers: int, *, gpus_per_worker: float = 1.0,
                  cpus_per_worker: float = 1.0, max_tries: int = 3,
-                 worker_options: dict[str, Any] | None = None) -> None:
-        from workers.scorer import ScorerWorker
+                 worker_options: dict[str, Any] | None = None,
+                 worker_cls: Any = None) -> None:
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be at least 1, not {num_workers}")
+        if worker_cls is None:
+            from workers.scorer import ScorerWorker as worker_cls
 
         spec_dict = dataclasses.asdict(spec)
         options = {"num_gpus": gpus_per_worker, "num_cpus": cpus_per_worker,
                    "max_restarts": -1, "max_task_retries": 0, **(worker_options or {})}
-        self.workers = [ScorerWorker.options(**options).remote(spec_dict)
+        self.workers = [worker_cls.options(**options).remote(spec_dict)
                         for _ in range(num_workers)]
         self.max_tries = max_tries
-        self.failures: dict[str, int] = {}
-        self.recovering: dict[ray.ObjectRef, Any] = {}
+        self.failures: dict[str, int] = {}  # candidate key → workers it has killed
+        # kept across calls (one call per generation): a restarting worker may answer later
+        self.recovering: dict[ray.ObjectRef, int] = {}  # ping → index of a restarting worker
+        self.retired: set[int] = set()  # workers whose constructor failed: Ray won't restart
+        self.init_error: RayActorError | None = None
+        self.wait_seconds = 0.0
+        # one call's state: candidates to send, tasks in flight, each worker's tasks in order
+        self._queue: deque[Item] = deque()
+        self._tasks: dict[ray.ObjectRef, tuple[int, Item]] = {}
+        self._lanes: list[deque[ray.ObjectRef]] = []
+        self._rule: PruneRule | None = None
 
     def pids(self) -> list[int]:
-        return ray.get([w.pid.remote() for w in self.workers])
+        return ray.get([self.workers[i].pid.remote() for i in self._live()])
 
     def throughput(self) -> list[dict[str, float]]:
-        return ray.get([w.throughput.remote() for w in self.workers])
+        return ray.get([self.workers[i].throughput.remote() for i in self._live()])
 
-    def evaluate(self, work: Sequence[tuple[Individual, Candidate]], rule: PruneRule | None,
+    def evaluate(self, work: Sequence[Item], rule: PruneRule | None,
                  on_result: OnResult) -> None:
-        queue = deque(work)
-        recovering = self.recovering  # ping → worker that failed a task; kept across calls
-        free = deque(w for w in self.workers if w not in recovering.values())
-        running: dict[ray.ObjectRef, tuple[Any, tuple[Individual, Candidate]]] = {}
-        while queue or running:
-            while queue and free:
-                worker, item = free.popleft(), queue.popleft()
-                running[worker.score.remote(item[0], item[1], rule)] = (worker, item)
-            (ref,), _ = ray.wait([*running, *recovering], num_returns=1)
-            if ref in recovering:  # a restarted worker answers again: give it work
-                worker = recovering.pop(ref)
+        """Score every item on the pool; ``on_result`` runs as each finishes, after the worker
+        that returned it has been handed its next candidate.
+
+        If ``on_result`` raises, the candidates already sent still run on their workers (Ray
+        cannot take back a task queued on a synchronous actor); their results are dropped.
+        """
+        self._queue, self._tasks, self._rule = deque(work), {}, rule
+        self._lanes = [deque() for _ in self.workers]
+        self._dispatch()
+        while self._queue or self._tasks:
+            finished = self._collect()
+            self._dispatch()
+            for ind, ev in finished:
+                on_result(ind, ev)
+
+    def _live(self) -> list[int]:
+        return [i for i in range(len(self.workers)) if i not in self.retired]
+
+    def _dispatch(self) -> None:
+        """Give every idle worker a candidate, then a second one to each while the queue still
+        holds one per worker."""
+        queue, lanes = self._queue, self._lanes
+        ready = [i for i in self._live() if i not in self.recovering.values()]
+        for depth in (1, 2):
+            for i in ready:
+                if not queue or (depth == 2 and len(queue) < len(ready)):
+                    return
+                if len(lanes[i]) < depth:
+                    item = queue.popleft()
+                    ref = self.workers[i].score.remote(item[0], item[1], self._rule)
+                    self._tasks[ref] = (i, item)
+                    lanes[i].append(ref)
+
+    def _collect(self) -> Finished:
+        """Block until some task or ping answers; return the evaluations that finished (failed
+        ones included), and put back in the queue the candidates that must run again."""
+        waiting = [*self._tasks, *self.recovering]
+        if not waiting:
+            raise RuntimeError("no Ray worker could start: every one failed in its "
+                               f"constructor; the last error: {self.init_error}")
+        t0 = time.perf_counter()
+        ready, rest = ray.wait(waiting, num_returns=1)
+        self.wait_seconds += time.perf_counter() - t0
+        if rest:  # whatever else is done by now, without waiting
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        finished: Finished = []
+        for ref in ready:
+            if ref in self.recovering:
+                self._recovered(ref)
+            elif ref in self._tasks:  # else handled already, with its dead worker's others
+                worker, item = self._tasks[ref]
                 try:
-                    ray.get(ref)
-                    free.append(worker)
-                except RayActorError:
-                    recovering[worker.pid.remote()] = worker
+                    finished.append((item[0], ray.get(ref)))
+                except RayActorError as err:
+                    self._worker_lost(worker, err, finished)
+                    continue
+                except RayTaskError as err:  # the scorer raised; its worker is fine
+                    self._charge(item, type(err).__name__, finished)
+                del self._tasks[ref]
+                self._lanes[worker].remove(ref)
+        return finished
+
+    def _worker_lost(self, worker: int, err: RayActorError, finished: Finished) -> None:
+        """Every task sent to a dead worker fails. Keep those it finished before dying; charge
+        the oldest of the others (the one it was running) and re-queue them all.
+
+        One case is ambiguous: a worker that dies the instant it starts a task can take the
+        reply of the task it just finished with it, and that one is charged instead; an
+        innocent candidate is failed only if that happens to it ``max_tries`` times.
+        """
+        refs = list(self._lanes[worker])
+        self._lanes[worker].clear()
+        answered = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+        lost: list[Item] = []
+        for ref in refs:
+            _, item = self._tasks.pop(ref)
+            if ref not in answered:
+                lost.append(item)
                 continue
-            worker, item = running.pop(ref)
             try:
-                on_result(item[0], ray.get(ref))
-                free.append(worker)
-            except (RayActorError, RayTaskError) as err:
-                recovering[worker.pid.remote()] = worker
-                key = item[0].key
-                self.failures[key] = self.failures.get(key, 0) + 1
-                if self.failures[key] >= self.max_tries:
-                    on_result(item[0], Evaluation(key, (), FAILED, 0,
-                                                  {"error": type(err).__name__}))
-                else:
-                    queue.appendleft(item)
+                finished.append((item[0], ray.get(ref)))
+            except RayActorError:
+                lost.append(item)
+            except RayTaskError as task_err:  # its own failure, before the worker died
+                self._charge(item, type(task_err).__name__, finished)
+        if lost and not err.actor_init_failed:  # a worker that never started: nobody's fault
+            self._charge(lost.pop(0), type(err).__name__, finished)
+        self._queue.extendleft(reversed(lost))
+        self._restart(worker, err)
+
+    def _recovered(self, ping: ray.ObjectRef) -> None:
+        """A restarting worker's ping answered: back to work, or ping again."""
+        worker = self.recovering.pop(ping)
+        try:
+            ray.get(ping)
+        except RayActorError as err:
+            self._restart(worker, err)
+
+    def _restart(self, worker: int, err: RayActorError) -> None:
+        """Wait for a worker that Ray restarts, with one ping; retire one whose constructor
+        failed (Ray does not restart it, and its pings would fail at once, forever)."""
+        if err.actor_init_failed:
+            self.retired.add(worker)
+            self.init_error = err
+        else:
+            self.recovering[self.workers[worker].pid.remote()] = worker
+
+    def _charge(self, item: Item, error: str, finished: Finished) -> None:
+        """Count a failure against the candidate: re-queue it or, at ``max_tries`` failures,
+        record it as failed."""
+        key = item[0].key
+        self.failures[key] = self.failures.get(key, 0) + 1
+        if self.failures[key] >= self.max_tries:
+            finished.append((item[0], Evaluation(key, (), FAILED, 0, {"error": error})))
+        else:
+            self._queue.appendleft(item)
 
     def shutdown(self) -> None:
         for w in self.workers:

@@ -4,6 +4,7 @@ worker costs nothing, a killed coordinator resumes."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import subprocess
@@ -131,3 +132,74 @@ def test_service_runs_jobs_on_ray_workers(cluster, reference, tmp_path: Path) ->
     assert best["search_ppl"] == pytest.approx(reference.best_evaluation.ppl, rel=1e-6)
     keys = ledger_keys(tmp_path / "job", "job")
     assert len(keys) == len(set(keys)) == job.spec.evolution.budget
+
+
+def fake_worker(task_seconds: float = 0.0, kills: frozenset[str] = frozenset(),
+                broken: bool = False):
+    """A scorer actor without a model: sleeps ``task_seconds`` per candidate, dies (the whole
+    process) while scoring the candidates in ``kills``, or fails in its constructor if
+    ``broken``. Defined in a function so that Ray ships it by value."""
+    from longrope_search.search.evolution import OK, Evaluation
+
+    class FakeWorker:
+        def __init__(self, spec: dict) -> None:
+            if broken:
+                raise RuntimeError("no such model")
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def score(self, ind, cand, rule):
+            start = time.time()
+            time.sleep(task_seconds)  # dying at once could lose the previous task's reply
+            if ind.key in kills:
+                os._exit(1)
+            return Evaluation(ind.key, (1.0,), OK, 1, {"start": start, "end": time.time()})
+
+        def throughput(self) -> dict:
+            return {}
+
+    return ray.remote(FakeWorker)
+
+
+def individuals(n: int) -> list:
+    from longrope_search.search.evolution import Individual
+    from longrope_search.search.space import Genome
+
+    return [(Individual(Genome(np.arange(4) + i, 0), 0, "mutation"), None) for i in range(n)]
+
+
+def test_a_candidate_that_kills_workers_is_failed_without_charging_others(cluster,
+                                                                          tmp_path) -> None:
+    work = individuals(12)
+    killer = work[3][0].key  # the second task sent to worker 1: queued, then running
+    pool = RayEvaluator(spec(tmp_path), 2, gpus_per_worker=0, cpus_per_worker=0.01,
+                        worker_cls=fake_worker(0.05, frozenset({killer})))
+    seen = []
+    pool.evaluate(work, None, lambda ind, ev: seen.append(ev))
+    assert sorted(e.key for e in seen) == sorted(ind.key for ind, _ in work)  # each once
+    assert {e.key: e.status for e in seen if e.status != "ok"} == {killer: "failed"}
+    assert pool.failures == {killer: pool.max_tries}  # nothing queued behind it was charged
+    pool.shutdown()
+
+
+def test_workers_never_wait_for_the_ledger(cluster, tmp_path) -> None:
+    """A slow ``on_result`` (a ledger append with fsync on a slow disk) does not idle workers:
+    each one has its next candidate before the coordinator records the last one."""
+    pool = RayEvaluator(spec(tmp_path), 1, gpus_per_worker=0, cpus_per_worker=0.01,
+                        worker_cls=fake_worker(0.3))
+    seen = []
+    pool.evaluate(individuals(8), None, lambda ind, ev: (seen.append(ev), time.sleep(0.2)))
+    runs = sorted((e.extra["start"], e.extra["end"]) for e in seen)
+    gaps = [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(runs)]
+    assert len(seen) == 8 and max(gaps) < 0.1, gaps  # unpipelined, each gap would be ≥ 0.2 s
+    pool.shutdown()
+
+
+def test_workers_that_cannot_start_raise_instead_of_hanging(cluster, tmp_path) -> None:
+    pool = RayEvaluator(spec(tmp_path), 2, gpus_per_worker=0, cpus_per_worker=0.01,
+                        worker_cls=fake_worker(broken=True))
+    with pytest.raises(RuntimeError, match="no such model"):
+        pool.evaluate(individuals(3), None, lambda ind, ev: None)
+    assert not pool.failures  # a worker that never started is no candidate's fault
+    pool.shutdown()
