@@ -130,6 +130,8 @@ def test_service_runs_jobs_on_ray_workers(cluster, reference, tmp_path: Path) ->
     best = json.loads((tmp_path / "job" / "best.json").read_text())
     assert best["lambdas"] == pytest.approx(reference.best.lambdas.tolist())
     assert best["search_ppl"] == pytest.approx(reference.best_evaluation.ppl, rel=1e-6)
+    held = json.loads((tmp_path / "job" / "comparison.json").read_text())["rows"]
+    assert held[0]["method"] == "best" and held[0]["ppl"] > 0
     keys = ledger_keys(tmp_path / "job", "job")
     assert len(keys) == len(set(keys)) == job.spec.evolution.budget
 

@@ -91,6 +91,8 @@ def test_submit_runs_to_the_end(service):
     best = client.get("/api/jobs/t1/best").json()
     assert best["final"] and best["ppl"] == pytest.approx(detail["best_ppl"])
     assert set(best["seed_ppl"]) <= {"pi", "ntk", "yarn"}
+    held = [r["method"] for r in best["heldout"]["rows"]]  # held-out comparison, as `run` does
+    assert held == ["best", "pi", "ntk", "yarn"]
     assert client.post("/api/jobs", json=tiny("t1")).status_code == 409  # name taken
     assert client.post("/api/jobs/t1/cancel").status_code == 409  # finished
     assert client.post("/api/jobs/t1/resume").status_code == 409
