@@ -48,12 +48,15 @@ def main() -> None:
     same = (np.array_equal(on.best.lambdas, off.best.lambdas)
             and on.best.n_hat == off.best.n_hat)
     saved = 1 - docs_on / docs_off
+    es = on_spec.early_stopping
+    rule = (f"rule `sequential`, z = {es.z}" if es.rule == "sequential"
+            else f"rule `bound`, margin {es.margin} nats")
     text = f"""# Early stopping
 
 Command: `python bench/bench_early_stopping.py {args.config}`
 
-Job `{on_spec.name}` ({n_on} candidates, {on_spec.k_documents} documents each, margin
-{on_spec.early_stopping.margin} nats) against the same job and seed without early stopping.
+Job `{on_spec.name}` ({n_on} candidates, {on_spec.k_documents} documents each, early stopping
+{rule}) against the same job and seed without early stopping.
 
 | | early stopping | without |
 |---|---|---|
@@ -67,7 +70,8 @@ Document evaluations saved: **{100 * saved:.1f}%**. Best candidate unchanged: **
     print(text)
     atomic_write(args.out / "early_stopping.md", lambda p: p.write_text(text))
     write_json(args.out / "early_stopping.json", {
-        "command": " ".join(sys.argv), "job": on_spec.name, "documents_on": docs_on,
+        "command": " ".join(sys.argv), "job": on_spec.name, "rule": es.rule,
+        "margin": es.margin, "z": es.z, "documents_on": docs_on,
         "documents_off": docs_off, "saved_fraction": saved, "pruned": pruned,
         "best_unchanged": same, "best_ppl_on": on.best_evaluation.ppl,
         "best_ppl_off": off.best_evaluation.ppl})

@@ -18,8 +18,6 @@ import pytest
 import yaml
 
 from longrope_search.errors import ConfigError
-from longrope_search.search.early_stopping import PruneRule, prune_rule
-from longrope_search.search.evolution import OK, PRUNED, Evaluation
 from longrope_search.search.job import JobSpec, job_from_dict, load_job
 from longrope_search.search.ledger import open_study
 from longrope_search.search.runner import run_search
@@ -117,6 +115,33 @@ def test_early_stopping_prunes_without_changing_the_best(tmp_path: Path, embedde
     assert (pruned.documents_scored < 3).all() and pruned.nll.map(len).min() >= 1
 
 
+def test_sequential_early_stopping_prunes_in_a_search(tmp_path: Path, embedded) -> None:
+    es = {"rule": "sequential", "z": 1.0}
+    evolution = {**SMALL["evolution"], "generations": 4}
+    on = run_search(spec(tmp_path, early_stopping=es, evolution=evolution), loaded=embedded,
+                    progress=False)
+    assert on.pruned > 0
+    gens = pd.read_parquet(on.job_dir / "generations")
+    pruned = gens[gens.status == "pruned"]
+    assert (pruned.documents_scored < 3).all()
+    # calibrated on at least 16 complete candidates: none before generation 2
+    assert pruned.generation.astype(int).min() >= 2
+
+
+def test_resume_accepts_a_spec_written_before_new_keys(tmp_path: Path) -> None:
+    from longrope_search.search.runner import check_or_write_spec
+
+    s = spec(tmp_path)
+    check_or_write_spec(s)
+    path = s.job_dir / "job.yaml"
+    old = yaml.safe_load(path.read_text())
+    del old["early_stopping"]["rule"], old["early_stopping"]["z"]
+    path.write_text(yaml.safe_dump(old))
+    check_or_write_spec(s)  # the same job: defaults fill the missing keys
+    with pytest.raises(ConfigError, match="different spec"):
+        check_or_write_spec(spec(tmp_path, early_stopping={"rule": "sequential"}))
+
+
 @pytest.mark.parametrize("strategy", ["random", "tpe", "cmaes"])
 def test_optuna_strategies_spend_the_same_budget(tmp_path: Path, embedded,
                                                  strategy: str) -> None:
@@ -132,19 +157,6 @@ def test_optuna_strategies_spend_the_same_budget(tmp_path: Path, embedded,
     assert len(ledger_keys(result.job_dir, s.name)) == 12
 
 
-def test_prune_rule_is_a_bound_over_remaining_documents() -> None:
-    rule = PruneRule(threshold=2.0, floors=np.array([1.0, 1.0, 1.0, 1.0]))
-    assert not rule.should_prune([2.0])  # (2 + 3) / 4 = 1.25
-    assert rule.should_prune([4.0, 4.0, 0.5])  # (8.5 + 1) / 4 > 2
-    assert not rule.should_prune([9.0, 9.0, 9.0, 9.0])  # complete: never pruned
-    evals = [Evaluation(str(i), (1.0 + i, 2.0 + i), OK, 2) for i in range(4)]
-    evals.append(Evaluation("p", (0.1,), PRUNED, 2))
-    rule = prune_rule(evals, top_k=2, margin=0.5)
-    assert rule.threshold == pytest.approx(2.5)
-    np.testing.assert_allclose(rule.floors, [0.5, 1.5])
-    assert prune_rule(evals, top_k=5, margin=0.5) is None
-
-
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -158,6 +170,12 @@ def test_prune_rule_is_a_bound_over_remaining_documents() -> None:
         ({"name": "x", "extension_ratio": 8, "evolution": {"top_k": 100}},
          "evolution.top_k: invalid value 100"),
         ({"extension_ratio": 8}, "name: required key missing"),
+        ({"name": "x", "extension_ratio": 8, "early_stopping": {"rule": "race"}},
+         "early_stopping.rule: unknown rule 'race'"),
+        ({"name": "x", "extension_ratio": 8, "early_stopping": {"z": 0}},
+         "early_stopping.z: must be > 0"),
+        ({"name": "x", "extension_ratio": 8, "early_stopping": {"margin": -0.1}},
+         "early_stopping.margin: must be ≥ 0"),
     ],
 )
 def test_job_spec_errors_name_the_field(data: dict, message: str) -> None:

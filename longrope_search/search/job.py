@@ -15,6 +15,7 @@ import yaml
 
 from longrope_search.defaults import EMBEDDED_HELDOUT_DOCS, EMBEDDED_MODEL, EMBEDDED_SEARCH_DOCS
 from longrope_search.errors import ConfigError
+from longrope_search.search.early_stopping import RULES
 from longrope_search.search.evolution import EvolutionConfig
 from longrope_search.search.space import N_HAT_CHOICES
 
@@ -45,8 +46,12 @@ class SpaceSpec:
 
 @dataclass(frozen=True)
 class EarlyStoppingSpec:
+    """See search/early_stopping.py for the two rules."""
+
     enabled: bool = True
-    margin: float = 0.02  # nats per token; see search/early_stopping.py
+    rule: str = "bound"  # or "sequential"
+    margin: float = 0.02  # bound: nats per token a new candidate may beat a document's best by
+    z: float = 3.0  # sequential: how many deviations of the estimate's error to allow
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,16 @@ class JobSpec:
         if self.space.monotone not in ("non_decreasing", "strict"):
             raise ConfigError("space.monotone", f"unknown value {self.space.monotone!r}",
                               "use non_decreasing or strict")
+        es = self.early_stopping
+        if es.rule not in RULES:
+            raise ConfigError("early_stopping.rule", f"unknown rule {es.rule!r}",
+                              f"use one of {RULES}")
+        if es.margin < 0:
+            raise ConfigError("early_stopping.margin", f"must be ≥ 0, got {es.margin}",
+                              "e.g. margin: 0.02 (nats per token)")
+        if es.z <= 0:
+            raise ConfigError("early_stopping.z", f"must be > 0, got {es.z}",
+                              "e.g. z: 3 (about 0.1% chance per look of stopping a parent)")
         if self.scoring.mode not in ("truncate", "sliding"):
             raise ConfigError("scoring.mode", f"unknown mode {self.scoring.mode!r}",
                               "use truncate or sliding")

@@ -33,7 +33,7 @@ from longrope_search.search.evolution import (
     Individual,
     ranked,
 )
-from longrope_search.search.job import JobSpec
+from longrope_search.search.job import JobSpec, job_from_dict
 from longrope_search.search.ledger import Ledger
 from longrope_search.search.space import Genome, SearchSpace, critical_dim
 from longrope_search.search.tables import write_generation
@@ -92,8 +92,9 @@ def check_or_write_spec(spec: JobSpec) -> None:
     path = job_dir / "job.yaml"
     current = spec.to_dict()
     if path.exists():
-        previous = yaml.safe_load(path.read_text())
-        if previous != yaml.safe_load(yaml.safe_dump(current)):
+        # Read back through the spec, so keys added since (with their defaults) still match.
+        previous = job_from_dict(yaml.safe_load(path.read_text())).to_dict()
+        if previous != current:
             raise ConfigError("name", f"job '{spec.name}' already exists in {job_dir} with a "
                               "different spec", "use a new job name, or delete the old folder")
         return
@@ -152,8 +153,9 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
     for gen in range(cfg.generations + 1):
         rule = None
         if spec.early_stopping.enabled and history:
+            es = spec.early_stopping
             rule = prune_rule([evals[i.key] for i in history if i.key in evals], cfg.top_k,
-                              spec.early_stopping.margin)
+                              es.rule, margin=es.margin, z=es.z)
         todo = [i for i in pop if i.key not in evals]
         stats["reused"] += sum(1 for i in pop if i.key in evals and i.operator != "parent")
         bar.update(sum(1 for i in pop if i.key in evals and i.operator != "parent"))
