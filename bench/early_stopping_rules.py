@@ -85,7 +85,7 @@ def main() -> None:
     rules: list[tuple[str, RuleMaker]] = [
         (f"bound, margin {m}", lambda h, k, m=m: floor_bound(h, k, m)) for m in (0.02, 0.0)]
     rules += [(f"sequential, z = {z}", lambda h, k, z=z: sequential_test(h, k, z))
-              for z in (4.0, 3.0, 2.5, 2.0, 1.5, 1.0)]
+              for z in (4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0)]
     rows = []
     for name, make in rules:
         saved, wrong, first = replay(nll, gen, k, make)

@@ -51,7 +51,7 @@ class EarlyStoppingSpec:
     enabled: bool = True
     rule: str = "bound"  # or "sequential"
     margin: float = 0.02  # bound: nats per token a new candidate may beat a document's best by
-    z: float = 3.0  # sequential: how many deviations of the estimate's error to allow
+    z: float = 4.0  # sequential: how many deviations of the estimate's error to allow
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class JobSpec:
                               "e.g. margin: 0.02 (nats per token)")
         if es.z <= 0:
             raise ConfigError("early_stopping.z", f"must be > 0, got {es.z}",
-                              "e.g. z: 3 (about 0.1% chance per look of stopping a parent)")
+                              "e.g. z: 4 (see configs/README.md)")
         if self.scoring.mode not in ("truncate", "sliding"):
             raise ConfigError("scoring.mode", f"unknown mode {self.scoring.mode!r}",
                               "use truncate or sliding")
