@@ -7,7 +7,8 @@ candidates it stops that belonged in the generation's new top-k. Only those chan
 rule that stops none of them leaves every generation's parents, and so the best candidate, as
 they were.
 
-    python bench/early_stopping_rules.py results/embedded-8x-no-early-stopping --top-k 32
+    python bench/early_stopping_rules.py results/embedded-8x-no-early-stopping \\
+        results/embedded-8x-no-early-stopping-bf16
 """
 
 from __future__ import annotations
@@ -56,21 +57,16 @@ def replay(nll: np.ndarray, gen: np.ndarray, k: int, make: RuleMaker
     return saved / total, wrong, first
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("job_dir", type=Path)
-    ap.add_argument("--top-k", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=Path("results/early_stopping_rules.md"))
-    args = ap.parse_args()
-    t = pd.read_parquet(args.job_dir / "generations")
+def report(job_dir: Path, k: int) -> list[str]:
+    """One run's section: every rule replayed, and what any rule could save on it."""
+    t = pd.read_parquet(job_dir / "generations")
     t = t[t.operator != "parent"]
     if (t.status != "ok").any():
-        sys.exit(f"{args.job_dir} has pruned or failed candidates: replay needs a job run "
+        sys.exit(f"{job_dir} has pruned or failed candidates: replay needs a job run "
                  "with early_stopping.enabled false")
     nll = np.stack(t.nll.to_numpy())
     gen = t.generation.astype(int).to_numpy()
-    k, n = args.top_k, nll.shape[1]
+    n = nll.shape[1]
 
     losers = {"start": 0, "after": 0}
     gaps = []
@@ -81,6 +77,8 @@ def main() -> None:
     oracle = {when: 100 * count * (n - 1) / (int((gen > 0).sum()) * n)
               for when, count in losers.items()}
     gaps_arr = np.array(gaps)
+    within = " · ".join(f"≤ {d} nats: {100 * np.mean((gaps_arr > 0) & (gaps_arr <= d)):.0f}%"
+                        for d in (0.002, 0.005, 0.01))
 
     rules: list[tuple[str, RuleMaker]] = [
         (f"bound, margin {m}", lambda h, k, m=m: floor_bound(h, k, m)) for m in (0.02, 0.0)]
@@ -90,36 +88,49 @@ def main() -> None:
     for name, make in rules:
         saved, wrong, first = replay(nll, gen, k, make)
         rows.append(f"| {name} | {100 * saved:.1f}% | {wrong} | {first or '—'} |")
-
-    within = " · ".join(f"≤ {d} nats: {100 * np.mean((gaps_arr > 0) & (gaps_arr <= d)):.0f}%"
-                        for d in (0.002, 0.005, 0.01))
-    text = "\n".join([
-        "# Early stopping: pruning rules replayed", "",
-        f"Command: `python bench/early_stopping_rules.py {' '.join(sys.argv[1:])}`", "",
-        f"Run: `{args.job_dir}`: {len(t)} candidates, {n} documents each, top-k {k}. "
-        "Generations 1 onward; generation 0 has no earlier generation to set a rule.", "",
+    return [
+        f"## `{job_dir}`", "",
+        f"{len(t)} candidates, {n} documents each, top-k {k}. Generations 1 onward; "
+        "generation 0 has no earlier generation to set a rule.", "",
         "| rule | document evaluations saved | parents stopped | first generation changed |",
         "|---|---|---|---|",
         *rows, "",
-        "A parent stopped is a child that would have entered its generation's new top-k. "
-        "Stopping one changes every later generation, and so, in practice, the best candidate.",
-        "",
-        "## What any rule can save here", "",
+        "What any rule can save here:", "",
         f"- Stopping every child that ends worse than T (the k-th best when its generation "
         f"starts) after one document: {oracle['start']:.1f}%.",
         f"- Stopping every child that ends outside the new top-k after one document (it must "
-        f"beat T*, the k-th best once its generation is scored): "
-        f"{oracle['after']:.1f}%.",
+        f"beat T*, the k-th best once its generation is scored): {oracle['after']:.1f}%.",
         f"- But the children that end outside the new top-k miss it by little. As a share of all "
         f"children, those within a given distance of T* are: {within}.",
-        "- The sequential test's estimate after one document is off by the deviation below "
-        "(measured on each generation's top-k, as the rule does); a child that misses by 0.002 "
-        "nats cannot be told apart from a parent until most documents are in:", "",
+        "- The sequential test's estimate is off by the deviation below (median over "
+        "generations, measured on each generation's top-k as the rule does). A child that "
+        "misses by 0.002 nats cannot be told apart from a parent until most documents are in:",
+        "",
         "| documents scored | deviation of the estimate (nats) |", "|---|---|",
         *[f"| {j} | {d:.4f} |" for j, d in enumerate(error_deviation(nll, gen, k), start=1)],
-    ])
+        "",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("job_dirs", type=Path, nargs="+", metavar="job_dir")
+    ap.add_argument("--top-k", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=Path("results/early_stopping_rules.md"))
+    args = ap.parse_args()
+    lines = [
+        "# Early stopping: pruning rules replayed", "",
+        f"Command: `python bench/early_stopping_rules.py {' '.join(sys.argv[1:])}`", "",
+        "Each rule is replayed with the package's own code on a run without early stopping. A "
+        "parent stopped is a child that would have entered its generation's new top-k. Stopping "
+        "one changes every later generation, and so, in practice, the best candidate.", "",
+    ]
+    for job_dir in args.job_dirs:
+        lines += report(job_dir, args.top_k)
+    text = "\n".join(lines)
     print(text)
-    atomic_write(args.out, lambda p: p.write_text(text + "\n"))
+    atomic_write(args.out, lambda p: p.write_text(text))
 
 
 def error_deviation(nll: np.ndarray, gen: np.ndarray, k: int) -> list[float]:
