@@ -10,7 +10,6 @@ than scored again.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -19,13 +18,14 @@ import pandas as pd
 
 from longrope_search.io import atomic_write, write_json
 from longrope_search.model import load_model
-from longrope_search.search.job import EarlyStoppingSpec, load_job
-from longrope_search.search.runner import run_search
+from longrope_search.search.driver import run_search
+from longrope_search.search.job import job_from_dict, load_job
+from longrope_search.search.jobdir import JobDir
 
 
 def document_evaluations(job_dir: Path) -> tuple[int, int, int]:
     """(document forwards, candidates, pruned candidates) from a job's factor tables."""
-    t = pd.read_parquet(job_dir / "generations")
+    t = pd.read_parquet(JobDir(job_dir).generations)
     t = t[t.operator != "parent"]
     return int(t.documents_scored.sum()), len(t), int((t.status == "pruned").sum())
 
@@ -37,8 +37,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results"))
     args = ap.parse_args()
     on_spec = load_job(args.config)
-    off_spec = dataclasses.replace(on_spec, name=f"{on_spec.name}-no-early-stopping",
-                                   early_stopping=EarlyStoppingSpec(enabled=False))
+    off_spec = job_from_dict({**on_spec.to_dict(), "name": f"{on_spec.name}-no-early-stopping",
+                              "early_stopping": {"enabled": False}})
     loaded = load_model(on_spec.model_path, dtype=on_spec.scoring.dtype,
                         device=on_spec.scoring.device)
     on = run_search(on_spec, loaded=loaded)

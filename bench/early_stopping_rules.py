@@ -23,6 +23,7 @@ import pandas as pd
 
 from longrope_search.io import atomic_write
 from longrope_search.search.early_stopping import PruneRule, floor_bound, sequential_test
+from longrope_search.search.jobdir import JobDir
 
 RuleMaker = Callable[[np.ndarray, int], PruneRule]
 
@@ -59,7 +60,7 @@ def replay(nll: np.ndarray, gen: np.ndarray, k: int, make: RuleMaker
 
 def report(job_dir: Path, k: int) -> list[str]:
     """One run's section: every rule replayed, and what any rule could save on it."""
-    t = pd.read_parquet(job_dir / "generations")
+    t = pd.read_parquet(JobDir(job_dir).generations)
     t = t[t.operator != "parent"]
     if (t.status != "ok").any():
         sys.exit(f"{job_dir} has pruned or failed candidates: replay needs a job run "

@@ -9,12 +9,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from longrope_search import __version__
 from longrope_search.defaults import EMBEDDED_HELDOUT_DOCS, EMBEDDED_MODEL
 from longrope_search.errors import ConfigError
 from longrope_search.rope import SEED_NAMES
 from longrope_search.service.client import ApiError
+
+if TYPE_CHECKING:
+    from longrope_search.search.driver import SearchResult
+    from longrope_search.search.job import JobSpec
 
 
 def _int_list(field: str, text: str) -> list[int]:
@@ -72,6 +77,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                else [L, 2 * L, 4 * L, 8 * L])
     methods = _methods(args.methods)
     factors = [load_factor_file(f, geometry) for f in args.factors]
+    for path, cand in zip(args.factors, factors, strict=True):
+        if cand.n_hat >= max(lengths):
+            raise ConfigError(f"factors ({path.name}).n_hat", f"{cand.n_hat} is not below the "
+                              f"longest evaluated length {max(lengths)}, so the factors would "
+                              "change nothing", "evaluate longer lengths, or use a smaller n_hat")
     documents_source = args.documents or EMBEDDED_HELDOUT_DOCS
     out = args.out or Path("results") / "eval" / Path(args.model).resolve().name
 
@@ -129,55 +139,62 @@ def cmd_passkey(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run or resume a search job, then compare its best factors with PI, NTK and YaRN."""
-    import dataclasses
-
-    from longrope_search.model import load_model
+    from longrope_search.search.driver import run_search, summarize
     from longrope_search.search.job import load_job
-    from longrope_search.search.runner import compare_on_documents, plan_job, run_search, summarize
+    from longrope_search.search.jobdir import JobDir
+    from longrope_search.search.plan import check_documents, plan_job
 
     spec = load_job(args.config)
     if args.results_dir:
-        spec = dataclasses.replace(spec, results_dir=str(args.results_dir))
+        spec = spec.with_results_dir(str(args.results_dir))
+    if args.workers < 1:
+        raise ConfigError("workers", f"must be ≥ 1, got {args.workers}", "use --workers 1 or more")
     plan = plan_job(spec)  # validates against the model's config before loading weights
+    check_documents(plan)  # and the documents, with the tokenizer alone
+    budget = f"{spec.evaluation_budget} evaluations"
+    if spec.budget.tokens:
+        budget += f" or {spec.budget.tokens / 1e6:g}M forward tokens"
     print(f"job {spec.name}: L = {plan.original_length} → L' = {plan.target_length} "
-          f"(s = {plan.extension_ratio:g}), strategy {spec.strategy}, budget "
-          f"{spec.evolution.budget} evaluations", file=sys.stderr)
-    docs = spec.heldout_path or spec.documents_path
+          f"(s = {plan.extension_ratio:g}), strategy {spec.strategy}, budget {budget}",
+          file=sys.stderr)
+    if args.ray:
+        result = _run_on_ray(spec, args)
+    else:
+        result = run_search(spec, progress=not args.no_progress)
+    docs = result.comparison_documents
     if docs.is_absolute() and docs.is_relative_to(Path.cwd()):
         docs = docs.relative_to(Path.cwd())
     which = "held-out" if spec.heldout_path else "search"
-    if args.ray:
-        import ray
+    print(summarize(result))
+    print(f"\non {which} documents ({docs}):")
+    for r in result.comparison:
+        gain = "" if r["method"] == "best" else f"  best is {r['gain_vs_this_pct']:.2f}% lower"
+        print(f"  {r['method']:<6} ppl {r['ppl']:9.4f}{gain}")
+    job = JobDir(result.job_dir)
+    print(f"\nfactor tables: {job.generations}  (pandas.read_parquet)")
+    print(f"ledger: {job.ledger}; best factors: {job.best}")
+    return 0
 
-        from longrope_search.distributed import RayEvaluator, connect
 
-        connect(args.address)
-        gpus = args.gpus_per_worker
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
-        pool = RayEvaluator(spec, args.workers, gpus_per_worker=gpus)
+def _run_on_ray(spec: JobSpec, args: argparse.Namespace) -> SearchResult:
+    import ray
+
+    from longrope_search.distributed import RayEvaluator, connect
+    from longrope_search.search.driver import run_search
+
+    connect(args.address)
+    gpus = args.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+    pool = RayEvaluator(spec, args.workers, gpus_per_worker=gpus)
+    try:
         result = run_search(spec, evaluator=pool, progress=not args.no_progress)
         for t in pool.throughput():
             print(f"worker {t['worker']}: {t['candidates']} candidates, "
                   f"{t['candidates_per_second']:.2f}/s busy", file=sys.stderr)
-        rows = ray.get(pool.workers[0].compare.remote(result.best, str(docs)))
-    else:
-        loaded = load_model(spec.model_path, dtype=spec.scoring.dtype,
-                            device=spec.scoring.device, trust_remote_code=spec.trust_remote_code)
-        result = run_search(spec, loaded=loaded, progress=not args.no_progress)
-        rows = compare_on_documents(spec, plan, loaded, result.best, docs)
-    print(summarize(result))
-    print(f"\non {which} documents ({docs}):")
-    for r in rows:
-        gain = "" if r["method"] == "best" else f"  best is {r['gain_vs_this_pct']:.2f}% lower"
-        print(f"  {r['method']:<6} ppl {r['ppl']:9.4f}{gain}")
-    from longrope_search.io import write_json
-
-    write_json(result.job_dir / "comparison.json", {"documents": str(docs), "rows": rows})
-    print(f"\nfactor tables: {result.job_dir / 'generations'}  (pandas.read_parquet)")
-    print(f"ledger: {result.job_dir / 'ledger.journal'}; best factors: "
-          f"{result.job_dir / 'best.json'}")
-    return 0
+    finally:
+        pool.shutdown()
+    return result
 
 
 def _versions() -> dict[str, str]:

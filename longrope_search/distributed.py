@@ -1,13 +1,12 @@
 """Search on Ray: the coordinator hands candidates to a pool of scorer actors.
 
-Dispatch is pipelined so that no worker waits for the coordinator. Each worker gets its next
-candidate before the coordinator records the result it just returned (the ledger append, with
-its fsync, takes milliseconds; an evaluation takes seconds), and while the queue holds at least
-one candidate per worker each worker also has a second one waiting behind the one it scores
-(Ray runs an actor's tasks in the order they were sent), so it starts the next one the moment
-it finishes. Near the end of a generation the depth drops to one, so that no candidate waits
-behind a slow one while another worker is idle. There is no barrier inside a generation; the
-one between generations is Algorithm 1's (the next generation is bred from this one's top-k).
+Dispatch is pipelined so that no worker waits for the coordinator: the driver asks its strategy
+for a candidate whenever ``free_slots()`` says a worker has room, and each worker holds up to
+two, the one it scores and the next (Ray runs an actor's tasks in the order they were sent), so
+it starts the next one the moment it finishes, while the coordinator records the result it
+just returned (the ledger append, with its fsync, takes milliseconds; an evaluation seconds).
+Idle workers are served first. The only barrier is the strategy's own: Algorithm 1 waits for a
+whole generation before it breeds the next; steady-state evolution never waits.
 
 A worker that dies mid-evaluation (killed process, CUDA out-of-memory, lost node) is restarted
 by Ray, and every task sent to it fails with a ``RayActorError`` (Ray 2.60 raises its subclass
@@ -22,11 +21,10 @@ kill it and run the job again, and it resumes where the ledger ends.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -34,12 +32,11 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
-from longrope_search.search.evaluator import OnResult
-from longrope_search.search.evolution import FAILED, Evaluation, Individual
+from longrope_search.search.evaluator import Finished, Work
 from longrope_search.search.job import JobSpec
+from longrope_search.search.trial import FAILED, Evaluation, Individual
 
-Item = tuple[Individual, Candidate]
-Finished = list[tuple[Individual, Evaluation]]
+Item = Work
 
 
 def connect(address: str | None = None, **init_kwargs: Any) -> None:
@@ -59,8 +56,10 @@ class RayEvaluator:
     """The :class:`~longrope_search.search.evaluator.Evaluator` of a pool of Ray workers.
 
     ``wait_seconds`` counts the time the coordinator spent blocked waiting for workers; the rest
-    of its time is its own overhead (engine, dispatch, ledger, tables).
+    of its time is its own overhead (strategy, dispatch, ledger, tables).
     """
+
+    DEPTH = 2  # candidates per worker: the one it scores and the next, already sent
 
     def __init__(self, spec: JobSpec, num_workers: int, *, gpus_per_worker: float = 1.0,
                  cpus_per_worker: float = 1.0, max_tries: int = 3,
@@ -71,62 +70,90 @@ class RayEvaluator:
         if worker_cls is None:
             from workers.scorer import ScorerWorker as worker_cls
 
-        spec_dict = dataclasses.asdict(spec)
         options = {"num_gpus": gpus_per_worker, "num_cpus": cpus_per_worker,
                    "max_restarts": -1, "max_task_retries": 0, **(worker_options or {})}
-        self.workers = [worker_cls.options(**options).remote(spec_dict)
+        self.workers = [worker_cls.options(**options).remote(spec.to_dict())
                         for _ in range(num_workers)]
         self.max_tries = max_tries
         self.failures: dict[str, int] = {}  # candidate key → workers it has killed
-        # kept across calls (one call per generation): a restarting worker may answer later
         self.recovering: dict[ray.ObjectRef, int] = {}  # ping → index of a restarting worker
         self.retired: set[int] = set()  # workers whose constructor failed: Ray won't restart
         self.init_error: RayActorError | None = None
         self.wait_seconds = 0.0
-        # one call's state: candidates to send, tasks in flight, each worker's tasks in order
-        self._queue: deque[Item] = deque()
-        self._tasks: dict[ray.ObjectRef, tuple[int, Item]] = {}
-        self._lanes: list[deque[ray.ObjectRef]] = []
-        self._rule: PruneRule | None = None
+        self._queue: deque[Item] = deque()  # submitted, not yet sent to a worker
+        self._tasks: dict[ray.ObjectRef, tuple[int, Item]] = {}  # sent, not yet returned
+        self._lanes: list[deque[ray.ObjectRef]] = [deque() for _ in self.workers]
 
     def pids(self) -> list[int]:
         return ray.get([self.workers[i].pid.remote() for i in self._live()])
 
-    def throughput(self) -> list[dict[str, float]]:
-        return ray.get([self.workers[i].throughput.remote() for i in self._live()])
+    def throughput(self, timeout: float = 10.0) -> list[dict[str, float]]:
+        """Each worker's counts; a worker that is restarting or dead is left out (its counts
+        died with its process) instead of failing the job's summary."""
+        out = []
+        for i in self._live():
+            try:
+                out.append(ray.get(self.workers[i].throughput.remote(), timeout=timeout))
+            except (RayActorError, ray.exceptions.GetTimeoutError):
+                continue
+        return out
 
-    def evaluate(self, work: Sequence[Item], rule: PruneRule | None,
-                 on_result: OnResult) -> None:
-        """Score every item on the pool; ``on_result`` runs as each finishes, after the worker
-        that returned it has been handed its next candidate.
+    # -- the Evaluator interface ---------------------------------------------------------------
+    def free_slots(self) -> int:
+        return self.DEPTH * len(self._ready()) - len(self._queue) - len(self._tasks)
 
-        If ``on_result`` raises, the candidates already sent still run on their workers (Ray
-        cannot take back a task queued on a synchronous actor); their results are dropped.
-        """
-        self._queue, self._tasks, self._rule = deque(work), {}, rule
-        self._lanes = [deque() for _ in self.workers]
+    def submit(self, individual: Individual, candidate: Candidate,
+               rule: PruneRule | None) -> None:
+        self._queue.append((individual, candidate, rule))
         self._dispatch()
-        while self._queue or self._tasks:
+
+    def pending(self) -> int:
+        return len(self._queue) + len(self._tasks)
+
+    def wait(self) -> Finished:
+        """Block until some candidates are back; the workers that returned them have been
+        handed their next ones already."""
+        finished: Finished = []
+        while not finished and self.pending():
             finished = self._collect()
             self._dispatch()
-            for ind, ev in finished:
-                on_result(ind, ev)
+        return finished
+
+    def compare(self, best: Candidate, documents: Path) -> list[dict[str, Any]]:
+        """Held-out comparison on a live worker (another one if that one dies)."""
+        for _ in range(self.max_tries + len(self.workers)):
+            live = [i for i in self._ready()] or self._live()
+            if not live:
+                break
+            try:
+                return ray.get(self.workers[live[0]].compare.remote(best, str(documents)))
+            except RayActorError as err:
+                self._restart(live[0], err)
+                self._await_recovery()
+        raise RuntimeError(f"no Ray worker could run the held-out comparison: {self.init_error}")
+
+    def _await_recovery(self) -> None:
+        """Block until a restarting worker answers its ping (or is given up)."""
+        if self.recovering:
+            ready, _ = ray.wait(list(self.recovering), num_returns=1)
+            self._recovered(ready[0])
 
     def _live(self) -> list[int]:
         return [i for i in range(len(self.workers)) if i not in self.retired]
 
+    def _ready(self) -> list[int]:
+        return [i for i in self._live() if i not in self.recovering.values()]
+
     def _dispatch(self) -> None:
-        """Give every idle worker a candidate, then a second one to each while the queue still
-        holds one per worker."""
+        """Give every idle worker a candidate, then a second one to each."""
         queue, lanes = self._queue, self._lanes
-        ready = [i for i in self._live() if i not in self.recovering.values()]
-        for depth in (1, 2):
-            for i in ready:
-                if not queue or (depth == 2 and len(queue) < len(ready)):
+        for depth in range(1, self.DEPTH + 1):
+            for i in self._ready():
+                if not queue:
                     return
                 if len(lanes[i]) < depth:
                     item = queue.popleft()
-                    ref = self.workers[i].score.remote(item[0], item[1], self._rule)
+                    ref = self.workers[i].score.remote(*item)
                     self._tasks[ref] = (i, item)
                     lanes[i].append(ref)
 
@@ -210,7 +237,7 @@ class RayEvaluator:
         key = item[0].key
         self.failures[key] = self.failures.get(key, 0) + 1
         if self.failures[key] >= self.max_tries:
-            finished.append((item[0], Evaluation(key, (), FAILED, 0, {"error": error})))
+            finished.append((item[0], Evaluation(key, (), FAILED, 0, extra={"error": error})))
         else:
             self._queue.appendleft(item)
 

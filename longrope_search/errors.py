@@ -14,6 +14,10 @@ class ConfigError(ValueError):
         self.field, self.problem, self.fix = field, problem, fix
         super().__init__(f"{field}: {problem}. Fix: {fix}")
 
+    def __reduce__(self) -> tuple:
+        # rebuilt from its three parts, so it crosses processes (a Ray worker's error) intact
+        return type(self), (self.field, self.problem, self.fix)
+
 
 class NoRotaryEmbeddingError(ConfigError):
     """The model has no rotary position embedding, so there is nothing to rescale."""

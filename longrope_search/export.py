@@ -27,6 +27,7 @@ from typing import Any
 
 from longrope_search.errors import ConfigError
 from longrope_search.rope import Candidate, RopeGeometry
+from longrope_search.search.jobdir import JobDir
 
 FORMATS = ("hf", "vllm", "longrope")
 RECORD_FORMAT = "longrope-search/factors"
@@ -69,24 +70,13 @@ def _factors(values: Any) -> list[float]:
 
 # -- reading a job folder ---------------------------------------------------------------------
 
-def _read_best(job_dir: Path) -> dict[str, Any]:
-    path = job_dir / "best.json"
-    if not (job_dir / "job.yaml").is_file():
-        raise ConfigError("job", f"{job_dir} is not a job folder (no job.yaml)",
-                          "give the folder a search wrote, results/<job>")
-    if not path.is_file():
-        raise ConfigError("job", f"{job_dir.name} has not finished (no best.json yet)",
-                          "wait for the search to end, or resume it")
-    return json.loads(path.read_text())
-
-
 def _model_config(job_dir: Path) -> tuple[dict[str, Any], Any]:
     """The job's model ``config.json`` as written on disk, and as transformers reads it."""
     from transformers import AutoConfig
 
     from longrope_search.search.job import load_job
 
-    spec = load_job(job_dir / "job.yaml")
+    spec = load_job(JobDir(job_dir).spec)
     folder = spec.model_path
     if not (folder / "config.json").is_file():
         raise ConfigError("model", f"the job's model folder {folder} has no config.json",
@@ -100,7 +90,7 @@ def _short_factor(best: dict[str, Any], short_dir: Path | None) -> tuple[list[fl
     ones = [1.0] * len(best["lambdas"])
     if short_dir is None:
         return ones, None
-    short = _read_best(short_dir)
+    short = JobDir(short_dir).finished_best()
     if len(short["lambdas"]) != len(ones):
         raise ConfigError("short_from", f"job {short_dir.name} has {len(short['lambdas'])} "
                           f"factors, this one {len(ones)}", "use a search of the same model")
@@ -162,7 +152,7 @@ def export_job(job_dir: str | Path, fmt: str, *, with_config: bool = False,
     if fmt not in FORMATS:
         raise ConfigError("format", f"unknown export format {fmt!r}", f"use one of {FORMATS}")
     job_dir = Path(job_dir)
-    best = _read_best(job_dir)
+    best = JobDir(job_dir).finished_best()
     short, short_job = _short_factor(best, Path(short_factors) if short_factors else None)
     raw = None
     if with_config or fmt == "longrope" or not best.get("model_fingerprint"):
@@ -197,11 +187,11 @@ def _record(job_dir: Path, best: dict[str, Any], short: list[float], short_job: 
             raw: dict[str, Any] | None) -> dict[str, Any]:
     from longrope_search.search.job import load_job
 
-    spec = load_job(job_dir / "job.yaml")
+    files = JobDir(job_dir)
+    spec = load_job(files.spec)
     perplexity: dict[str, Any] = {"search": {str(best["target_length"]): best.get("search_ppl")}}
-    comparison = job_dir / "comparison.json"
-    if comparison.is_file():
-        held = json.loads(comparison.read_text())
+    held = files.read_comparison()
+    if held is not None:
         perplexity["heldout"] = {str(best["target_length"]): {
             r["method"]: r["ppl"] for r in held["rows"]}}
     return {
@@ -215,7 +205,7 @@ def _record(job_dir: Path, best: dict[str, Any], short: list[float], short_job: 
                   "model_type": (raw or {}).get("model_type"),
                   "config_hash": best["model_fingerprint"]},
         "documents": {"search": str(spec.documents_path), "k": spec.k_documents,
-                      "seed": spec.seed, "heldout": str(spec.heldout_path or "") or None},
+                      "seed": spec.documents_seed, "heldout": str(spec.heldout_path or "") or None},
         "perplexity": perplexity, "search_nll": best.get("search_nll"),
         "search_ppl_without_n_hat": best.get("search_ppl_without_n_hat"),
         "seed_ppl": best.get("seed_ppl") or _seed_ppl_from_tables(job_dir),
@@ -227,9 +217,7 @@ def _seed_ppl_from_tables(job_dir: Path) -> dict[str, float]:
     """Seeds' perplexity from generation 0's table (jobs whose best.json predates seed_ppl)."""
     import pyarrow.parquet as pq
 
-    from longrope_search.search.tables import generation_path
-
-    path = generation_path(job_dir / "generations", 0)
+    path = JobDir(job_dir).table(0)
     if not path.is_file():
         return {}
     rows = pq.read_table(path, columns=["operator", "status", "ppl"]).to_pylist()

@@ -25,18 +25,21 @@ def _rope_block(data: dict[str, Any]) -> dict[str, Any] | None:
     return data if "long_factor" in data else None
 
 
-def load_factor_file(path: str | Path, geometry: RopeGeometry) -> Candidate:
-    """Validated candidate from a factor file, for a model with ``geometry``.
+def load_factor_file(path: str | Path, geometry: RopeGeometry, option: str = "factors"
+                     ) -> Candidate:
+    """Validated candidate from a factor file, for a model with ``geometry``; ``option`` is
+    what the user called the file (``factors``, ``seed_files[2]``), for the errors.
 
     Raises:
         ConfigError: missing file, invalid JSON, no factors in it, wrong vector length,
             non-finite or non-positive values — naming the field and the fix.
     """
     path = Path(path)
-    field = f"factors ({path.name})"
+    field = f"{option} ({path.name})"
+    if path.is_dir():
+        raise ConfigError(option, f"{path} is a directory", "give the path of a factor JSON file")
     if not path.is_file():
-        raise ConfigError("factors", f"{path} does not exist",
-                          "give the path of a factor JSON file")
+        raise ConfigError(option, f"{path} does not exist", "give the path of a factor JSON file")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -12,7 +12,6 @@ and the original model with ``longrope_search.apply_factors`` on the ``longrope`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import longrope_search
 from longrope_search.evaluation.documents import load_documents
 from longrope_search.search.job import load_job
+from longrope_search.search.jobdir import JobDir
 
 
 def main() -> None:
@@ -31,11 +31,12 @@ def main() -> None:
     ap.add_argument("exported_model", type=Path, help="model folder with the exported config")
     ap.add_argument("factors", type=Path, help="the job's longrope export")
     args = ap.parse_args()
-    best = json.loads((args.job_dir / "best.json").read_text())
-    spec = load_job(args.job_dir / "job.yaml")
+    job = JobDir(args.job_dir)
+    best = job.finished_best()
+    spec = load_job(job.spec)
     target = best["target_length"]
     docs = load_documents(spec.documents_path, AutoTokenizer.from_pretrained(spec.model_path),
-                          min_tokens=target, k=spec.k_documents, seed=spec.seed,
+                          min_tokens=target, k=spec.k_documents, seed=spec.documents_seed,
                           max_tokens=target)
 
     def ppl(model: torch.nn.Module) -> float:

@@ -1,13 +1,16 @@
 """The dashboard in a real browser (Debian's chromium, driven by Playwright) over a real server.
 
-The page is checked against the API it draws from: one point per generation, every candidate
-once in the scatter, the best λ curve, the top-k's n̂, the export downloads, and a job followed
-live from queued to finished without reloading the page.
+The page is checked against the API it draws from: best and median perplexity against cost
+spent, every complete candidate once in the scatter and every pruned or failed one in the lane
+under it (never at its partial perplexity), the best λ curve, the top-k's n̂, the export
+downloads, a job of another strategy with a token budget, and a job followed live from queued
+to finished without reloading the page.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -22,10 +25,14 @@ import uvicorn
 from longrope_search.service.app import create_app
 from longrope_search.service.jobs import JobManager
 from longrope_search.service.runners import local_runner
+from tests.test_reports import write_job
 
 FINISHED_JOB = Path(__file__).parents[1] / "results" / "embedded-8x"
 TOKEN = "dash-t0k"
 SCREENSHOT = Path("/tmp/dashboard.png")
+COST_SCREENSHOT = Path("/tmp/dashboard_cost.png")
+TPE_PROGRESS = {"strategy": "tpe", "generation": 1, "evaluations": 8, "budget": 16,
+                "pruned": 2, "cost_tokens": 11_520, "budget_tokens": 20_000}
 
 
 def _unavailable(reason: str) -> None:
@@ -51,10 +58,13 @@ def browser():
 
 @pytest.fixture
 def server(tmp_path):
-    """A uvicorn server with a bearer token over a copy of the finished embedded-8x job; jobs
-    submitted to it wait for ``gate`` before they run."""
+    """A uvicorn server with a bearer token over a copy of the finished embedded-8x job (schema
+    v1 tables) and a cancelled TPE job with a token budget (schema v2, tests/test_reports.py's);
+    jobs submitted to it wait for ``gate`` before they run."""
     shutil.copytree(FINISHED_JOB, tmp_path / "results" / "embedded-8x",
                     ignore=shutil.ignore_patterns("ledger.journal*"))
+    tpe = write_job(tmp_path / "results" / "tpe-job")
+    tpe.state.write_text(json.dumps({"state": "cancelled", "progress": TPE_PROGRESS}))
     gate = threading.Event()
     run = local_runner()
 
@@ -101,11 +111,13 @@ def api(url: str, path: str):
         return json.loads(r.read())
 
 
-# What the page's charts hold: points per series (nulls are no point), from uPlot's chart.data.
+# What the page's charts hold: points per series (nulls are no point), from uPlot's chart.data,
+# and the x axis (label, tick labels, range).
 CHART_POINTS = """() => {
   const out = {};
   for (const [key, chart] of Object.entries(window.dashboard.charts)) {
-    out[key] = {x: chart.data[0].length,
+    out[key] = {x: chart.data[0].length, xs: chart.data[0], x_label: chart.axes[0].label,
+                x_ticks: chart.axes[0]._values, x_max: chart.scales.x.max,
                 series: chart.series.slice(1).map((s, i) => ({
                   label: s.label, points: chart.data[i + 1].filter((v) => v !== null).length,
                   values: chart.data[i + 1]}))};
@@ -123,10 +135,44 @@ def download(page, fmt: str, tmp_path: Path) -> tuple[str, dict]:
     return d.suggested_filename, json.loads(target.read_text())
 
 
+def drawn(series: dict, xs: list) -> list:
+    """The x of every point a chart series draws (a null draws nothing), sorted."""
+    return sorted(x for x, v in zip(xs, series["values"], strict=True) if v is not None)
+
+
+def where(cands: dict, column: str, status: str) -> list:
+    """``column`` of the candidates with ``status``."""
+    return [v for v, s in zip(cands[column], cands["status"], strict=True) if s == status]
+
+
+def check_cost_chart(charts: dict, curve: dict, cands: dict) -> None:
+    """The cost chart draws the API's curve and each complete candidate at (cost spent, ppl);
+    pruned and failed candidates are marks in the lane chart under it, at their cost spent,
+    and no pruned candidate's partial perplexity is drawn anywhere in the cost chart."""
+    cost, lanes = charts["cost"], charts["lanes"]
+    best, median, ok = cost["series"]
+    assert (best["label"], median["label"]) == ("best so far", "median")
+    assert ok["label"] == f"complete candidates ({cands['status'].count('ok')})"
+    assert drawn(best, cost["xs"]) == curve["cost_spent_tokens"]
+    assert [v for v in best["values"] if v is not None] == pytest.approx(curve["best_ppl"])
+    assert [v for v in median["values"] if v is not None] == pytest.approx(curve["median_ppl"])
+    assert cost["x_max"] >= curve["cost_spent_tokens"][-1]
+    assert drawn(ok, cost["xs"]) == sorted(where(cands, "cost_spent_tokens", "ok"))
+    partial = set(where(cands, "ppl", "pruned"))
+    assert not partial & {v for s in cost["series"] for v in s["values"] if v is not None}
+    pruned, failed = lanes["series"]
+    assert (pruned["label"], failed["label"]) == ("pruned (partial score, not a result)",
+                                                  "failed (no score)")
+    assert drawn(pruned, lanes["xs"]) == sorted(where(cands, "cost_spent_tokens", "pruned"))
+    assert drawn(failed, lanes["xs"]) == sorted(where(cands, "cost_spent_tokens", "failed"))
+    assert len({v for v in pruned["values"] if v is not None}) <= 1  # one lane, not a ppl
+
+
 def test_finished_job_page(server, page, tmp_path):
     _manager, url, _gate = server
     gens = api(url, "/api/jobs/embedded-8x/generations")
     cands = api(url, "/api/jobs/embedded-8x/candidates")
+    curve = api(url, "/api/jobs/embedded-8x/curve")
     best = api(url, "/api/jobs/embedded-8x/best")
     assert len(gens) == 41 and len(best["lambdas"]) == 32 and len(best["top_k_n_hat"]) == 32
 
@@ -137,23 +183,27 @@ def test_finished_job_page(server, page, tmp_path):
     assert item.get_attribute("data-state") == "finished"
     assert item.locator("progress").evaluate("p => p.value") == 1
     page.wait_for_selector('#job[data-state="finished"]')
-    page.wait_for_function("() => ['generations', 'candidates', 'lambdas']"
+    page.wait_for_function("() => ['cost', 'lanes', 'lambdas']"
                            ".every((k) => k in window.dashboard.charts)")
     charts = page.evaluate(CHART_POINTS)
 
-    generations = charts["generations"]
-    assert generations["x"] == len(gens) == 41
-    assert [s["label"] for s in generations["series"]] == ["best", "median"]
-    assert generations["series"][0]["values"] == pytest.approx([g["best_ppl"] for g in gens])
-    assert generations["series"][1]["values"] == pytest.approx([g["median_ppl"] for g in gens])
-
-    scatter = {s["label"].split(" ")[0]: s["points"] for s in charts["candidates"]["series"]}
-    assert set(scatter) == {"ok", "pruned", "failed"}
-    assert sum(scatter.values()) == len(cands["ppl"]) == 64 + 40 * 32
-    for status in scatter:
-        assert scatter[status] == cands["status"].count(status)
-    assert page.get_attribute("#candidate-counts", "data-pruned") == \
-        str(cands["status"].count("pruned"))
+    # Perplexity against cost: one point per generation on each line, every candidate once.
+    assert len(curve["generation"]) == len(gens) == 41
+    check_cost_chart(charts, curve, cands)
+    points = sum(s["points"] for key in ("cost", "lanes") for s in charts[key]["series"][-2:])
+    assert points - charts["cost"]["series"][1]["points"] == len(cands["ppl"]) == 64 + 40 * 32
+    # schema v1 tables: cost estimated, shown in human units
+    assert charts["cost"]["x_label"] == "forward tokens spent (estimated)"
+    assert any(t.endswith("M") for t in charts["cost"]["x_ticks"])
+    # what the lane is for: many pruned one-document perplexities lie below the best
+    partial = where(cands, "ppl", "pruned")
+    assert min(partial) < best["search_ppl"]
+    assert page.get_attribute("#candidate-counts", "data-pruned") == str(len(partial))
+    legend = page.locator('[data-chart="lanes"] .u-legend').inner_text()
+    assert "pruned (partial score, not a result)" in legend
+    progress = page.locator("#job-progress-text").inner_text()
+    assert "1344 of 1344 evaluations" in progress and "9.5M tokens" in progress
+    assert "generation" in page.locator("#job-facts dt").all_inner_texts()  # evolution
 
     lambdas = charts["lambdas"]
     assert lambdas["x"] == len(best["lambdas"]) == 32
@@ -210,13 +260,13 @@ def test_a_running_job_updates_live(server, page):
                                   "generations": 2}})
     page.goto(f"{url}/dashboard/?token={TOKEN}&job=live")
     page.wait_for_selector('#job[data-job="live"][data-state="running"]')  # held at the gate
-    page.wait_for_function("() => 'generations' in window.dashboard.charts")
-    assert page.evaluate(CHART_POINTS)["generations"]["x"] == 0
+    page.wait_for_function("() => 'cost' in window.dashboard.charts")
+    assert page.evaluate(CHART_POINTS)["cost"]["x"] == 0
     assert page.locator('[data-export="hf"]').is_disabled()
     page.evaluate("() => { window.notReloaded = true; }")
 
     gate.set()
-    page.wait_for_function("() => window.dashboard.charts.generations.data[0].length === 3 &&"
+    page.wait_for_function("() => window.dashboard.state.curve.generation.length === 3 &&"
                            " document.querySelector('#job').dataset.state === 'finished'",
                            timeout=90_000)
     assert manager.get("live").state == "finished"
@@ -227,3 +277,30 @@ def test_a_running_job_updates_live(server, page):
     lambdas = page.evaluate(CHART_POINTS)["lambdas"]
     assert lambdas["series"][0]["values"] == pytest.approx(best["lambdas"])
     assert page.locator('[data-export="hf"]').is_enabled()
+    check_cost_chart(page.evaluate(CHART_POINTS), api(url, "/api/jobs/live/curve"),
+                     api(url, "/api/jobs/live/candidates"))
+
+
+def test_another_strategy_by_cost(server, page):
+    """A TPE job with a token budget: cost against its budget, no generations; its pruned
+    candidate's partial perplexity (e², far below any complete one) is only a lane mark."""
+    _manager, url, _gate = server
+    curve = api(url, "/api/jobs/tpe-job/curve")
+    cands = api(url, "/api/jobs/tpe-job/candidates")
+    page.goto(f"{url}/dashboard/?token={TOKEN}&job=tpe-job")
+    page.wait_for_selector('#job[data-job="tpe-job"][data-state="cancelled"]')
+    page.wait_for_function("() => ['cost', 'lanes'].every((k) => k in window.dashboard.charts)")
+    charts = page.evaluate(CHART_POINTS)
+    check_cost_chart(charts, curve, cands)
+    assert charts["cost"]["x_label"] == "forward tokens spent"
+    assert "k" in "".join(charts["cost"]["x_ticks"])  # 2k, 4k, ...
+    ppls = [v for s in charts["cost"]["series"] for v in s["values"] if v is not None]
+    assert min(ppls) == pytest.approx(math.exp(3.55))  # the best complete one, not e² (pruned)
+
+    progress = page.locator("#job-progress-text").inner_text()
+    assert "8 of 16 evaluations" in progress and "11.5k of 20k tokens" in progress
+    facts = page.locator("#job-facts dt").all_inner_texts()
+    assert "strategy" in facts and "generation" not in facts
+    item = page.locator('#job-list li[data-job="tpe-job"] [data-role="progress-text"]')
+    assert "generation" not in item.inner_text() and "11.5k of 20k tokens" in item.inner_text()
+    page.screenshot(path=str(COST_SCREENSHOT), full_page=True)

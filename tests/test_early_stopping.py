@@ -13,7 +13,7 @@ from longrope_search.search.early_stopping import (
     prune_rule,
     sequential_test,
 )
-from longrope_search.search.evolution import OK, PRUNED, Evaluation
+from longrope_search.search.trial import OK, PRUNED, Evaluation
 
 
 def test_bound_is_over_the_remaining_documents() -> None:

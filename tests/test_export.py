@@ -19,8 +19,8 @@ from longrope_search.defaults import EMBEDDED_MODEL
 from longrope_search.errors import ConfigError
 from longrope_search.evaluation.documents import load_documents
 from longrope_search.export import export_job, model_fingerprint
+from longrope_search.search.driver import run_search
 from longrope_search.search.job import job_from_dict, load_job
-from longrope_search.search.runner import run_search
 
 MODEL_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json")
 

@@ -3,7 +3,6 @@ worker costs nothing, a killed coordinator resumes."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import signal
@@ -14,16 +13,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import ray
 import yaml
 
 from longrope_search.distributed import RayEvaluator
-from longrope_search.search.runner import run_search
+from longrope_search.search.driver import run_search
 from tests.test_search_run import ledger_keys, spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32 = {"scoring": {"dtype": "float32"}}  # the `embedded` fixture's dtype, for the reference
+STRATEGIES = ("evolution", "steady", "tpe", "cmaes", "random")
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +45,6 @@ def same_best(a, b) -> None:
     assert np.array_equal(a.best.lambdas, b.best.lambdas) and a.best.n_hat == b.best.n_hat
     # workers run with fewer threads than this process: float sums may differ in the last bits
     assert a.best_evaluation.nll == pytest.approx(b.best_evaluation.nll, rel=1e-6)
-
-
-def test_two_workers_give_the_in_process_result(cluster, reference, tmp_path: Path) -> None:
-    s = spec(tmp_path, name="job", **FP32)
-    pool = RayEvaluator(s, 2, gpus_per_worker=1)
-    result = run_search(s, evaluator=pool, progress=False)
-    keys = ledger_keys(s.job_dir, "job")
-    assert len(keys) == len(set(keys)) == s.evolution.budget
-    same_best(result, reference)
-    report = pool.throughput()
-    assert len({r["worker"] for r in report}) == 2 and all(r["candidates"] > 0 for r in report)
-    pool.shutdown()
 
 
 def test_killed_worker_loses_no_candidate(cluster, reference, tmp_path: Path) -> None:
@@ -84,11 +73,15 @@ def test_killed_worker_loses_no_candidate(cluster, reference, tmp_path: Path) ->
     pool.shutdown()
 
 
-def test_killed_coordinator_resumes_to_the_same_result(cluster, reference,
-                                                       tmp_path: Path) -> None:
-    s = spec(tmp_path, name="job", **FP32)
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump(dataclasses.asdict(s)))
+class Cancel(Exception):
+    pass
+
+
+def kill_mid_run(s, cluster: str, after: int) -> int:
+    """Start ``longrope-search run --ray --workers 2`` and SIGKILL it once ``after``
+    evaluations are in its ledger; return how many there are."""
+    config = s.job_dir.parent / f"{s.name}.yaml"
+    config.write_text(yaml.safe_dump(s.to_dict()))
     env = {**os.environ, "RAY_ADDRESS": cluster, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "longrope_search.cli", "run", str(config),
                              "--ray", "--workers", "2", "--gpus-per-worker", "1",
@@ -96,21 +89,57 @@ def test_killed_coordinator_resumes_to_the_same_result(cluster, reference,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        if (s.job_dir / "ledger.journal").exists() and len(ledger_keys(s.job_dir, "job")) >= 14:
+        if (s.job_dir / "ledger.journal").exists() and len(ledger_keys(s.job_dir, s.name)) >= after:
             break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = len(ledger_keys(s.job_dir, "job"))
-    assert 14 <= before < s.evolution.budget
+    return len(ledger_keys(s.job_dir, s.name))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_each_strategy_on_ray_reports_cancels_and_resumes(cluster, embedded, strategy: str,
+                                                          tmp_path: Path) -> None:
+    """A coordinator killed mid-search, resumed and cancelled, resumed again: every candidate
+    scored once, progress reported, and (but for steady-state evolution, whose children
+    depend on completion order) the same tables as in-process."""
+    s = spec(tmp_path / "ray", name="job", strategy=strategy, **FP32)
+    before = kill_mid_run(s, cluster, after=14)
+    assert 14 <= before < s.evaluation_budget
 
     pool = RayEvaluator(s, 2, gpus_per_worker=1)
+    seen: list[dict] = []
+
+    def cancel_after_three(progress: dict) -> None:
+        seen.append(progress)
+        if progress["evaluations"] >= 3:
+            raise Cancel
+
+    with pytest.raises(Cancel):
+        run_search(s, evaluator=pool, progress=False, on_progress=cancel_after_three)
+    assert len(ledger_keys(s.job_dir, "job")) == before + 3  # stopped within one evaluation
+    assert [p["evaluations"] for p in seen] == [0, 1, 2, 3]
+    assert seen[-1]["cost_tokens"] > seen[0]["cost_tokens"] > 0
+
     result = run_search(s, evaluator=pool, progress=False)
-    keys = ledger_keys(s.job_dir, "job")
-    assert len(keys) == len(set(keys)) == s.evolution.budget
-    assert result.reused == before
-    same_best(result, reference)
     pool.shutdown()
+    keys = ledger_keys(s.job_dir, "job")
+    assert len(keys) == len(set(keys)) == len(read_tables(s).query("operator != 'parent'")
+                                              .candidate_id.unique())
+    assert result.reused == before + 3
+    if strategy == "steady":
+        return
+    local = run_search(spec(tmp_path / "local", name="job", strategy=strategy, **FP32),
+                       loaded=embedded, progress=False)
+    a, b = read_tables(s), pd.read_parquet(local.job_dir / "generations")
+    exact = ["generation", "candidate_id", "operator", "parents", "n_hat", "status"]
+    assert a[exact].astype(str).equals(b[exact].astype(str))
+    # workers run with fewer threads than this process: float sums may differ in the last bits
+    assert a.mean_nll.to_numpy() == pytest.approx(b.mean_nll.to_numpy(), rel=1e-6)
+
+
+def read_tables(s) -> pd.DataFrame:
+    return pd.read_parquet(s.job_dir / "generations")
 
 
 def test_service_runs_jobs_on_ray_workers(cluster, reference, tmp_path: Path) -> None:
@@ -121,19 +150,24 @@ def test_service_runs_jobs_on_ray_workers(cluster, reference, tmp_path: Path) ->
 
     manager = JobManager(tmp_path, ray_runner(2, gpus_per_worker=1))
     try:
-        manager.submit(spec(tmp_path, name="job", **FP32).to_dict())
-        job = manager.wait("job", timeout=300)
-        assert job.state == "finished", job.error
-        assert job.progress["evaluations"] == job.spec.evolution.budget
+        for strategy in STRATEGIES:
+            manager.submit(spec(tmp_path, name=strategy, strategy=strategy, **FP32).to_dict())
+        jobs = [manager.wait(strategy, timeout=300) for strategy in STRATEGIES]
+        for job in jobs:
+            assert job.state == "finished", job.error
+            p = job.progress
+            assert p["evaluations"] == len(set(ledger_keys(job.dir, job.name))) > 0
+            assert p["strategy"] == job.name and p["cost_tokens"] > 0
     finally:
         manager.close()
-    best = json.loads((tmp_path / "job" / "best.json").read_text())
+    evolution = tmp_path / "evolution"
+    best = json.loads((evolution / "best.json").read_text())
     assert best["lambdas"] == pytest.approx(reference.best.lambdas.tolist())
     assert best["search_ppl"] == pytest.approx(reference.best_evaluation.ppl, rel=1e-6)
-    held = json.loads((tmp_path / "job" / "comparison.json").read_text())["rows"]
+    held = json.loads((evolution / "comparison.json").read_text())["rows"]
     assert held[0]["method"] == "best" and held[0]["ppl"] > 0
-    keys = ledger_keys(tmp_path / "job", "job")
-    assert len(keys) == len(set(keys)) == job.spec.evolution.budget
+    keys = ledger_keys(evolution, "evolution")
+    assert len(keys) == len(set(keys)) == jobs[0].spec.evaluation_budget
 
 
 def fake_worker(task_seconds: float = 0.0, kills: frozenset[str] = frozenset(),
@@ -141,7 +175,7 @@ def fake_worker(task_seconds: float = 0.0, kills: frozenset[str] = frozenset(),
     """A scorer actor without a model: sleeps ``task_seconds`` per candidate, dies (the whole
     process) while scoring the candidates in ``kills``, or fails in its constructor if
     ``broken``. Defined in a function so that Ray ships it by value."""
-    from longrope_search.search.evolution import OK, Evaluation
+    from longrope_search.search.trial import OK, Evaluation
 
     class FakeWorker:
         def __init__(self, spec: dict) -> None:
@@ -156,7 +190,7 @@ def fake_worker(task_seconds: float = 0.0, kills: frozenset[str] = frozenset(),
             time.sleep(task_seconds)  # dying at once could lose the previous task's reply
             if ind.key in kills:
                 os._exit(1)
-            return Evaluation(ind.key, (1.0,), OK, 1, {"start": start, "end": time.time()})
+            return Evaluation(ind.key, (1.0,), OK, 1, extra={"start": start, "end": time.time()})
 
         def throughput(self) -> dict:
             return {}
@@ -165,10 +199,20 @@ def fake_worker(task_seconds: float = 0.0, kills: frozenset[str] = frozenset(),
 
 
 def individuals(n: int) -> list:
-    from longrope_search.search.evolution import Individual
     from longrope_search.search.space import Genome
+    from longrope_search.search.trial import Individual
 
     return [(Individual(Genome(np.arange(4) + i, 0), 0, "mutation"), None) for i in range(n)]
+
+
+def evaluate_all(pool: RayEvaluator, work: list, on_result=lambda ind, ev: None) -> None:
+    """Submit as the driver does (whenever a slot is free) until everything is back."""
+    queue = list(work)
+    while queue or pool.pending():
+        while queue and pool.free_slots() > 0:
+            pool.submit(*queue.pop(0), None)
+        for ind, ev in pool.wait():
+            on_result(ind, ev)
 
 
 def test_a_candidate_that_kills_workers_is_failed_without_charging_others(cluster,
@@ -178,7 +222,7 @@ def test_a_candidate_that_kills_workers_is_failed_without_charging_others(cluste
     pool = RayEvaluator(spec(tmp_path), 2, gpus_per_worker=0, cpus_per_worker=0.01,
                         worker_cls=fake_worker(0.05, frozenset({killer})))
     seen = []
-    pool.evaluate(work, None, lambda ind, ev: seen.append(ev))
+    evaluate_all(pool, work, lambda ind, ev: seen.append(ev))
     assert sorted(e.key for e in seen) == sorted(ind.key for ind, _ in work)  # each once
     assert {e.key: e.status for e in seen if e.status != "ok"} == {killer: "failed"}
     assert pool.failures == {killer: pool.max_tries}  # nothing queued behind it was charged
@@ -191,7 +235,7 @@ def test_workers_never_wait_for_the_ledger(cluster, tmp_path) -> None:
     pool = RayEvaluator(spec(tmp_path), 1, gpus_per_worker=0, cpus_per_worker=0.01,
                         worker_cls=fake_worker(0.3))
     seen = []
-    pool.evaluate(individuals(8), None, lambda ind, ev: (seen.append(ev), time.sleep(0.2)))
+    evaluate_all(pool, individuals(8), lambda ind, ev: (seen.append(ev), time.sleep(0.2)))
     runs = sorted((e.extra["start"], e.extra["end"]) for e in seen)
     gaps = [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(runs)]
     assert len(seen) == 8 and max(gaps) < 0.1, gaps  # unpipelined, each gap would be ≥ 0.2 s
@@ -202,6 +246,6 @@ def test_workers_that_cannot_start_raise_instead_of_hanging(cluster, tmp_path) -
     pool = RayEvaluator(spec(tmp_path), 2, gpus_per_worker=0, cpus_per_worker=0.01,
                         worker_cls=fake_worker(broken=True))
     with pytest.raises(RuntimeError, match="no such model"):
-        pool.evaluate(individuals(3), None, lambda ind, ev: None)
+        evaluate_all(pool, individuals(3))
     assert not pool.failures  # a worker that never started is no candidate's fault
     pool.shutdown()

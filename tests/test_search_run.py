@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -18,9 +17,10 @@ import pytest
 import yaml
 
 from longrope_search.errors import ConfigError
+from longrope_search.search.driver import run_search
 from longrope_search.search.job import JobSpec, job_from_dict, load_job
+from longrope_search.search.jobdir import JobDir, claim
 from longrope_search.search.ledger import open_study
-from longrope_search.search.runner import run_search
 
 SMALL = {
     "extension_ratio": 8, "k_documents": 3, "seed": 0,
@@ -64,13 +64,23 @@ def test_run_writes_ledger_tables_and_best(tmp_path: Path, embedded) -> None:
     assert (result.job_dir / "best.json").exists()
 
 
-def test_resume_after_sigkill_repeats_nothing_and_ends_the_same(tmp_path: Path,
-                                                                embedded) -> None:
-    reference = run_search(spec(tmp_path / "a", name="job"), loaded=embedded, progress=False)
-    s = spec(tmp_path / "b", name="job")
+class Cancel(Exception):
+    pass
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "steady", "tpe", "cmaes", "random"])
+def test_each_strategy_reports_cancels_and_resumes_after_sigkill(tmp_path: Path, embedded,
+                                                                 strategy: str) -> None:
+    """In-process: killed mid-run, resumed and cancelled, resumed again: nothing scored twice,
+    the same tables as an uninterrupted run (steady-state evolution included: in one process
+    its completion order is fixed)."""
+    fp32 = {"scoring": {"dtype": "float32"}}  # the `embedded` fixture's, in the subprocess too
+    reference = run_search(spec(tmp_path / "a", name="job", strategy=strategy, **fp32),
+                           loaded=embedded, progress=False)
+    s = spec(tmp_path / "b", name="job", strategy=strategy, **fp32)
     s.job_dir.mkdir(parents=True)
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump(dataclasses.asdict(s)))
+    config.write_text(yaml.safe_dump(s.to_dict()))
     proc = subprocess.Popen([sys.executable, "-m", "longrope_search.cli", "run", str(config),
                              "--no-progress"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -83,15 +93,33 @@ def test_resume_after_sigkill_repeats_nothing_and_ends_the_same(tmp_path: Path,
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = ledger_keys(s.job_dir, "job")
-    assert target <= len(before) < s.evolution.budget  # really interrupted mid-run
+    assert target <= len(before) < s.evaluation_budget  # really interrupted mid-run
+
+    seen: list[dict] = []
+
+    def cancel_after_two(progress: dict) -> None:
+        seen.append(progress)
+        if progress["evaluations"] >= 2:
+            raise Cancel
+
+    with pytest.raises(Cancel):
+        run_search(s, loaded=embedded, progress=False, on_progress=cancel_after_two)
+    assert len(ledger_keys(s.job_dir, "job")) == len(before) + 2  # within one evaluation
+    assert [p["evaluations"] for p in seen] == [0, 1, 2]
+    assert seen[0]["cost_tokens"] < seen[-1]["cost_tokens"]
+    assert seen[-1]["strategy"] == strategy and seen[-1]["budget"] == s.evaluation_budget
 
     resumed = run_search(s, loaded=embedded, progress=False)
     keys = ledger_keys(s.job_dir, "job")
-    assert len(keys) == len(set(keys)) == s.evolution.budget  # no evaluation ran twice
+    assert len(keys) == len(set(keys)) == len(ledger_keys(reference.job_dir, "job"))
     assert keys[: len(before)] == before
-    assert resumed.reused == len(before)
-    assert np.array_equal(resumed.best.lambdas, reference.best.lambdas)
-    assert resumed.best.n_hat == reference.best.n_hat
+    assert resumed.reused == len(before) + 2
+    cols = ["generation", "candidate_id", "operator", "parents", "n_hat", "status",
+            "cost_spent_tokens"]
+    a = pd.read_parquet(reference.job_dir / "generations")
+    b = pd.read_parquet(s.job_dir / "generations")
+    assert a[cols].astype(str).equals(b[cols].astype(str))
+    assert a.mean_nll.to_numpy() == pytest.approx(b.mean_nll.to_numpy())
     assert resumed.best_evaluation.nll == pytest.approx(reference.best_evaluation.nll)
 
 
@@ -129,17 +157,24 @@ def test_sequential_early_stopping_prunes_in_a_search(tmp_path: Path, embedded) 
 
 
 def test_resume_accepts_a_spec_written_before_new_keys(tmp_path: Path) -> None:
-    from longrope_search.search.runner import check_or_write_spec
-
     s = spec(tmp_path)
-    check_or_write_spec(s)
+    claim(JobDir(s.job_dir), s)
     path = s.job_dir / "job.yaml"
     old = yaml.safe_load(path.read_text())
-    del old["early_stopping"]["rule"], old["early_stopping"]["z"]
+    del old["early_stopping"]["rule"], old["early_stopping"]["z"], old["budget"]
     path.write_text(yaml.safe_dump(old))
-    check_or_write_spec(s)  # the same job: defaults fill the missing keys
+    claim(JobDir(s.job_dir), s)  # the same job: defaults fill the missing keys
     with pytest.raises(ConfigError, match="different spec"):
-        check_or_write_spec(spec(tmp_path, early_stopping={"rule": "sequential"}))
+        claim(JobDir(s.job_dir), spec(tmp_path, early_stopping={"rule": "sequential"}))
+
+
+def test_where_the_results_folder_is_spelled_is_not_part_of_the_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = job_from_dict({"name": "small", **SMALL, "results_dir": "runs"})
+    absolute = relative.with_results_dir(tmp_path / "runs")
+    claim(JobDir(relative.job_dir), relative)
+    claim(JobDir(absolute.job_dir), absolute)  # no "different spec"
 
 
 @pytest.mark.parametrize("strategy", ["random", "tpe", "cmaes"])
@@ -151,7 +186,7 @@ def test_optuna_strategies_spend_the_same_budget(tmp_path: Path, embedded,
     result = run_search(s, loaded=embedded, progress=False)
     gens = pd.read_parquet(result.job_dir / "generations")
     assert len(gens) == s.evolution.budget == 12
-    assert set(gens.operator) == {strategy}
+    assert set(gens.operator) == {strategy, "seed:pi", "seed:ntk", "seed:yarn"}
     lam = np.stack(gens.lambdas.to_numpy())
     assert np.all(np.diff(lam, axis=1) >= -1e-6)
     assert len(ledger_keys(result.job_dir, s.name)) == 12
@@ -161,14 +196,14 @@ def test_optuna_strategies_spend_the_same_budget(tmp_path: Path, embedded,
     ("data", "message"),
     [
         ({"name": "x", "extension_ratio": 8, "evolutoin": {}}, "evolutoin: unknown key.*evolution"),
-        ({"name": "x", "extension_ratio": "eight"}, "extension_ratio: expected float"),
+        ({"name": "x", "extension_ratio": "eight"}, "extension_ratio: expected a number"),
         ({"name": "x", "extension_ratio": 8, "target_length": 1024}, "target_length: give exactly"),
         ({"name": "x"}, "target_length: give exactly one"),
-        ({"name": "../etc", "extension_ratio": 8}, "name: '../etc' is not a safe job name"),
+        ({"name": "../etc", "extension_ratio": 8}, "name: '../etc' is not a valid name"),
         ({"name": "x", "extension_ratio": 8, "strategy": "sgd"}, "strategy: unknown"),
         ({"name": "x", "extension_ratio": 0.5}, "extension_ratio: must be > 1"),
         ({"name": "x", "extension_ratio": 8, "evolution": {"top_k": 100}},
-         "evolution.top_k: invalid value 100"),
+         "evolution.top_k: top_k 100 is larger than population 64"),
         ({"extension_ratio": 8}, "name: required key missing"),
         ({"name": "x", "extension_ratio": 8, "early_stopping": {"rule": "race"}},
          "early_stopping.rule: unknown rule 'race'"),
@@ -184,7 +219,7 @@ def test_job_spec_errors_name_the_field(data: dict, message: str) -> None:
 
 
 def test_n_hat_beyond_target_is_refused_before_loading(tmp_path: Path) -> None:
-    from longrope_search.search.runner import plan_job
+    from longrope_search.search.plan import plan_job
 
     with pytest.raises(ConfigError, match=r"space\.n_hat: values \[256\]"):
         plan_job(spec(tmp_path, extension_ratio=1.5))

@@ -169,19 +169,24 @@ def test_concurrent_submissions_queue(service):
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # one at a time
 
 
-def test_cancel_then_resume_repeats_no_evaluation(service):
+@pytest.mark.parametrize("strategy", ["evolution", "steady", "tpe", "cmaes", "random"])
+def test_cancel_then_resume_repeats_no_evaluation(service, strategy):
     manager, client = service
-    spec = tiny("cr", evolution={"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
-                                 "generations": 3})
+    spec = tiny("cr", strategy=strategy,
+                evolution={"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
+                           "generations": 3})
     assert client.post("/api/jobs", json=spec).status_code == 201
     job = manager.get("cr")
     while job.progress.get("evaluations", 0) < 4 and job.state in ("queued", "running"):
         threading.Event().wait(0.05)
+    progress = client.get("/api/jobs/cr").json()
+    assert progress["strategy"] == strategy and progress["cost_tokens"] > 0
     assert client.post("/api/jobs/cr/cancel").json()["name"] == "cr"
     job = manager.wait("cr", timeout=60)
     assert job.state == "cancelled"
     done = len(ledger_keys(job.dir))
     assert 0 < done < 24
+    assert done <= job.progress["evaluations"] + 1  # stopped within one evaluation
     assert client.post("/api/jobs/cr/resume").status_code == 200
     job = manager.wait("cr", timeout=120)
     assert job.state == "finished", job.error

@@ -3,23 +3,22 @@
 One actor per model replica (one GPU by default through ``num_gpus``; a model that fits no
 single GPU spreads its layers over the actor's GPUs with ``device_map="auto"`` when the actor has
 several, ``--gpus-per-worker 2``; CPU when the cluster has no GPU). It scores with the same
-:class:`~longrope_search.search.evaluator.LocalEvaluator` as an in-process run, document by
-document, so the generation's pruning rule stops a hopeless candidate on whichever worker scores
-it.
+:func:`~longrope_search.search.evaluator.score_batch` as an in-process run, document by
+document, so a candidate's pruning rule stops it on whichever worker scores it.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
-from longrope_search.search.evolution import Evaluation, Individual
+from longrope_search.search.trial import Evaluation, Individual
 
 
 @ray.remote
@@ -28,10 +27,9 @@ class ScorerWorker:
         from longrope_search.model import load_model
         from longrope_search.search.evaluator import LocalEvaluator
         from longrope_search.search.job import job_from_dict
-        from longrope_search.search.runner import plan_job, scorer_for
+        from longrope_search.search.plan import plan_job
 
         job = job_from_dict(spec)
-        plan = plan_job(job)
         device, device_map = job.scoring.device, None
         gpus = ray.get_gpu_ids()
         if device == "auto" and not gpus:
@@ -40,9 +38,7 @@ class ScorerWorker:
             device_map = "auto"  # a model too big for one GPU: layers spread over this actor's
         loaded = load_model(job.model_path, dtype=job.scoring.dtype, device=device,
                             device_map=device_map, trust_remote_code=job.trust_remote_code)
-        self.job, self.plan, self.loaded = job, plan, loaded
-        self.evaluator = LocalEvaluator(scorer_for(job, plan, loaded))
-        self.evaluator.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.evaluator = LocalEvaluator(plan_job(job), loaded)
         self.scored = 0
         self.documents = 0
         self.busy_seconds = 0.0
@@ -52,20 +48,16 @@ class ScorerWorker:
 
     def score(self, ind: Individual, cand: Candidate, rule: PruneRule | None) -> Evaluation:
         t0 = time.perf_counter()
-        out: list[Evaluation] = []
-        self.evaluator.evaluate([(ind, cand)], rule, lambda _i, e: out.append(e))
+        self.evaluator.submit(ind, cand, rule)
+        ((_, ev),) = self.evaluator.wait()
         self.scored += 1
-        self.documents += len(out[0].nll)
+        self.documents += len(ev.nll)
         self.busy_seconds += time.perf_counter() - t0
-        return out[0]
+        return ev
 
     def compare(self, best: Candidate, documents: str) -> list[dict[str, Any]]:
         """The best candidate against PI, NTK and YaRN on other documents (held-out)."""
-        from pathlib import Path
-
-        from longrope_search.search.runner import compare_on_documents
-
-        return compare_on_documents(self.job, self.plan, self.loaded, best, Path(documents))
+        return self.evaluator.compare(best, Path(documents))
 
     def throughput(self) -> dict[str, float]:
         """Candidates and documents scored, and candidates per busy second."""

@@ -154,6 +154,15 @@ class PerplexityScorer:
         self.documents = [d.to(self.device, torch.long) for d in documents]
         self.batch_size = (auto_batch_size(model, length) if batch_size == "auto"
                            else int(batch_size))
+        self.forward_tokens = [self._forward_tokens(d) for d in self.documents]
+
+    def _forward_tokens(self, doc: torch.Tensor) -> int:
+        """Tokens one candidate's forward passes process on a document (the search's unit of
+        cost): the document itself when truncated, every window in full when sliding."""
+        if self.mode == "truncate":
+            return int(doc.numel())
+        return sum(end - begin for begin, end, _ in windows(doc.numel(), self.length,
+                                                            self.stride))
 
     @property
     def num_documents(self) -> int:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from longrope_search.search.evolution import OK, Evaluation
+from longrope_search.search.trial import OK, Evaluation
 
 RULES = ("bound", "sequential")
 MIN_CALIBRATION = 16  # parents the sequential test measures its error on, at least

@@ -1,6 +1,10 @@
-"""Score individuals one document at a time, stopping hopeless ones early.
+"""Evaluators score candidates for the driver: in this process, or on a Ray pool
+(:class:`longrope_search.distributed.RayEvaluator`), behind one asynchronous interface.
 
-The in-process evaluator; the Ray pool (``workers/``) offers the same ``evaluate`` call.
+The driver submits a candidate whenever ``free_slots()`` says the evaluator can take one, and
+``wait()`` blocks until at least one result is back. Each candidate is scored one document at
+a time, so its pruning rule (fixed when its generation started) can stop it early; its cost is
+the forward tokens it actually spent.
 """
 
 from __future__ import annotations
@@ -8,64 +12,103 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from longrope_search.evaluation.perplexity import PerplexityScorer
+from longrope_search.model import LoadedModel
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
-from longrope_search.search.evolution import FAILED, OK, PRUNED, Evaluation, Individual
+from longrope_search.search.plan import Plan, compare_on_documents, scorer_for
+from longrope_search.search.trial import FAILED, OK, PRUNED, Evaluation, Individual
 
-OnResult = Callable[[Individual, Evaluation], None]
+Work = tuple[Individual, Candidate, PruneRule | None]
+Finished = list[tuple[Individual, Evaluation]]
 
 
 class Evaluator(Protocol):
-    def evaluate(self, work: Sequence[tuple[Individual, Candidate]], rule: PruneRule | None,
-                 on_result: OnResult) -> None:
-        """Score every item; call ``on_result`` as each one finishes (pruned or failed too)."""
+    def free_slots(self) -> int:
+        """How many more candidates it takes now without queueing behind busy scorers."""
+
+    def submit(self, individual: Individual, candidate: Candidate,
+               rule: PruneRule | None) -> None:
+        """Queue one candidate for scoring."""
+
+    def pending(self) -> int:
+        """Candidates submitted and not yet returned by ``wait``."""
+
+    def wait(self) -> Finished:
+        """Block until at least one submitted candidate is done (pruned or failed too)."""
+
+    def compare(self, best: Candidate, documents: Path) -> list[dict[str, Any]]:
+        """The best candidate against PI, NTK and YaRN on other (held-out) documents."""
+
+
+def score_batch(scorer: PerplexityScorer, work: Sequence[Work], worker: str) -> Finished:
+    """Score candidates that share each forward, document by document; a candidate leaves the
+    batch when its rule prunes it. Out of memory fails the batch's remaining candidates."""
+    nll: dict[int, list[float]] = {i: [] for i in range(len(work))}
+    active = list(range(len(work)))
+    out: Finished = []
+    t0 = time.time()
+
+    def result(i: int, status: str) -> tuple[Individual, Evaluation]:
+        ind = work[i][0]
+        cost = sum(scorer.forward_tokens[: len(nll[i])])
+        now = time.time()
+        return ind, Evaluation(ind.key, tuple(nll[i]), status, scorer.num_documents, cost,
+                               {"worker": worker, "seconds": round(now - t0, 4),
+                                "timestamp": now})
+
+    try:
+        for d in range(scorer.num_documents):
+            scores, _ = scorer.score_document([work[i][1] for i in active], d)
+            still = []
+            for i, v in zip(active, scores, strict=True):
+                nll[i].append(float(v))
+                rule = work[i][2]
+                if rule is not None and rule.should_prune(nll[i]):
+                    out.append(result(i, PRUNED))
+                else:
+                    still.append(i)
+            active = still
+            if not active:
+                break
+    except torch.OutOfMemoryError:
+        return out + [result(i, FAILED) for i in active]
+    return out + [result(i, OK) for i in active]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class LocalEvaluator:
-    """Scores in this process with one :class:`PerplexityScorer`; candidates in a batch share
-    each forward and leave the batch when pruned."""
+    """Scores in this process with one :class:`PerplexityScorer`; up to ``batch_size``
+    candidates share each forward."""
 
-    def __init__(self, scorer: PerplexityScorer) -> None:
-        self.scorer = scorer
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+    def __init__(self, plan: Plan, loaded: LoadedModel) -> None:
+        self.plan, self.loaded = plan, loaded
+        self.scorer = scorer_for(plan, loaded)
+        self.worker = worker_name()
+        self.queue: list[Work] = []
 
-    def evaluate(self, work: Sequence[tuple[Individual, Candidate]], rule: PruneRule | None,
-                 on_result: OnResult) -> None:
-        n_docs = self.scorer.num_documents
-        size = self.scorer.batch_size
-        for start in range(0, len(work), size):
-            active = list(work[start : start + size])
-            nll: dict[str, list[float]] = {ind.key: [] for ind, _ in active}
-            t0 = time.time()
-            try:
-                for d in range(n_docs):
-                    scores, _ = self.scorer.score_document([c for _, c in active], d)
-                    still = []
-                    for (ind, cand), v in zip(active, scores, strict=True):
-                        nll[ind.key].append(float(v))
-                        if rule is not None and rule.should_prune(nll[ind.key]):
-                            on_result(ind, self._result(ind, nll, PRUNED, t0))
-                        else:
-                            still.append((ind, cand))
-                    active = still
-                    if not active:
-                        break
-            except torch.OutOfMemoryError:
-                for ind, _ in active:
-                    on_result(ind, self._result(ind, nll, FAILED, t0))
-                continue
-            for ind, _ in active:
-                on_result(ind, self._result(ind, nll, OK, t0))
+    def free_slots(self) -> int:
+        return self.scorer.batch_size - len(self.queue)
 
-    def _result(self, ind: Individual, nll: dict[str, list[float]], status: str,
-                t0: float) -> Evaluation:
-        now = time.time()
-        return Evaluation(ind.key, tuple(nll[ind.key]), status, self.scorer.num_documents,
-                          {"worker": self.worker, "seconds": round(now - t0, 4),
-                           "timestamp": now})
+    def submit(self, individual: Individual, candidate: Candidate,
+               rule: PruneRule | None) -> None:
+        self.queue.append((individual, candidate, rule))
+
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def wait(self) -> Finished:
+        work, self.queue = self.queue, []
+        return score_batch(self.scorer, work, self.worker)
+
+    def compare(self, best: Candidate, documents: Path) -> list[dict[str, Any]]:
+        return compare_on_documents(self.plan, self.loaded, best, documents)

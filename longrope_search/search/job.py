@@ -1,116 +1,189 @@
-"""Job specs: the YAML a user writes, validated up front with errors that name the field."""
+"""Job specs: the YAML a user writes, validated up front with errors that name the field.
+
+The spec is a tree of pydantic models, so the same checks and the same field descriptions serve
+the CLI (``load_job``), the HTTP API (:class:`JobRequest`, shown field by field in
+``/openapi.json``) and Python callers (``job_from_dict``). Only cheap checks live here; those
+that need the model's config (lengths, n̂ against the target) are in ``runner.plan_job``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import re
-import types
-import typing
-from dataclasses import dataclass, field
+import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from longrope_search.defaults import EMBEDDED_HELDOUT_DOCS, EMBEDDED_MODEL, EMBEDDED_SEARCH_DOCS
 from longrope_search.errors import ConfigError
-from longrope_search.search.early_stopping import RULES
-from longrope_search.search.evolution import EvolutionConfig
+from longrope_search.rope.attention import POLICIES
+from longrope_search.rope.seeds import SEED_NAMES
 from longrope_search.search.space import N_HAT_CHOICES
+from longrope_search.search.strategies import strategy_names
+from longrope_search.search.strategies.settings import EvolutionConfig
+from longrope_search.validation import AtMost, SpecModel, config_error, spec_error
 
-STRATEGIES = ("evolution", "tpe", "cmaes", "random")
 EMBEDDED = "embedded"
 PATH_FIELDS = ("model", "documents", "heldout_documents")  # the spec's paths (seed_files aside)
+JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_PATH = 4096
+MAX_LENGTH = 1 << 24  # longest target context, in tokens (16M)
+MAX_RATIO = 1024
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # model.loading.DTYPES, and auto
+Policy = Literal["none", "yarn", "su"]  # rope.attention.POLICIES
+SeedName = Literal[SEED_NAMES]  # type: ignore[valid-type]
+PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
+Positive = Annotated[float, Field(gt=0)]
+OneOrMore = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class ScoringSpec:
-    mode: str = "truncate"
-    stride: int = 256
-    dtype: str = "auto"
-    device: str = "auto"
-    batch_size: int | str = "auto"
+def _is_number(value: Any) -> bool:
+    """An int or a float, not a bool (YAML's true is no number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True)
-class SpaceSpec:
-    lambda_min: float = 1.0
-    lambda_max: float | None = None  # default 1.25·s
-    step: float = 0.01
-    monotone: str = "non_decreasing"  # or "strict"
-    n_hat: tuple[int, ...] = N_HAT_CHOICES
-    longrope2: bool = False
-    critical_dim: int | None = None  # LongRoPE2: default computed from the model
+class ScoringSpec(SpecModel):
+    """How a candidate's perplexity is measured."""
+
+    mode: Literal["truncate", "sliding"] = Field(
+        "truncate", description="truncate: one window of L' tokens per document; sliding: "
+        "windows of L' tokens every stride tokens")
+    stride: int = Field(256, ge=1, description="tokens between sliding windows")
+    dtype: Dtype = Field("auto", description="weights' dtype; auto is bf16 on GPUs and on CPUs "
+                         "with native bf16, fp32 elsewhere")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,3})?|mps)$",
+                        description="auto, cpu, cuda, cuda:N or mps")
+    batch_size: Literal["auto"] | OneOrMore = Field(
+        "auto", description="documents per forward pass: auto or a number ≥ 1")
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value: Any) -> Any:
+        """One message for both branches of the union."""
+        if value == "auto" or (_is_number(value) and isinstance(value, int) and value >= 1):
+            return value
+        raise spec_error(f"must be auto or an integer ≥ 1, got {value!r}",
+                         "use batch_size: auto, or e.g. batch_size: 4")
 
 
-@dataclass(frozen=True)
-class EarlyStoppingSpec:
+class SpaceSpec(SpecModel):
+    """The search space: λ on a grid, monotone, bounded; n̂ from a set."""
+
+    lambda_min: Positive = Field(1.0, description="smallest λ (1 = no interpolation)")
+    lambda_max: Positive | None = Field(None, description="largest λ; default 1.25·s")
+    step: Positive = Field(0.01, description="grid step of λ")
+    monotone: Literal["non_decreasing", "strict"] = Field(
+        "non_decreasing", description="λ must not decrease (or must increase) with frequency "
+        "index")
+    n_hat: Annotated[tuple[Annotated[int, Field(ge=0)], ...], AtMost(64)] = Field(
+        N_HAT_CHOICES, description="choices for n̂, the first positions kept unscaled")
+    longrope2: bool = Field(False, description="LongRoPE2: dimensions below the critical one "
+                            "are searched, those above follow NTK")
+    critical_dim: int | None = Field(None, ge=0, description="LongRoPE2's critical dimension; "
+                                     "default computed from the model")
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> SpaceSpec:
+        if self.lambda_max is not None and self.lambda_max <= self.lambda_min:
+            raise spec_error(f"lambda_max {self.lambda_max} is not above lambda_min "
+                             f"{self.lambda_min}", "raise lambda_max or leave it out (1.25·s)",
+                             field="lambda_max")
+        return self
+
+
+class EarlyStoppingSpec(SpecModel):
     """See search/early_stopping.py for the two rules."""
 
-    enabled: bool = True
-    rule: str = "bound"  # or "sequential"
-    margin: float = 0.02  # bound: nats per token a new candidate may beat a document's best by
-    z: float = 4.0  # sequential: how many deviations of the estimate's error to allow
+    enabled: bool = Field(True, description="stop scoring candidates that cannot enter the top-k")
+    rule: Literal["bound", "sequential"] = Field(
+        "bound", description="bound (safe up to the margin) or sequential (a race)")
+    margin: float = Field(0.02, ge=0, description="bound: nats per token a new candidate may "
+                          "beat a document's best by")
+    z: float = Field(4.0, gt=0, description="sequential: deviations of the estimate's error "
+                     "to allow")
 
 
-@dataclass(frozen=True)
-class JobSpec:
+class BudgetSpec(SpecModel):
+    """When the search stops, beyond the strategy's own end (evolution's P + T·(N1 + N2))."""
+
+    evaluations: OneOrMore | None = Field(None, description="candidates to score; default the "
+                                          "evolution settings' budget")
+    tokens: OneOrMore | None = Field(None, description="forward tokens to spend, all candidates "
+                                     "together; default unlimited")
+
+
+class _JobFields(SpecModel):
+    """The fields a user chooses (all but ``results_dir``); shared by spec and request."""
+
+    name: str = Field(pattern=JOB_NAME, description="the job's name and its folder under the "
+                      "results folder: up to 64 letters, digits, '.', '_' or '-', starting with "
+                      "a letter or digit")
+    model: PathText = Field(EMBEDDED, description="Hugging Face model folder, or embedded")
+    documents: PathText = Field(EMBEDDED, description="search documents (a .jsonl/.parquet file "
+                                "or folder), or embedded")
+    heldout_documents: PathText | None = Field(None, description="held-out documents for the "
+                                               "final comparison; default embedded's own")
+    text_field: str = Field("text", min_length=1, max_length=256,
+                            description="the documents' text column")
+    original_length: int | None = Field(None, ge=2, le=MAX_LENGTH, description="L; default "
+                                        "from the model's config")
+    target_length: int | None = Field(None, ge=2, le=MAX_LENGTH, description="L' in tokens; "
+                                      "give this or extension_ratio")
+    extension_ratio: float | None = Field(None, gt=1, le=MAX_RATIO, description="s = L'/L; "
+                                          "give this or target_length")
+    k_documents: int = Field(5, ge=1, le=1024, description="documents scored per candidate (the "
+                             "paper: 5, 3 from 512k)")
+    seed: int = Field(0, ge=0, description="RNG seed of the search strategy")
+    documents_seed: int = Field(0, ge=0, description="RNG seed that picks the k documents "
+                                "(search and held-out); fixed while the search seed varies")
+    strategy: str = Field("evolution", max_length=128, description="search strategy: "
+                          f"{', '.join(strategy_names())} or a registered one")
+    attention_factor: Policy | Positive = Field(
+        "su", description=f"attention-factor policy ({', '.join(POLICIES)}) or a number m > 0")
+    seeds: Annotated[tuple[SeedName, ...], AtMost(16)] = Field(
+        ("pi", "ntk", "yarn"), description=f"seed methods: {', '.join(SEED_NAMES)}")
+    seed_files: Annotated[tuple[PathText, ...], AtMost(64)] = Field(
+        (), description="factor files to seed the search with")
+    scoring: ScoringSpec = Field(default_factory=ScoringSpec, description=ScoringSpec.__doc__)
+    space: SpaceSpec = Field(default_factory=SpaceSpec, description=SpaceSpec.__doc__)
+    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig,
+                                       description=EvolutionConfig.__doc__)
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec,
+                                              description=EarlyStoppingSpec.__doc__)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec, description=BudgetSpec.__doc__)
+    trust_remote_code: bool = Field(False, description="run the model folder's own code")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, name: str) -> str:
+        names = strategy_names()
+        if name not in names:
+            raise spec_error(f"unknown strategy {name!r}", f"use one of {', '.join(names)}")
+        return name
+
+    @field_validator("attention_factor", mode="before")
+    @classmethod
+    def _policy_or_factor(cls, value: Any) -> Any:
+        """One message for both branches of the union."""
+        if value in POLICIES or (_is_number(value) and math.isfinite(value) and value > 0):
+            return value
+        raise spec_error(f"must be one of {', '.join(POLICIES)} or a number > 0, got {value!r}",
+                         "use attention_factor: su (LongRoPE's default), yarn, none, or e.g. 1.2")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> _JobFields:
+        if (self.target_length is None) == (self.extension_ratio is None):
+            raise spec_error("give exactly one of target_length and extension_ratio",
+                             "e.g. extension_ratio: 8", field="target_length")
+        return self
+
+
+class JobSpec(_JobFields):
     """One search job. Paths may be ``embedded`` for the bundled default model and documents."""
 
-    name: str
-    model: str = EMBEDDED
-    documents: str = EMBEDDED
-    heldout_documents: str | None = None
-    text_field: str = "text"
-    original_length: int | None = None  # default: from the model's config
-    target_length: int | None = None
-    extension_ratio: float | None = None
-    k_documents: int = 5
-    seed: int = 0
-    strategy: str = "evolution"
-    attention_factor: str | float = "su"
-    seeds: tuple[str, ...] = ("pi", "ntk", "yarn")
-    seed_files: tuple[str, ...] = ()
-    scoring: ScoringSpec = field(default_factory=ScoringSpec)
-    space: SpaceSpec = field(default_factory=SpaceSpec)
-    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
-    early_stopping: EarlyStoppingSpec = field(default_factory=EarlyStoppingSpec)
-    results_dir: str = "results"
-    trust_remote_code: bool = False
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
-            raise ConfigError("name", f"{self.name!r} is not a safe job name",
-                              "use letters, digits, '.', '_' and '-' (at most 64)")
-        if (self.target_length is None) == (self.extension_ratio is None):
-            raise ConfigError("target_length", "give exactly one of target_length and "
-                              "extension_ratio", "e.g. extension_ratio: 8")
-        if self.extension_ratio is not None and not self.extension_ratio > 1:
-            raise ConfigError("extension_ratio", f"must be > 1, got {self.extension_ratio}",
-                              "the search extends the context: use e.g. 4 or 8")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError("strategy", f"unknown strategy {self.strategy!r}",
-                              f"use one of {STRATEGIES}")
-        if self.k_documents < 1:
-            raise ConfigError("k_documents", f"must be ≥ 1, got {self.k_documents}",
-                              "the paper uses 5 (3 from 512k)")
-        if self.space.monotone not in ("non_decreasing", "strict"):
-            raise ConfigError("space.monotone", f"unknown value {self.space.monotone!r}",
-                              "use non_decreasing or strict")
-        es = self.early_stopping
-        if es.rule not in RULES:
-            raise ConfigError("early_stopping.rule", f"unknown rule {es.rule!r}",
-                              f"use one of {RULES}")
-        if es.margin < 0:
-            raise ConfigError("early_stopping.margin", f"must be ≥ 0, got {es.margin}",
-                              "e.g. margin: 0.02 (nats per token)")
-        if es.z <= 0:
-            raise ConfigError("early_stopping.z", f"must be > 0, got {es.z}",
-                              "e.g. z: 4 (see configs/README.md)")
-        if self.scoring.mode not in ("truncate", "sliding"):
-            raise ConfigError("scoring.mode", f"unknown mode {self.scoring.mode!r}",
-                              "use truncate or sliding")
+    results_dir: PathText = Field("results", description="folder that holds the job's folder")
 
     # -- resolved paths -----------------------------------------------------------------------
     @property
@@ -133,6 +206,13 @@ class JobSpec:
     def job_dir(self) -> Path:
         return Path(self.results_dir) / self.name
 
+    @property
+    def evaluation_budget(self) -> int:
+        """Candidates to score: ``budget.evaluations`` if given, else the evolution budget."""
+        if self.budget.evaluations is not None:
+            return self.budget.evaluations
+        return self.evolution.budget
+
     def resolve_lengths(self, original_length: int) -> tuple[int, int, float]:
         """(L, L', s) given the model's original length (unless the spec overrides it)."""
         L = self.original_length or original_length
@@ -144,66 +224,43 @@ class JobSpec:
         assert self.extension_ratio is not None
         return L, round(self.extension_ratio * L), float(self.extension_ratio)
 
+    def with_results_dir(self, path: str | Path) -> JobSpec:
+        """The same job, kept under another results folder."""
+        return self.model_copy(update={"results_dir": str(path)})
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON/YAML data (lists, not tuples) that ``job_from_dict`` reads back."""
+        return self.model_dump(mode="json")
 
 
-def _check_type(path: str, value: Any, hint: Any) -> Any:
-    """Coerce YAML scalars to the field's type, or raise naming the field."""
-    origin = typing.get_origin(hint)
-    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
-    if value is None and type(None) in options:
-        return None
-    for opt in options:
-        base = typing.get_origin(opt) or opt
-        if base is tuple and isinstance(value, (list, tuple)):
-            (item,) = {a for a in typing.get_args(opt) if a is not Ellipsis}
-            return tuple(_check_type(f"{path}[{i}]", v, item) for i, v in enumerate(value))
-        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if base is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if base in (str, bool) and isinstance(value, base):
-            return value
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(path, f"expected {names}, got {value!r}", "fix the value in the config")
+class JobRequest(_JobFields):
+    """A job spec sent to the service. ``results_dir`` is accepted and ignored: the server keeps
+    every job in its own results folder."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_results_dir(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "results_dir" in data:
+            return {k: v for k, v in data.items() if k != "results_dir"}
+        return data
 
 
-def _build(cls: type, data: Any, prefix: str = "") -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {data!r}",
-                          "write key: value pairs")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known keys: {sorted(known)}"
-        raise ConfigError(f"{prefix}{unknown[0]}", "unknown key", hint)
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_type(f"{prefix}{name}", value, hint)
+def job_from_dict(data: Any) -> JobSpec:
+    """Validate a spec given as data (a YAML file's, a request's); raises :class:`ConfigError`."""
     try:
-        return cls(**kwargs)
-    except TypeError as e:
-        missing = re.findall(r"'(\w+)'", str(e))
-        raise ConfigError(f"{prefix}{missing[0] if missing else 'config'}",
-                          "required key missing", "add it to the config") from None
-
-
-def job_from_dict(data: dict[str, Any]) -> JobSpec:
-    return _build(JobSpec, data)
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise config_error(e, JobSpec) from None
 
 
 def load_job(path: str | Path) -> JobSpec:
     """Read and validate a YAML job spec (nothing expensive happens here)."""
     path = Path(path)
+    fix = "give the path of a YAML job spec (e.g. configs/embedded-8x.yaml)"
+    if path.is_dir():
+        raise ConfigError("config", f"{path} is a directory", f"{fix}, or <job folder>/job.yaml")
     if not path.is_file():
-        raise ConfigError("config", f"{path} does not exist", "give the path of a YAML job spec")
+        raise ConfigError("config", f"{path} does not exist", fix)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

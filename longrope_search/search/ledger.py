@@ -4,31 +4,92 @@ It is an Optuna journal file (one study per job, one trial per candidate: λ and
 per-document NLL and provenance as user attributes). Optuna's journal appends one JSON line per
 operation under a file lock and fsyncs it, which is what survives a SIGKILL; its SQLite storage
 is about 100× slower with 64–128 parameters per trial. Any Optuna tool can open the file.
+
+Each record also holds what an exact resume needs: the evaluation's cost in forward tokens and
+``asks``, how many candidates the strategy had proposed when this result was recorded. The
+driver replays the strategy's asks and tells in that interleaving, so a strategy whose
+proposals depend on the order results arrived in continues exactly as it would have.
+
+A crash or a full disk during an append can leave a torn last line. Opening the ledger to
+write repairs it first (:func:`repair`): a trailing partial line is cut, a line that is not JSON
+is dropped, and what was dropped is logged; at most the evaluation being written is lost, and it
+is scored again. The journal's lock is an ``flock``, which the kernel releases when its holder
+dies, so a killed run leaves no stale lock behind for the next one to wait out.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import logging
+import os
 from pathlib import Path
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
-from longrope_search.search.evolution import FAILED, OK, PRUNED, Evaluation, Individual
+from longrope_search.io import atomic_write
 from longrope_search.search.space import SearchSpace
+from longrope_search.search.trial import FAILED, OK, PRUNED, Evaluation, Individual
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 _STATES = {OK: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
+log = logging.getLogger(__name__)
+
+
+class FlockLock:
+    """The journal's lock as an ``flock`` on ``<ledger>.lock``: released by the kernel when
+    the process holding it dies, so nothing stale is left to wait for. (Optuna's file locks,
+    ``acquire``/``release``, are duck-typed; their base class is not public.)"""
+
+    def __init__(self, path: str) -> None:
+        self.path = f"{path}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def repair(path: Path) -> list[bytes]:
+    """Drop a torn last line and any line that is not JSON; return what was dropped."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # after the last newline: empty unless the last append was torn
+    dropped = [tail] if tail else []
+    kept = []
+    for line in lines:
+        try:
+            json.loads(line)
+            kept.append(line)
+        except ValueError:
+            dropped.append(line)
+    if dropped:
+        atomic_write(path, lambda p: p.write_bytes(b"".join(k + b"\n" for k in kept)))
+        for line in dropped:
+            log.warning("ledger %s: dropped a torn record (%d bytes): %r…", path, len(line),
+                        line[:80])
+    return dropped
 
 
 def open_study(path: str | Path, job: str) -> optuna.Study:
     """The job's study in a journal file (created on first use)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+    backend = JournalFileBackend(str(path), lock_obj=FlockLock(str(path)))
     return optuna.create_study(storage=JournalStorage(backend), study_name=job,
                                direction="minimize", load_if_exists=True)
 
@@ -37,6 +98,14 @@ class Ledger:
     """Append evaluations; read them all back on resume, keyed by genome key."""
 
     def __init__(self, path: str | Path, job: str, space: SearchSpace) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FlockLock(str(path))
+        lock.acquire()  # no append of another run can interleave with the repair
+        try:
+            repair(path)
+        finally:
+            lock.release()
         self.study = open_study(path, job)
         self.space = space
         low = min(1.0, space.lambda_min)
@@ -44,7 +113,8 @@ class Ledger:
                               for i in range(space.num_pairs)}
         self.distributions["n_hat"] = CategoricalDistribution(list(space.n_hat_choices))
 
-    def record(self, ind: Individual, ev: Evaluation, attention_factor: float) -> None:
+    def record(self, ind: Individual, ev: Evaluation, attention_factor: float,
+               asks: int | None = None) -> None:
         lam = self.space.lambdas(ind.genome)
         params: dict = {f"lambda_{i}": float(v) for i, v in enumerate(lam)}
         params["n_hat"] = ind.genome.n_hat
@@ -56,21 +126,28 @@ class Ledger:
             user_attrs={"key": ind.key, "generation": ind.generation, "operator": ind.operator,
                         "parents": list(ind.parents), "nll": [float(v) for v in ev.nll],
                         "num_documents": ev.num_documents, "status": ev.status,
+                        "cost_tokens": ev.cost_tokens, "asks": asks,
                         "attention_factor": attention_factor, **ev.extra},
         )
         self.study.add_trial(trial)
 
-    def evaluations(self) -> dict[str, Evaluation]:
-        """Every recorded evaluation by genome key (the last one wins if a key repeats)."""
-        out = {}
+    def entries(self) -> list[tuple[Evaluation, int | None]]:
+        """Every recorded evaluation in the order it was recorded, with its ``asks`` (None in
+        ledgers written before it was kept; their cost is estimated as documents × L')."""
+        out = []
         for t in self.study.get_trials(deepcopy=False):
             a = t.user_attrs
             if "key" not in a:
                 continue
             extra = {k: v for k, v in a.items() if k in ("worker", "seconds", "timestamp")}
-            out[a["key"]] = Evaluation(a["key"], tuple(a["nll"]), a["status"],
-                                       a["num_documents"], extra)
+            out.append((Evaluation(a["key"], tuple(a["nll"]), a["status"], a["num_documents"],
+                                   a.get("cost_tokens", len(a["nll"]) * self.space.target_length),
+                                   extra), a.get("asks")))
         return out
+
+    def evaluations(self) -> dict[str, Evaluation]:
+        """Every recorded evaluation by genome key (the last one wins if a key repeats)."""
+        return {ev.key: ev for ev, _ in self.entries()}
 
     def __len__(self) -> int:
         return len(self.study.get_trials(deepcopy=False))

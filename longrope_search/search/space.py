@@ -30,13 +30,14 @@ class Genome:
         grid.setflags(write=False)
         object.__setattr__(self, "grid", grid)
         object.__setattr__(self, "n_hat", int(self.n_hat))
+        h = hashlib.blake2b(grid.tobytes(), digest_size=10)
+        h.update(np.int64(self.n_hat).tobytes())
+        object.__setattr__(self, "_key", h.hexdigest())  # immutable, so hashed once
 
     @property
     def key(self) -> str:
         """Stable identity of the genome: equal keys are the same candidate."""
-        h = hashlib.blake2b(self.grid.tobytes(), digest_size=10)
-        h.update(np.int64(self.n_hat).tobytes())
-        return h.hexdigest()
+        return self._key
 
 
 def critical_dim(geometry: RopeGeometry) -> int:

@@ -1,7 +1,10 @@
 """Factor tables: one Parquet file per generation, Hive-partitioned, readable as one dataset.
 
-``results/<job>/generations/generation=0003/part-0.parquet`` — one row per candidate of that
-generation (carried-over parents included, operator ``parent``). The ``generation`` column comes
+``results/<job>/generations/generation=0003/part-0.parquet`` (the path is
+:class:`~longrope_search.search.jobdir.JobDir`'s) — one row per candidate of that generation
+(carried-over parents included, operator ``parent``), in the order the strategy proposed them.
+A generation is Algorithm 1's; strategies without one group their candidates in blocks of the
+population size. The ``generation`` column comes
 from the folder name (Hive partitioning), so pandas, polars and duckdb read the folder as one
 table::
 
@@ -9,12 +12,14 @@ table::
     pl.scan_parquet("results/job/generations/**/*.parquet", hive_partitioning=True)
     duckdb.sql("from read_parquet('results/job/generations/*/*.parquet', hive_partitioning=1)")
 
-The schema is versioned here; later versions only add nullable columns.
+The schema is versioned here; later versions only add nullable columns. Version 2 added the
+cost of each evaluation in forward tokens (``cost_tokens``) and the job's cost spent when it was
+recorded (``cost_spent_tokens``), so strategies compare at equal cost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,10 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from longrope_search.io import atomic_write
-from longrope_search.search.evolution import Evaluation, Individual
+from longrope_search.search.jobdir import JobDir
 from longrope_search.search.space import SearchSpace
+from longrope_search.search.trial import Evaluation, Individual
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def schema(num_pairs: int) -> pa.Schema:
@@ -46,20 +52,24 @@ def schema(num_pairs: int) -> pa.Schema:
             pa.field("worker", pa.string()),
             pa.field("seconds", pa.float64()),
             pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
+            pa.field("cost_tokens", pa.int64()),
+            pa.field("cost_spent_tokens", pa.int64()),
         ],
         metadata={"longrope_search.schema_version": str(SCHEMA_VERSION)},
     )
 
 
-def generation_path(root: str | Path, generation: int) -> Path:
-    return Path(root) / f"generation={generation:04d}" / "part-0.parquet"
+def write_generation(job_dir: JobDir, generation: int, individuals: Sequence[Individual],
+                     evaluations: Mapping[str, Evaluation], space: SearchSpace,
+                     attention_factor: float, cost_spent: Mapping[str, int] | None = None
+                     ) -> Path:
+    """Write (atomically) the table of one generation; rerunning it rewrites the same file.
 
-
-def write_generation(root: str | Path, job: str, generation: int,
-                     individuals: Sequence[Individual], evaluations: dict[str, Evaluation],
-                     space: SearchSpace, attention_factor: float) -> Path:
-    """Write (atomically) the table of one generation; rerunning it rewrites the same file."""
+    ``cost_spent`` maps a candidate to the job's forward tokens spent when it was recorded.
+    """
     rows = []
+    cost_spent = cost_spent or {}
+    job = job_dir.name
     for ind in individuals:
         ev = evaluations.get(ind.key)
         rows.append({
@@ -75,6 +85,8 @@ def write_generation(root: str | Path, job: str, generation: int,
             "seconds": ev.extra.get("seconds") if ev else None,
             "timestamp": (datetime.fromtimestamp(ev.extra["timestamp"], tz=timezone.utc)
                           if ev and "timestamp" in ev.extra else None),
+            "cost_tokens": (ev.cost_tokens if ev and ind.is_new else 0) if ev else None,
+            "cost_spent_tokens": cost_spent.get(ind.key),
         })
     table = pa.Table.from_pylist(rows, schema=schema(space.num_pairs))
-    return atomic_write(generation_path(root, generation), lambda p: pq.write_table(table, p))
+    return atomic_write(job_dir.table(generation), lambda p: pq.write_table(table, p))

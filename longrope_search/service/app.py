@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
@@ -22,17 +23,72 @@ from fastapi.staticfiles import StaticFiles
 
 from longrope_search import __version__
 from longrope_search.errors import ConfigError
+from longrope_search.search.job import JobRequest
 from longrope_search.service import reports
 from longrope_search.service.jobs import Job, JobConflict, JobManager
+from longrope_search.validation import config_error
 
 JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_BODY_BYTES = 1 << 20  # a job spec is a few KB; anything over 1 MiB is refused with 413
 STATIC = Path(str(files("longrope_search.service") / "static"))
+
+
+def error_body(e: ConfigError) -> dict[str, str]:
+    """A :class:`ConfigError` as the body of a 422 answer."""
+    return {"detail": str(e), "field": e.field, "problem": e.problem, "fix": e.fix}
+
+
+def _in_request(loc: Sequence[int | str]) -> tuple[int | str, ...]:
+    """A location inside the request part that holds it (FastAPI puts body, query, path first)."""
+    return tuple(loc[1:]) if loc and loc[0] in ("body", "query", "path") else tuple(loc)
+
+
+class LimitBody:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes without reading more than
+    that: at once by its Content-Length, else (chunked) as soon as the chunks pass the limit.
+    The body, at most ``limit`` bytes, is then handed to the app in one piece."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            return await self._refuse(send)
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return await self._refuse(send)
+            if not message.get("more_body"):
+                break
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any) -> None:
+        refusal = JSONResponse({"detail": f"request body over {self.limit} bytes"},
+                               status_code=413)
+        await refusal({"type": "http"}, None, send)
 
 
 def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
     app = FastAPI(title="longrope-search", version=__version__,
                   description="Search LongRoPE rescale factors; watch generations; export.",
                   docs_url=None, redoc_url=None)  # the stock docs pages load from a CDN
+    app.add_middleware(LimitBody)
 
     def authorize(request: Request) -> None:
         if token is None:
@@ -51,19 +107,16 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
             raise HTTPException(404, f"no job named {name!r}") from None
 
     @app.exception_handler(ConfigError)
-    async def config_error(_: Request, e: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": str(e), "field": e.field, "problem": e.problem,
-                             "fix": e.fix}, status_code=422)
+    async def config_error_response(_: Request, e: ConfigError) -> JSONResponse:
+        return JSONResponse(error_body(e), status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0]
-        where = [str(p) for p in first["loc"] if p not in ("body", "query", "path")]
-        field = ".".join(where) or "spec"
-        problem = first["msg"]
-        return JSONResponse({"detail": f"{field}: {problem}", "field": field,
-                             "problem": problem, "fix": "see /openapi.json",
-                             "errors": jsonable_encoder(e.errors())}, status_code=422)
+        """The same field, problem and fix as the CLI gives for the same spec."""
+        errors = [{**err, "loc": _in_request(err["loc"])} for err in e.errors()]
+        shown = [{k: v for k, v in err.items() if k != "input"} for err in errors]  # may be huge
+        return JSONResponse({**error_body(config_error(errors, JobRequest)),
+                             "errors": jsonable_encoder(shown)}, status_code=422)
 
     @app.exception_handler(JobConflict)
     async def conflict(_: Request, e: JobConflict) -> JSONResponse:
@@ -76,9 +129,9 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
         return {"ok": True, "version": __version__, "jobs": len(manager.jobs)}
 
     @app.post("/api/jobs", status_code=201, dependencies=api)
-    def submit(spec: Annotated[dict[str, Any], Body(description="the job spec, as in a YAML "
-                                                             "config")]) -> dict[str, Any]:
-        return manager.submit(spec).summary()
+    def submit(spec: JobRequest) -> dict[str, Any]:
+        """Queue a job: the spec as in a YAML config (``results_dir`` is ignored)."""
+        return manager.submit(spec.model_dump(mode="json", exclude_unset=True)).summary()
 
     @app.get("/api/jobs", dependencies=api)
     def list_jobs() -> list[dict[str, Any]]:
@@ -104,6 +157,11 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
     @app.get("/api/jobs/{name}/candidates", dependencies=api)
     def candidates(name: str) -> dict[str, list[Any]]:
         return reports.candidates(job_of(name).dir)
+
+    @app.get("/api/jobs/{name}/curve", dependencies=api)
+    def curve(name: str) -> dict[str, Any]:
+        """Best-so-far and median perplexity against cost spent (forward tokens), per table."""
+        return reports.cost_curve(job_of(name).dir)
 
     @app.get("/api/jobs/{name}/best", dependencies=api)
     def best(name: str) -> dict[str, Any]:

@@ -72,11 +72,27 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def _tokens(n: int | None) -> str:
+    """Forward tokens in human units: 950, 12.3k, 1.2M, 3.4B."""
+    if n is None:
+        return "-"
+    for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _cost(job: dict[str, Any]) -> str:
+    """Cost spent, and of the token budget when the job has one: "1.2M/5M tok"."""
+    budget = job.get("budget_tokens")
+    return f"{_tokens(job.get('cost_tokens'))}{f'/{_tokens(budget)}' if budget else ''} tok"
+
+
 def _line(job: dict[str, Any]) -> str:
     done = job.get("evaluations", 0) + job.get("reused", 0)
     gen = job.get("generation")
     return (f"{job['name']:<28} {job['state']:<10} gen {'-' if gen is None else gen:>3}/"
-            f"{job['generations']:<3} {done:>6}/{job['budget']:<6} "
+            f"{job['generations']:<3} {done:>6}/{job['budget']:<6} {_cost(job):>16} "
             f"best ppl {_num(job.get('best_ppl'))}")
 
 
@@ -105,6 +121,7 @@ def _follow(client: Client, name: str) -> int:
             bar.n = job["evaluations"] + job["reused"]
             best = job.get("best_ppl")
             bar.set_postfix(state=job["state"], gen=job.get("generation"), pruned=job["pruned"],
+                            cost=_cost(job),
                             best="-" if best is None else f"{best:.3f}", refresh=False)
             bar.refresh()
             if job["state"] not in ACTIVE:

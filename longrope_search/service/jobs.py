@@ -11,7 +11,6 @@ each on its own pool of Ray scorer workers, so submissions queue for the workers
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import traceback
@@ -30,7 +29,8 @@ from longrope_search.search.job import (
     job_from_dict,
     load_job,
 )
-from longrope_search.search.runner import check_or_write_spec, plan_job
+from longrope_search.search.jobdir import JobDir, claim
+from longrope_search.search.plan import check_documents, plan_job
 
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", \
     "cancelled"
@@ -64,10 +64,19 @@ class Job:
     def dir(self) -> Path:
         return self.spec.job_dir
 
+    @property
+    def files(self) -> JobDir:
+        return JobDir(self.spec.job_dir)
+
     def summary(self) -> dict[str, Any]:
+        """State and progress; cost in forward tokens (``budget_tokens`` None: no token budget)."""
         p = self.progress
-        budget = p.get("budget") or self.spec.evolution.budget
+        budget = p.get("budget") or self.spec.evaluation_budget
+        budget_tokens = p.get("budget_tokens") or self.spec.budget.tokens
         done = p.get("evaluations", 0) + p.get("reused", 0)
+        # The search stops at whichever budget runs out first: evaluations or forward tokens.
+        fraction = max(done / budget if budget else 0.0,
+                       (p.get("cost_tokens") or 0) / budget_tokens if budget_tokens else 0.0)
         eta = None
         if self.state == RUNNING and self.started and p.get("evaluations"):
             per = (time.time() - self.started) / p["evaluations"]
@@ -78,12 +87,14 @@ class Job:
                 "generation": p.get("generation"), "generations": self.spec.evolution.generations,
                 "evaluations": p.get("evaluations", 0), "reused": p.get("reused", 0),
                 "pruned": p.get("pruned", 0), "budget": budget,
-                "fraction_done": min(1.0, done / budget) if budget else None,
+                "strategy": p.get("strategy") or self.spec.strategy,
+                "cost_tokens": p.get("cost_tokens"), "budget_tokens": budget_tokens,
+                "fraction_done": min(1.0, fraction) if budget or budget_tokens else None,
                 "best_ppl": best if best is not None and best != float("inf") else None,
                 "eta_seconds": eta}
 
     def save(self) -> None:
-        write_json(self.dir / "state.json", {
+        write_json(self.files.state, {
             "state": self.state, "progress": {k: v for k, v in self.progress.items()
                                               if v != float("inf")},
             "error": self.error, "submitted": self.submitted, "started": self.started,
@@ -135,24 +146,24 @@ class JobManager:
     # -- persistence ---------------------------------------------------------------------------
     def _load(self) -> None:
         """Jobs already on disk; those cut off by a stop go back in the queue."""
-        for spec_file in sorted(self.results_dir.glob("*/job.yaml")):
+        for folder in sorted(self.results_dir.iterdir()):
+            files = JobDir(folder)
             try:
-                spec = load_job(spec_file)
+                spec = load_job(files.spec) if files.spec.is_file() else None
             except ConfigError:
                 continue
-            if spec.name != spec_file.parent.name:
+            if spec is None or spec.name != files.name:
                 continue
             spec = _in_results(spec, self.results_dir)
             job = Job(spec)
-            state_file = spec_file.parent / "state.json"
-            if state_file.exists():
-                saved = json.loads(state_file.read_text())
+            saved = files.read_state()
+            if saved is not None:
                 job.state, job.progress = saved["state"], saved.get("progress", {})
                 job.error, job.submitted = saved.get("error"), saved.get("submitted") or 0.0
                 job.started, job.finished = saved.get("started"), saved.get("finished")
             else:  # a job run by `longrope-search run`, not by a server
-                job.state, job.progress = _progress_from_tables(spec_file.parent)
-                job.submitted = spec_file.stat().st_mtime
+                job.state, job.progress = _progress_from_tables(folder)
+                job.submitted = files.spec.stat().st_mtime
             if job.state in ACTIVE:
                 job.state = QUEUED
                 self.queue.append(job.name)
@@ -164,19 +175,20 @@ class JobManager:
         if not isinstance(data, dict):
             raise ConfigError("spec", "must be a JSON object", "send the YAML config's fields")
         data = {k: v for k, v in data.items() if k != "results_dir"}
+        spec = _in_results(job_from_dict(data), self.results_dir)  # first: bounds every list
         check_paths(data, self.data_roots)
         if data.get("trust_remote_code") and not self.allow_remote_code:
             raise ConfigError("trust_remote_code", "this server does not run a model folder's "
                               "own code", "start the server with --allow-remote-code")
-        spec = _in_results(job_from_dict(data), self.results_dir)
-        plan_job(spec)  # model config, lengths and space checked before anything is queued
+        # model config, lengths, space and documents checked before anything is written
+        check_documents(plan_job(spec))
         with self.lock:
             if spec.name in self.jobs or spec.job_dir.exists():
                 raise JobConflict(f"job {spec.name!r} already exists: resume it, or submit "
                                   "under another name")
             job = Job(spec)
             spec.job_dir.mkdir(parents=True)
-            check_or_write_spec(spec)
+            claim(JobDir(spec.job_dir), spec)
             job.save()
             self.jobs[job.name] = job
             self.queue.append(job.name)
@@ -276,19 +288,18 @@ def _progress_from_tables(job_dir: Path) -> tuple[str, dict[str, Any]]:
     progress: dict[str, Any] = {
         "generation": gens[-1]["generation"] if gens else None,
         "evaluations": sum(g["new"] for g in gens), "pruned": sum(g["pruned"] for g in gens),
+        "cost_tokens": gens[-1]["cost_spent_tokens"] if gens else None,
         "best_ppl": min((g["best_ppl"] for g in gens if g["best_ppl"] is not None),
                         default=None)}
-    best = job_dir / "best.json"
-    if best.exists():
-        progress["best_ppl"] = json.loads(best.read_text())["search_ppl"]
+    best = JobDir(job_dir).read_best()
+    if best is not None:
+        progress["best_ppl"] = best["search_ppl"]
         return FINISHED, progress
     return CANCELLED, progress
 
 
 def _in_results(spec: JobSpec, results_dir: Path) -> JobSpec:
-    import dataclasses
-
-    return dataclasses.replace(spec, results_dir=str(results_dir))
+    return spec.with_results_dir(results_dir)
 
 
 def progress_hook(job: Job, *, save_every: float = 2.0) -> Callable[[dict[str, Any]], None]:

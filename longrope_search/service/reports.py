@@ -2,56 +2,129 @@
 
 Columns go out as arrays (one list per column), the shape chart libraries plot directly. Rows of
 carried-over parents (operator ``parent``) count in a generation's best and median, but each
-candidate appears once in the per-candidate columns: in the generation that made it.
+candidate appears once in the per-candidate columns: in the generation (table) that made it.
+
+Cost is in forward tokens (see :mod:`longrope_search.search.trial`). Tables of schema v1 predate
+it: there each new candidate's cost is estimated as documents scored × the job's target length
+(from best.json or job.yaml), and the cost spent as the running sum in (generation, row) order;
+without a known target length their cost is None. ``cost_estimated`` says when that happened.
 """
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import yaml
 
-from longrope_search.search.tables import generation_path
+from longrope_search.search.jobdir import JobDir
+from longrope_search.search.trial import OK, PARENT
+
+COST = ("cost_tokens", "cost_spent_tokens")
+CANDIDATE_COLUMNS = ("candidate_id", "operator", "status", "ppl", "n_hat", *COST)
 
 
-def _generation_files(job_dir: Path) -> list[tuple[int, Path]]:
-    out = []
-    for d in (job_dir / "generations").glob("generation=*"):
-        try:
-            g = int(d.name.split("=", 1)[1])
-        except ValueError:
-            continue
-        if generation_path(job_dir / "generations", g).is_file():
-            out.append((g, generation_path(job_dir / "generations", g)))
-    return sorted(out)
+@dataclass(frozen=True)
+class _Table:
+    """Some columns of one generation's table, cost filled in for schema v1."""
+
+    generation: int
+    cols: dict[str, list[Any]]
+    estimated: bool  # schema v1: the cost columns are estimates
+
+    def new_rows(self) -> list[int]:
+        """Rows of candidates this table made (not carried-over parents)."""
+        return [i for i, op in enumerate(self.cols["operator"]) if op != PARENT]
+
+    def spent(self) -> int | None:
+        """The job's cost spent when this table's last evaluation was recorded."""
+        return max((c for c in self.cols["cost_spent_tokens"] if c is not None), default=None)
 
 
 def _finite(x: Any) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
+def _target_length(job: JobDir) -> int | None:
+    """L' of a job: best.json's, else the spec's (target_length, or ratio × original length)."""
+    best = job.read_best() or {}
+    if best.get("target_length"):
+        return int(best["target_length"])
+    spec = yaml.safe_load(job.spec.read_text()) if job.spec.is_file() else None
+    spec = spec if isinstance(spec, dict) else {}
+    if spec.get("target_length"):
+        return int(spec["target_length"])
+    if spec.get("extension_ratio") and spec.get("original_length"):
+        return round(spec["extension_ratio"] * spec["original_length"])
+    return None
+
+
+def _estimate_cost(cols: dict[str, list[Any]], target: int | None, spent: int) -> int:
+    """Fill a v1 table's cost columns (see the module docstring); returns the cost spent after
+    it."""
+    cols["cost_tokens"], cols["cost_spent_tokens"] = [], []
+    for op, docs in zip(cols["operator"], cols["documents_scored"], strict=True):
+        if op == PARENT:
+            cost, at = 0, None
+        elif target is None:
+            cost, at = None, None
+        else:
+            cost = (docs or 0) * target
+            spent += cost
+            at = spent
+        cols["cost_tokens"].append(cost)
+        cols["cost_spent_tokens"].append(at)
+    return spent
+
+
+def _read_tables(job: JobDir, columns: Sequence[str]) -> list[_Table]:
+    """``columns`` (and operator and cost) of every table, in generation order."""
+    out: list[_Table] = []
+    spent, target = 0, None
+    for g, path in job.tables():
+        present = set(pq.read_schema(path).names)
+        wanted = {*columns, "operator", "documents_scored", *COST} & present
+        cols = pq.read_table(path, columns=sorted(wanted)).to_pydict()
+        estimated = not set(COST) <= present
+        if estimated:
+            target = target or _target_length(job)
+            spent = _estimate_cost(cols, target, spent)
+        out.append(_Table(g, cols, estimated))
+        spent = max(spent, out[-1].spent() or 0)
+    return out
+
+
 def generation_summaries(job_dir: Path) -> list[dict[str, Any]]:
-    """Per generation: candidates by status, best and median perplexity of the population."""
+    """Per generation: candidates by status, best and median perplexity of the population, the
+    new candidates' cost and the job's cost spent by the end of the table (forward tokens)."""
     out = []
-    for g, path in _generation_files(job_dir):
-        t = pq.read_table(path, columns=["operator", "status", "ppl"]).to_pydict()
-        ok = [p for p, s in zip(t["ppl"], t["status"], strict=True) if s == "ok"]
-        new = [s for s, op in zip(t["status"], t["operator"], strict=True) if op != "parent"]
-        out.append({"generation": g, "population": len(t["status"]), "new": len(new),
-                    "ok": new.count("ok"), "pruned": new.count("pruned"),
+    spent: int | None = None
+    for t in _read_tables(JobDir(job_dir), ["status", "ppl"]):
+        ok = [p for p, s in zip(t.cols["ppl"], t.cols["status"], strict=True) if s == OK]
+        new = [t.cols["status"][i] for i in t.new_rows()]
+        costs = [c for c in (t.cols["cost_tokens"][i] for i in t.new_rows()) if c is not None]
+        if t.spent() is not None:
+            spent = max(spent or 0, t.spent())
+        out.append({"generation": t.generation, "population": len(t.cols["status"]),
+                    "new": len(new), "ok": new.count(OK), "pruned": new.count("pruned"),
                     "failed": new.count("failed"),
                     "best_ppl": _finite(min(ok)) if ok else None,
-                    "median_ppl": _finite(float(np.median(ok))) if ok else None})
+                    "median_ppl": _finite(float(np.median(ok))) if ok else None,
+                    "cost_tokens": sum(costs) if costs or not new else None,
+                    "cost_spent_tokens": spent, "cost_estimated": t.estimated})
     return out
 
 
 def generation_rows(job_dir: Path, generation: int) -> list[dict[str, Any]] | None:
-    """Every row of one generation's table (None when that generation has no table yet)."""
-    path = generation_path(job_dir / "generations", generation)
+    """Every row of one generation's table as written (None when it has no table yet); a v1
+    table's rows get the cost columns as None."""
+    path = JobDir(job_dir).table(generation)
     if not path.is_file():
         return None
     rows = pq.read_table(path).to_pylist()
@@ -60,33 +133,58 @@ def generation_rows(job_dir: Path, generation: int) -> list[dict[str, Any]] | No
         r["generation"] = generation
         for k in ("ppl", "mean_nll"):
             r[k] = _finite(r[k])
+        for k in COST:
+            r.setdefault(k, None)
     return rows
 
 
 def candidates(job_dir: Path) -> dict[str, list[Any]]:
-    """Each candidate once, in the generation that made it: columns for a scatter plot."""
-    cols: dict[str, list[Any]] = {"generation": [], "candidate_id": [], "operator": [],
-                                  "status": [], "ppl": [], "n_hat": []}
-    for g, path in _generation_files(job_dir):
-        t = pq.read_table(path, columns=["candidate_id", "operator", "status", "ppl",
-                                         "n_hat"]).to_pydict()
-        for i, op in enumerate(t["operator"]):
-            if op == "parent":
-                continue
-            cols["generation"].append(g)
-            for k in ("candidate_id", "operator", "status", "n_hat"):
-                cols[k].append(t[k][i])
-            cols["ppl"].append(_finite(t["ppl"][i]))
+    """Each candidate once, in the generation that made it, with its cost and the job's cost
+    spent when it was recorded: columns for a scatter plot."""
+    cols: dict[str, list[Any]] = {"generation": [], **{k: [] for k in CANDIDATE_COLUMNS}}
+    for t in _read_tables(JobDir(job_dir), CANDIDATE_COLUMNS):
+        for i in t.new_rows():
+            cols["generation"].append(t.generation)
+            for k in CANDIDATE_COLUMNS:
+                cols[k].append(t.cols[k][i])
+    cols["ppl"] = [_finite(p) for p in cols["ppl"]]
     return cols
+
+
+def cost_curve(job_dir: Path) -> dict[str, Any]:
+    """Best-so-far and median perplexity against cost spent, for any strategy: one point per
+    table (generation), at the cost spent by its end.
+
+    ``best_ppl`` is the best complete ("ok") evaluation recorded by then (a pruned candidate's
+    partial score never counts); ``median_ppl`` the median of the table's complete evaluations.
+    ``evaluations`` counts new candidates so far, the x axis to use when ``cost_known`` is
+    false (a v1 table without a known target length).
+    """
+    gens = generation_summaries(job_dir)
+    cands = candidates(job_dir)
+    evaluations = list(accumulate(g["new"] for g in gens))
+    ends = [g["cost_spent_tokens"] for g in gens]
+    known = None not in ends
+    # Where each candidate and each table end lie on the x axis: cost, else evaluation count.
+    at = cands["cost_spent_tokens"] if known else range(1, len(cands["ppl"]) + 1)
+    ok = [(x, p) for x, p, s in zip(at, cands["ppl"], cands["status"], strict=True)
+          if s == OK and p is not None and x is not None]
+    return {"generation": [g["generation"] for g in gens], "evaluations": evaluations,
+            "cost_spent_tokens": ends,
+            "best_ppl": [min((p for x, p in ok if x <= end), default=None)
+                         for end in (ends if known else evaluations)],
+            "median_ppl": [g["median_ppl"] for g in gens],
+            "cost_known": known, "cost_estimated": any(g["cost_estimated"] for g in gens)}
 
 
 def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
     """The best candidate so far (best.json once finished), the seeds' λ and the top-k's n̂."""
-    files = _generation_files(job_dir)
+    job = JobDir(job_dir)
+    files = job.tables()
     if not files:
         return None
     rows = [r for _, p in files for r in pq.read_table(p).to_pylist()
-            if r["status"] == "ok" and r["operator"] != "parent"]
+            if r["status"] == OK and r["operator"] != PARENT]
     if not rows:
         return None
     rows.sort(key=lambda r: (r["mean_nll"], r["candidate_id"]))
@@ -104,14 +202,13 @@ def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
         "seed_lambdas": seeds, "top_k_n_hat": [r["n_hat"] for r in rows[:top_k]],
         "final": False,
     }
-    record = job_dir / "best.json"
-    if record.is_file():
-        data = json.loads(record.read_text())
-        out.update({k: data[k] for k in ("search_ppl", "seed_ppl", "search_ppl_without_n_hat",
-                                         "original_length", "target_length", "extension_ratio")
-                    if k in data})
+    record = job.read_best()
+    if record is not None:
+        out.update({k: record[k] for k in ("search_ppl", "seed_ppl", "search_ppl_without_n_hat",
+                                           "original_length", "target_length",
+                                           "extension_ratio") if k in record})
         out["final"] = True
-    comparison = job_dir / "comparison.json"
-    if comparison.is_file():
-        out["heldout"] = json.loads(comparison.read_text())
+    comparison = job.read_comparison()
+    if comparison is not None:
+        out["heldout"] = comparison
     return out

@@ -12,12 +12,16 @@
   const POLL_MS = 2000;
   const ACTIVE = ["queued", "running"];
   const COLORS = {
-    best: "#1f5fbf", median: "#8a94a6",
-    ok: "rgba(31, 95, 191, 0.55)", pruned: "rgba(212, 140, 20, 0.75)", failed: "#c62828",
+    best: "#1f5fbf", median: "#3b4552", cost: "#0b3d91",
+    ok: "rgba(31, 95, 191, 0.35)", pruned: "rgba(212, 140, 20, 0.75)", failed: "#c62828",
     pi: "#e07b00", ntk: "#2e9d4a", yarn: "#8e44ad",
   };
   const SEED_LABELS = {pi: "PI", ntk: "NTK", yarn: "YaRN"};
   const CHART_HEIGHT = 270;
+  const COST_HEIGHT = 340;  // the main chart, full width
+  const LANES_HEIGHT = 110;
+  // The lanes under the cost chart: y of each status's ticks there (no perplexity).
+  const LANE = {pruned: 1.5, failed: 0.5};
 
   const params = new URLSearchParams(window.location.search);
   const token = params.get("token");
@@ -27,6 +31,7 @@
     selected: params.get("job"),
     detail: null,          // last /api/jobs/{name}
     candidates: null,      // last /api/jobs/{name}/candidates
+    curve: null,           // last /api/jobs/{name}/curve (best and median against cost)
     best: null,            // last /api/jobs/{name}/best (null until there is one)
     detailKey: null,       // what the candidates/best fetched last correspond to
     detailTimer: null,
@@ -73,6 +78,26 @@
   function fmtPct(x) {
     if (x === null || x === undefined || !isFinite(x)) return "–";
     return (x > 0 ? "+" : "") + x.toFixed(1) + " %";
+  }
+
+  /** Forward tokens in human units: 950, 12.3k, 1.2M, 3.4B. */
+  function fmtTokens(x) {
+    if (x === null || x === undefined || !isFinite(x)) return "–";
+    for (const [unit, size] of [["B", 1e9], ["M", 1e6], ["k", 1e3]]) {
+      if (Math.abs(x) >= size) return `${Number((x / size).toPrecision(3))}${unit}`;
+    }
+    return String(Math.round(x));
+  }
+
+  /** Generations mean something only to the evolution strategy (others fill tables in blocks). */
+  const isEvolution = (job) => (job.strategy || (job.spec || {}).strategy || "evolution") ===
+    "evolution";
+
+  /** "1.2M of 5M tokens", or "1.2M tokens" without a token budget; null when unknown. */
+  function costText(job) {
+    if (job.cost_tokens === null || job.cost_tokens === undefined) return null;
+    return job.budget_tokens ? `${fmtTokens(job.cost_tokens)} of ${fmtTokens(job.budget_tokens)}` +
+      " tokens" : `${fmtTokens(job.cost_tokens)} tokens`;
   }
 
   function fmtEta(seconds) {
@@ -159,7 +184,9 @@
       const pct = `${Math.round(fraction * 100)} %`;
       progress.setAttribute("aria-label", `${job.name}: ${pct} of the evaluations done`);
       const gen = job.generation ?? (job.state === "finished" ? job.generations : "–");
-      setText(part("progress-text"), `${pct} · generation ${gen}/${job.generations}`);
+      setText(part("progress-text"), [pct, costText(job),
+        isEvolution(job) ? `generation ${gen}/${job.generations}` : job.strategy]
+        .filter(Boolean).join(" · "));
       setText(part("best"), `best ppl ${fmtPpl(job.best_ppl)}`);
       const eta = part("eta");
       eta.hidden = job.state !== "running";
@@ -201,7 +228,7 @@
   function select(name) {
     if (name === state.selected && state.detail) return;
     state.selected = name;
-    state.detail = state.candidates = state.best = state.detailKey = null;
+    state.detail = state.candidates = state.curve = state.best = state.detailKey = null;
     state.detailRun += 1;
     clearTimeout(state.detailTimer);
     state.detailTimer = null;
@@ -221,13 +248,18 @@
       // Candidates and best change only when a generation's table is written (or the job
       // ends); before the first one there are none, and /best would answer 404.
       const key = `${detail.generation_summaries.length}|${detail.state}`;
-      let {candidates, best} = state;
+      let {candidates, curve, best} = state;
       if (!detail.generation_summaries.length) {
-        [candidates, best] = [{generation: [], candidate_id: [], operator: [], status: [],
-          ppl: [], n_hat: []}, null];
+        [candidates, curve, best] = [
+          {generation: [], candidate_id: [], operator: [], status: [], ppl: [], n_hat: [],
+            cost_tokens: [], cost_spent_tokens: []},
+          {generation: [], evaluations: [], cost_spent_tokens: [], best_ppl: [],
+            median_ppl: [], cost_known: true, cost_estimated: false},
+          null];
       } else if (key !== state.detailKey) {
-        [candidates, best] = await Promise.all([
+        [candidates, curve, best] = await Promise.all([
           apiJson(jobPath(name, "/candidates")),
+          apiJson(jobPath(name, "/curve")),
           apiJson(jobPath(name, "/best")).catch((e) => {
             if (e.status === 404) return null;  // no finished evaluation yet
             throw e;
@@ -235,7 +267,7 @@
         ]);
       }
       if (run !== state.detailRun) return;  // another job was selected meanwhile
-      Object.assign(state, {detail, candidates, best, detailKey: key});
+      Object.assign(state, {detail, candidates, curve, best, detailKey: key});
       // The list shows the same summary as the header, not one from up to 2 s earlier.
       const i = state.jobs.findIndex((j) => j.name === detail.name);
       if (i >= 0) state.jobs[i] = {...state.jobs[i], ...detail};
@@ -269,14 +301,18 @@
     const fraction = fractionDone(detail);
     $("job-progress").value = fraction;
     const done = detail.evaluations + detail.reused;
-    setText($("job-progress-text"), `${Math.round(fraction * 100)} % · ` +
-      (done || !fraction ? `${done} of ${detail.budget} evaluations` : "done"));
+    setText($("job-progress-text"), [`${Math.round(fraction * 100)} %`,
+      done || !fraction ? `${done} of ${detail.budget} evaluations` : "done",
+      costText(detail)].filter(Boolean).join(" · "));
 
     const spec = detail.spec || {};
     const gens = detail.generation_summaries;
     const lastGen = gens.length ? gens[gens.length - 1].generation : "–";
     const facts = [
-      ["generation", `${detail.generation ?? lastGen} of ${detail.generations}`],
+      isEvolution(detail)
+        ? ["generation", `${detail.generation ?? lastGen} of ${detail.generations}`]
+        : ["strategy", detail.strategy ?? spec.strategy],
+      ["cost spent", costText(detail) ?? "–"],
       ["best ppl", fmtPpl(detail.best_ppl)],
       // Counted from the tables: a job run outside the server has no progress record.
       ["candidates", state.candidates ? state.candidates.status.length : "–"],
@@ -285,16 +321,15 @@
       ["extension", spec.extension_ratio ? `×${fmtNum(spec.extension_ratio)}` : "–"],
       ["model", spec.model ?? "–"],
     ];
-    if (detail.reused) facts.splice(4, 0, ["reused from the ledger", detail.reused]);
-    if (detail.state === "running") facts.splice(2, 0, ["ETA", fmtEta(detail.eta_seconds)]);
+    if (detail.reused) facts.splice(5, 0, ["reused from the ledger", detail.reused]);
+    if (detail.state === "running") facts.splice(3, 0, ["ETA", fmtEta(detail.eta_seconds)]);
     $("job-facts").replaceChildren(...facts.map(([k, v]) =>
       el("div", {}, el("dt", {}, k), el("dd", {}, v))));
     const error = $("job-error");
     error.hidden = !detail.error;
     setText(error, detail.error ? `Error: ${detail.error}` : "");
 
-    drawGenerations();
-    drawCandidates();
+    drawCost();
     drawLambdas();
     renderBest();
     renderTopK();
@@ -316,6 +351,8 @@
     return Math.max(280, Math.floor(inner));
   }
 
+  const chartHeight = (key) => ({cost: COST_HEIGHT, lanes: LANES_HEIGHT})[key] || CHART_HEIGHT;
+
   /** Create the chart, or only give it new data when its series are the same as before. */
   function draw(key, opts, data) {
     const container = document.querySelector(`[data-chart="${key}"]`);
@@ -326,7 +363,7 @@
       return old;
     }
     if (old) old.destroy();
-    opts = {width: chartWidth(container), height: CHART_HEIGHT, ...opts};
+    opts = {width: chartWidth(container), height: chartHeight(key), ...opts};
     const chart = new uPlot(opts, data, container);
     chart.signature = signature;
     charts[key] = chart;
@@ -355,87 +392,120 @@
   /** Show a chart, or its "nothing yet" line instead (the chart object stays, empty). */
   function showChart(key, show) {
     document.querySelector(`[data-chart="${key}"]`).hidden = !show;
-    document.querySelector(`[data-empty-for="${key}"]`).hidden = show;
+    const empty = document.querySelector(`[data-empty-for="${key}"]`);
+    if (empty) empty.hidden = show;
   }
 
-  function drawGenerations() {
-    const gens = state.detail.generation_summaries;
-    const data = [gens.map((g) => g.generation), gens.map((g) => g.best_ppl),
-      gens.map((g) => g.median_ppl)];
-    showChart("generations", gens.length > 0);
-    draw("generations", {
-      scales: {x: {time: false, range: (u, lo, hi) => [Math.min(lo ?? 0, 0), Math.max(hi ?? 1, 1)]},
-        y: pplScale([...data[1], ...data[2]])},
-      axes: [integerAxis("generation"), axis("perplexity", {size: 60})],
+  const dot = (color, size) => ({show: true, size, fill: color, stroke: color, width: 0});
+
+  /** Where candidates and table ends lie on the x axis: the cost spent when they were
+   * recorded, or their count of evaluations when the tables do not know their cost. */
+  function xPositions() {
+    const {curve, candidates: c} = state;
+    return curve.cost_known
+      ? {cands: c.cost_spent_tokens, ends: curve.cost_spent_tokens}
+      : {cands: c.ppl.map((_, i) => i + 1), ends: curve.evaluations};
+  }
+
+  function costAxis(curve) {
+    if (!curve.cost_known) return integerAxis("evaluations");
+    return axis(curve.cost_estimated ? "forward tokens spent (estimated)" : "forward tokens spent",
+      {values: (u, splits) => splits.map(fmtTokens)});
+  }
+
+  /** uPlot's aligned data from rows [x, ...ys]: one ascending x, a column per series. */
+  function columns(rows, width) {
+    rows.sort((a, b) => a[0] - b[0]);
+    return Array.from({length: width}, (_, k) => rows.map((r) => r[k]));
+  }
+
+  /** A series drawn as one mark per point, `shape(path, x, y, r)` in canvas pixels. */
+  function marks(shape) {
+    return (u, seriesIdx, idx0, idx1) => {
+      const path = new Path2D();
+      const ys = u.data[seriesIdx], scale = u.series[seriesIdx].scale;
+      for (let i = idx0; i <= idx1; i++) {
+        if (ys[i] === null || ys[i] === undefined) continue;
+        shape(path, u.valToPos(u.data[0][i], "x", true), u.valToPos(ys[i], scale, true),
+          7 * uPlot.pxRatio);
+      }
+      return {stroke: path, fill: null, clip: null, band: null, gaps: null, flags: 1};
+    };
+  }
+  const tick = (p, x, y, r) => { p.moveTo(x, y - r); p.lineTo(x, y + r); };
+  const cross = (p, x, y, r) => {
+    r *= 0.6;
+    p.moveTo(x - r, y - r); p.lineTo(x + r, y + r); p.moveTo(x - r, y + r); p.lineTo(x + r, y - r);
+  };
+
+  /** Best so far and median against cost, every complete candidate a dot; pruned and failed
+   * candidates have no perplexity to show, so they are marks in a lane chart underneath. */
+  function drawCost() {
+    const {curve, candidates: c} = state;
+    const x = xPositions();
+    const rows = x.ends.map((end, j) => [end, curve.best_ppl[j], curve.median_ppl[j], null]);
+    const lanes = [];
+    const counts = {ok: 0, pruned: 0, failed: 0};
+    c.status.forEach((status, i) => {
+      if (status === "missing" || x.cands[i] === null) return;  // never evaluated
+      const kind = status === "ok" && c.ppl[i] !== null ? "ok"
+        : status === "pruned" ? "pruned" : "failed";
+      counts[kind] += 1;
+      if (kind === "ok") rows.push([x.cands[i], null, null, c.ppl[i]]);
+      else lanes.push([x.cands[i], kind === "pruned" ? LANE.pruned : null,
+        kind === "failed" ? LANE.failed : null]);
+    });
+    const data = columns(rows, 4);
+    const total = counts.ok + counts.pruned + counts.failed;
+    showChart("cost", data[0].length + lanes.length > 0);
+    showChart("lanes", data[0].length + lanes.length > 0);
+    renderCounts(counts, total);
+
+    const xmax = Math.max(1, ...data[0], ...lanes.map((r) => r[0]));
+    const xScale = {time: false, range: () => [0, xmax * 1.02]};
+    const xSeries = {label: curve.cost_known ? "cost spent" : "evaluation",
+      value: (u, v) => (curve.cost_known ? fmtTokens(v) : v ?? "–")};
+    const cursor = {sync: {key: "cost"}, points: {size: 8}};
+    const ppl = (u, v) => fmtPpl(v);
+    draw("cost", {
+      scales: {x: xScale, y: pplScale([...data[1], ...data[2], ...data[3]])},
+      axes: [costAxis(curve), axis("perplexity", {size: 60})],
+      cursor,
       series: [
-        {label: "generation"},
-        {label: "best", stroke: COLORS.best, width: 2.5, value: (u, v) => fmtPpl(v),
-          points: {show: true, size: 5, fill: COLORS.best}},
-        {label: "median", stroke: COLORS.median, width: 1.5, dash: [6, 4],
-          value: (u, v) => fmtPpl(v), points: {show: true, size: 4, fill: COLORS.median}},
+        xSeries,
+        {label: "best so far", stroke: COLORS.cost, width: 3, spanGaps: true, value: ppl,
+          points: {show: true, size: 5, fill: COLORS.cost}},
+        {label: "median", stroke: COLORS.median, width: 2, dash: [6, 4], spanGaps: true,
+          value: ppl, points: {show: true, size: 4, fill: COLORS.median}},
+        {label: `complete candidates (${counts.ok})`, stroke: COLORS.ok, paths: () => null,
+          points: dot(COLORS.ok, 4), value: ppl},
       ],
     }, data);
+    const laneName = (v) => (v === LANE.pruned ? "pruned" : v === LANE.failed ? "failed" : "");
+    draw("lanes", {
+      scales: {x: xScale, y: {range: [0, 2]}},
+      axes: [axis(null, {size: 8, values: (u, splits) => splits.map(() => ""),
+        ticks: {show: false}}),
+      axis("no result", {size: 60, splits: () => [LANE.failed, LANE.pruned],
+        values: (u, splits) => splits.map(laneName), grid: {show: false}})],
+      cursor,
+      series: [
+        xSeries,
+        {label: "pruned (partial score, not a result)", stroke: COLORS.pruned, width: 2,
+          paths: marks(tick), points: {show: false}, value: (u, v) => laneName(v) || "–"},
+        {label: "failed (no score)", stroke: COLORS.failed, width: 2, paths: marks(cross),
+          points: {show: false}, value: (u, v) => laneName(v) || "–"},
+      ],
+    }, columns(lanes, 3));
   }
 
-  /** Every candidate, spread a little around its generation; failed ones along the top. */
-  function drawCandidates() {
-    const c = state.candidates;
-    const n = c.ppl.length;
-    const byGen = new Map();
-    for (let i = 0; i < n; i++) {
-      if (!byGen.has(c.generation[i])) byGen.set(c.generation[i], []);
-      byGen.get(c.generation[i]).push(i);
-    }
-    const finite = c.ppl.filter((p) => p !== null && isFinite(p));
-    const scale = pplScale(finite);
-    const hi = finite.length ? Math.max(...finite) : 1;
-    const lo = finite.length ? Math.min(...finite) : 1;
-    // The top of the axis, where candidates without a perplexity are drawn.
-    const unscored = c.ppl.some((p) => p === null || !isFinite(p));
-    const top = !unscored ? hi : scale.distr === 3 ? hi * 1.6 : hi + (hi - lo || hi) * 0.12;
-    const xs = [], ok = [], pruned = [], failed = [];
-    const counts = {ok: 0, pruned: 0, failed: 0};
-    for (const g of [...byGen.keys()].sort((a, b) => a - b)) {
-      const idx = byGen.get(g);
-      idx.forEach((i, j) => {
-        xs.push(idx.length > 1 ? g - 0.32 + 0.64 * j / (idx.length - 1) : g);
-        const status = c.status[i] in counts ? c.status[i] : "failed";
-        counts[status] += 1;
-        const y = c.ppl[i] === null || !isFinite(c.ppl[i]) ? top : c.ppl[i];
-        ok.push(status === "ok" ? y : null);
-        pruned.push(status === "pruned" ? y : null);
-        failed.push(status === "failed" ? top : null);
-      });
-    }
-    showChart("candidates", n > 0);
+  function renderCounts(counts, total) {
     const counter = $("candidate-counts");
     Object.entries(counts).forEach(([k, v]) => { counter.dataset[k] = v; });
     counter.replaceChildren(
-      el("b", {}, String(n)), " candidates: ", el("b", {}, String(counts.ok)), " ok, ",
-      el("b", {}, String(counts.pruned)), " pruned early, ", el("b", {}, String(counts.failed)),
-      " failed", counts.failed ? " (drawn at the top)" : "", ".");
-    const dot = (color, size) => ({show: true, size, fill: color, stroke: color, width: 0});
-    const yScale = scale.distr === 3
-      ? {distr: 3, log: 10, range: () => [lo / 1.15, top * 1.15]}
-      : {range: () => {
-        const pad = ((top - lo) || Math.abs(top) || 1) * 0.05;
-        return [Math.max(0, lo - pad), top + pad];
-      }};
-    draw("candidates", {
-      scales: {x: {time: false, range: (u, a, b) => [Math.min(a ?? 0, 0) - 0.5, Math.max(b ?? 1, 1) + 0.5]},
-        y: yScale},
-      axes: [integerAxis("generation"), axis("perplexity", {size: 60})],
-      cursor: {points: {size: 8}},
-      series: [
-        {label: "generation", value: (u, v) => (v === null ? "–" : String(Math.round(v)))},
-        {label: `ok (${counts.ok})`, stroke: COLORS.ok, paths: () => null,
-          points: dot(COLORS.ok, 4), value: (u, v) => fmtPpl(v)},
-        {label: `pruned (${counts.pruned})`, stroke: COLORS.pruned, paths: () => null,
-          points: dot(COLORS.pruned, 4), value: (u, v) => fmtPpl(v)},
-        {label: `failed (${counts.failed})`, stroke: COLORS.failed, paths: () => null,
-          points: dot(COLORS.failed, 6), value: (u, v) => (v === null ? "–" : "no ppl")},
-      ],
-    }, [xs, ok, pruned, failed]);
+      el("b", {}, String(total)), " candidates evaluated: ", el("b", {}, String(counts.ok)),
+      " complete, ", el("b", {}, String(counts.pruned)), " pruned early (partial score, not a ",
+      "result), ", el("b", {}, String(counts.failed)), " failed.");
   }
 
   function drawLambdas() {
@@ -591,7 +661,7 @@
     resizeTimer = setTimeout(() => {
       for (const [key, chart] of Object.entries(charts)) {
         const container = document.querySelector(`[data-chart="${key}"]`);
-        chart.setSize({width: chartWidth(container), height: CHART_HEIGHT});
+        chart.setSize({width: chartWidth(container), height: chartHeight(key)});
       }
     }, 150);
   });

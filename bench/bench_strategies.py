@@ -1,0 +1,238 @@
+"""Search strategies at equal cost: every strategy on the same job, the same forward tokens.
+
+The job is a config (default ``configs/embedded-8x.yaml``: the embedded model at 8×, 8 search
+documents, early stopping on). Each strategy and seed runs it with a budget in forward tokens:
+the cost of the config's Algorithm 1 budget in complete evaluations (the paper's 1,344 =
+64 + 40·32, × documents × L'), so a strategy that prunes more evaluates more candidates for the
+same compute. Each run is an ordinary resumable
+job in ``--runs-dir``: stop the bench and run it again, and it continues from the ledgers.
+
+From each run's tables: the best search perplexity against cost spent; and, at fractions of the
+full budget, the best-so-far candidate scored on the held-out documents (never used as fitness).
+Writes ``<out>.md``, ``<out>.json`` and ``<out>.png`` (curves: mean over seeds, band min–max).
+
+    python bench/bench_strategies.py --strategies evolution,steady --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from longrope_search.io import atomic_write, write_json
+from longrope_search.model import LoadedModel, load_model
+from longrope_search.rope import seed_candidate
+from longrope_search.search.driver import run_search
+from longrope_search.search.job import JobSpec, job_from_dict
+from longrope_search.search.jobdir import JobDir
+from longrope_search.search.plan import comparison_documents, plan_job, scorer_for
+
+CHECKPOINTS = (0.125, 0.25, 0.5, 1.0)  # fractions of the full budget reported
+
+
+def job(config: Path, strategy: str, seed: int, runs_dir: Path) -> JobSpec:
+    data = yaml.safe_load(config.read_text())
+    base = job_from_dict(data)
+    plan = plan_job(base)
+    full = base.evolution.budget
+    tokens = full * base.k_documents * plan.target_length
+    return job_from_dict({**data, "name": f"{base.name}-{strategy}-s{seed}", "seed": seed,
+                          "strategy": strategy, "results_dir": str(runs_dir),
+                          "budget": {"evaluations": 10 * full, "tokens": tokens}})
+
+
+def run(spec: JobSpec, loaded: LoadedModel) -> float:
+    """Run (or finish) one job; the wall seconds this call took."""
+    t0 = time.time()
+    if not JobDir(spec.job_dir).best.is_file():
+        run_search(spec, loaded=loaded, progress=True)
+    return time.time() - t0
+
+
+def best_so_far(tables: pd.DataFrame, budget: float) -> pd.DataFrame:
+    """Per checkpoint: the best complete candidate recorded by that cost."""
+    new = tables[(tables.operator != "parent") & (tables.status == "ok")]
+    new = new.sort_values("cost_spent_tokens")
+    rows = []
+    for frac in CHECKPOINTS:
+        seen = new[new.cost_spent_tokens <= frac * budget + 1e-9]
+        top = seen.loc[seen.mean_nll.idxmin()] if len(seen) else None
+        rows.append({"fraction": frac, "cost_tokens": int(frac * budget),
+                     "candidate_id": None if top is None else top.candidate_id,
+                     "search_ppl": None if top is None else math.exp(top.mean_nll),
+                     "lambdas": None if top is None else top.lambdas, "n_hat": 0 if top is None
+                     else int(top.n_hat), "attention_factor": None if top is None
+                     else float(top.attention_factor)})
+    return pd.DataFrame(rows)
+
+
+def curve(tables: pd.DataFrame) -> tuple[list[int], list[float]]:
+    """Best search perplexity against cost spent, one point per complete candidate."""
+    new = tables[tables.operator != "parent"].sort_values("cost_spent_tokens")
+    ok = new.status == "ok"
+    best = np.minimum.accumulate(np.where(ok, new.mean_nll, np.inf))
+    keep = np.isfinite(best)
+    return (new.cost_spent_tokens[keep].astype(int).tolist(),
+            np.exp(best[keep]).round(4).tolist())
+
+
+def heldout(spec: JobSpec, loaded: LoadedModel, points: pd.DataFrame,
+            cache: dict[str, float]) -> list[float | None]:
+    """Held-out perplexity of each checkpoint's candidate (scored once per candidate)."""
+    from longrope_search.rope import Candidate
+
+    plan = plan_job(spec)
+    todo = {r.candidate_id: Candidate(np.asarray(r.lambdas, dtype=np.float64), r.n_hat,
+                                      r.attention_factor, r.candidate_id)
+            for r in points.itertuples() if r.candidate_id and r.candidate_id not in cache}
+    if todo:
+        scorer = scorer_for(plan, loaded, comparison_documents(spec))
+        for res in scorer.score(list(todo.values())):
+            cache[res.candidate.name] = res.ppl
+    return [cache.get(c) if c else None for c in points.candidate_id]
+
+
+def baselines(spec: JobSpec, loaded: LoadedModel) -> dict[str, float]:
+    plan = plan_job(spec)
+    scorer = scorer_for(plan, loaded, comparison_documents(spec))
+    cands = [seed_candidate(n, plan.geometry, plan.extension_ratio) for n in ("pi", "ntk", "yarn")]
+    return {r.candidate.name: r.ppl for r in scorer.score(cands)}
+
+
+def summarize(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        for p in r["checkpoints"]:
+            rows.append({"strategy": r["strategy"], "seed": r["seed"], **p})
+    df = pd.DataFrame(rows)
+    return df.groupby(["strategy", "fraction"]).agg(
+        runs=("seed", "count"), search_mean=("search_ppl", "mean"),
+        search_min=("search_ppl", "min"), search_max=("search_ppl", "max"),
+        heldout_mean=("heldout_ppl", "mean"), heldout_min=("heldout_ppl", "min"),
+        heldout_max=("heldout_ppl", "max")).reset_index()
+
+
+def markdown(command: str, runs: list[dict[str, Any]], summary: pd.DataFrame,
+             base: dict[str, float], spec: JobSpec) -> str:
+    lines = ["# Search strategies at equal cost", "", f"Command: `{command}`", "",
+             f"Budget: {spec.budget.tokens / 1e6:.2f}M forward tokens per run (the cost of "
+             f"{spec.evolution.budget} complete evaluations); curves in the PNG beside this.",
+             "",
+             "Held-out perplexity of the hand-made methods: "
+             + ", ".join(f"{k} {v:.2f}" for k, v in base.items()) + ".", "",
+             "| strategy | budget | runs | search ppl mean (min–max) | held-out ppl mean "
+             "(min–max) | vs best hand-made |", "|---|---|---|---|---|---|"]
+    best_hand = min(base.values())
+    for r in summary.itertuples():
+        gain = 100 * (best_hand - r.heldout_mean) / best_hand if r.heldout_mean else float("nan")
+        lines.append(f"| {r.strategy} | {r.fraction:g} | {r.runs} | {r.search_mean:.3f} "
+                     f"({r.search_min:.3f}–{r.search_max:.3f}) | {r.heldout_mean:.3f} "
+                     f"({r.heldout_min:.3f}–{r.heldout_max:.3f}) | {gain:+.2f}% |")
+    lines += ["", "| run | evaluations | pruned | wall s (this call) | final search ppl | "
+              "final held-out ppl |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        last = r["checkpoints"][-1]
+        lines.append(f"| {r['strategy']} s{r['seed']} | {r['evaluations']} | {r['pruned']} | "
+                     f"{r['seconds']:.0f} | {last['search_ppl']:.3f} | "
+                     f"{last['heldout_ppl']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict[str, Any]], base: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for strategy in dict.fromkeys(r["strategy"] for r in runs):
+        mine = [r for r in runs if r["strategy"] == strategy]
+        grid = np.linspace(0, max(max(r["curve"][0]) for r in mine), 200)
+        ys = np.array([np.interp(grid, r["curve"][0], r["curve"][1], left=np.nan)
+                       for r in mine])
+        with warnings.catch_warnings():  # before any run's first complete candidate: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, low, high = (np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0))
+        (line,) = ax1.plot(grid / 1e6, mean, label=strategy)
+        ax1.fill_between(grid / 1e6, low, high, color=line.get_color(), alpha=0.2)
+        pts = pd.DataFrame([{**p, "seed": r["seed"]} for r in mine for p in r["checkpoints"]])
+        g = pts.groupby("cost_tokens").heldout_ppl
+        ax2.errorbar(g.mean().index / 1e6, g.mean(), yerr=[g.mean() - g.min(), g.max() - g.mean()],
+                     marker="o", capsize=3, label=strategy, color=line.get_color())
+    for name, v in base.items():
+        ax2.axhline(v, ls=":", color="grey")
+        ax2.annotate(name, (0, v), fontsize=8, color="grey")
+    ax1.set(xlabel="forward tokens spent (M)", ylabel="best search ppl",
+            title="best search perplexity vs cost (mean, min–max over seeds)")
+    ax2.set(xlabel="forward tokens spent (M)", ylabel="held-out ppl of the best so far",
+            title="held-out perplexity at equal cost")
+    ax1.legend()
+    ax2.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=Path("configs/embedded-8x.yaml"))
+    ap.add_argument("--strategies", default="evolution,steady,tpe,cmaes,random")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench_strategies"))
+    ap.add_argument("--out", type=Path, default=Path("results/bench_strategies"))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="report the runs that finished; run nothing")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = shlex.join(["python", "bench/bench_strategies.py", *sys.argv[1:]])
+    strategies = args.strategies.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    specs = [job(args.config, st, sd, args.runs_dir) for st in strategies for sd in seeds]
+    loaded = load_model(specs[0].model_path, dtype=specs[0].scoring.dtype,
+                        device=specs[0].scoring.device)
+    cache_path = args.runs_dir / f"{args.config.stem}.heldout.json"  # ppl by candidate
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    runs = []
+    for spec in specs:
+        seconds = 0.0 if args.report_only else run(spec, loaded)
+        job_dir = JobDir(spec.job_dir)
+        if not job_dir.best.is_file():
+            print(f"{spec.name}: not finished, left out", file=sys.stderr)
+            continue
+        tables = pd.read_parquet(job_dir.generations)
+        points = best_so_far(tables, spec.budget.tokens)
+        points["heldout_ppl"] = heldout(spec, loaded, points, cache)
+        write_json(cache_path, cache)
+        new = tables[tables.operator != "parent"]
+        runs.append({"strategy": spec.strategy, "seed": spec.seed, "seconds": seconds,
+                     "evaluations": len(new), "pruned": int((new.status == "pruned").sum()),
+                     "curve": curve(tables),
+                     "checkpoints": points.drop(columns=["lambdas"]).to_dict("records")})
+    if not runs:
+        sys.exit("no finished run to report")
+    base = baselines(specs[0], loaded)
+    summary = summarize(runs)
+    atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text(
+        markdown(command, runs, summary, base, specs[0])))
+    write_json(args.out.with_suffix(".json"), {"command": command, "baselines": base,
+                                               "runs": runs})
+    plot(runs, base, args.out.with_suffix(".png"))
+    print(summary.to_string())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""A job's folder: the one module that knows its layout and reads its files.
+
+::
+
+    <results>/<job>/
+        job.yaml                  the spec (written once; a rerun must match it)
+        ledger.journal            every finished evaluation, appended as it finishes
+        generations/generation=0003/part-0.parquet
+                                  the factor tables (Hive-partitioned, one dataset)
+        best.json                 the best factors and their provenance (the job finished)
+        comparison.json           the best against PI, NTK and YaRN on held-out documents
+        state.json                the service's view: state, progress, error, times
+
+The driver, the service, the reports and the exports name these files through :class:`JobDir`
+only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from longrope_search.errors import ConfigError
+from longrope_search.io import atomic_write
+from longrope_search.search.job import JobSpec, job_from_dict
+
+TABLE_PART = "part-0.parquet"
+
+
+@dataclass(frozen=True)
+class JobDir:
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # -- paths ----------------------------------------------------------------------------------
+    @property
+    def spec(self) -> Path:
+        return self.path / "job.yaml"
+
+    @property
+    def ledger(self) -> Path:
+        return self.path / "ledger.journal"
+
+    @property
+    def generations(self) -> Path:
+        return self.path / "generations"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.json"
+
+    @property
+    def comparison(self) -> Path:
+        return self.path / "comparison.json"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state.json"
+
+    def remove_temporary(self) -> list[Path]:
+        """Delete the temporary files of writes cut off by a kill (``.<name>.*.tmp``, see
+        :func:`longrope_search.io.atomic_write`); return them."""
+        found = [p for p in self.path.rglob(".*.tmp") if p.is_file()]
+        for p in found:
+            p.unlink(missing_ok=True)
+        return found
+
+    def table(self, generation: int) -> Path:
+        return self.generations / f"generation={generation:04d}" / TABLE_PART
+
+    def tables(self) -> list[tuple[int, Path]]:
+        """The generations whose table exists, in order."""
+        out = []
+        for d in self.generations.glob("generation=*"):
+            try:
+                g = int(d.name.split("=", 1)[1])
+            except ValueError:
+                continue
+            if self.table(g).is_file():
+                out.append((g, self.table(g)))
+        return sorted(out)
+
+    # -- readers --------------------------------------------------------------------------------
+    def read_best(self) -> dict[str, Any] | None:
+        return _read_json(self.best)
+
+    def read_comparison(self) -> dict[str, Any] | None:
+        return _read_json(self.comparison)
+
+    def read_state(self) -> dict[str, Any] | None:
+        return _read_json(self.state)
+
+    def finished_best(self) -> dict[str, Any]:
+        """``best.json`` of a finished job, or an error saying why there is none."""
+        if not self.spec.is_file():
+            raise ConfigError("job", f"{self.path} is not a job folder (no job.yaml)",
+                              "give the folder a search wrote, results/<job>")
+        best = self.read_best()
+        if best is None:
+            raise ConfigError("job", f"{self.name} has not finished (no best.json yet)",
+                              "wait for the search to end, or resume it")
+        return best
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def claim(job_dir: JobDir, spec: JobSpec) -> None:
+    """Write the job's spec, or check that the folder holds the same one: resuming with a
+    different spec would mix two searches. Where the results folder is (``results_dir``) is
+    not part of the job, so ``runs`` and ``$PWD/runs`` are the same job."""
+    current = spec.to_dict()
+    if job_dir.spec.is_file():
+        # Read back through the spec, so keys added since (with their defaults) still match.
+        previous = job_from_dict(yaml.safe_load(job_dir.spec.read_text())).to_dict()
+        if _without_location(previous) != _without_location(current):
+            raise ConfigError("name", f"job '{job_dir.name}' already exists in {job_dir.path} "
+                              "with a different spec",
+                              "use a new job name, or delete the old folder")
+        return
+    atomic_write(job_dir.spec, lambda p: p.write_text(yaml.safe_dump(current, sort_keys=False)))
+
+
+def _without_location(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "results_dir"}

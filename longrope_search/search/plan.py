@@ -1,0 +1,135 @@
+"""From a job spec to what a search needs, checked before any weights load.
+
+:func:`plan_job` reads the model's config (no weights) and builds the space and the seed
+candidates; :func:`check_documents` reads the tokenizer and the documents (no weights) so that
+too-short or missing documents are refused before a job folder exists. The scorer, the best
+record and the held-out comparison are built here too, for the driver and the Ray workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from longrope_search.errors import ConfigError
+from longrope_search.evaluation.documents import load_documents
+from longrope_search.evaluation.perplexity import PerplexityScorer
+from longrope_search.factor_file import load_factor_file
+from longrope_search.model import LoadedModel, read_geometry
+from longrope_search.rope import Candidate, RopeGeometry, attention_factor, seed_candidate
+from longrope_search.search.job import JobSpec
+from longrope_search.search.space import Genome, SearchSpace, critical_dim
+from longrope_search.search.trial import Evaluation
+
+BASELINES = ("pi", "ntk", "yarn")  # what the held-out comparison measures the best against
+
+
+@dataclass
+class Plan:
+    """Everything derived from a job spec before any weights are loaded."""
+
+    spec: JobSpec
+    geometry: RopeGeometry
+    original_length: int
+    target_length: int
+    extension_ratio: float
+    space: SearchSpace
+    seeds: list[tuple[str, Genome]]  # the seed candidates
+    attention_factor: float
+
+
+def plan_job(spec: JobSpec) -> Plan:
+    """Validate a job against its model's config (cheap: no weights) and build space and seeds."""
+    geometry = read_geometry(spec.model_path, trust_remote_code=spec.trust_remote_code)
+    L, Lp, s = spec.resolve_lengths(geometry.original_length)
+    sp = spec.space
+    cd = None
+    if sp.longrope2:
+        cd = sp.critical_dim if sp.critical_dim is not None else critical_dim(geometry)
+    space = SearchSpace(num_pairs=geometry.num_pairs, extension_ratio=s, target_length=Lp,
+                        lambda_min=sp.lambda_min, lambda_max=sp.lambda_max, step=sp.step,
+                        strict=sp.monotone == "strict", n_hat_choices=tuple(sp.n_hat),
+                        critical_dim=cd)
+    seeds = [(name, space.genome_from_lambdas(seed_candidate(name, geometry, s).lambdas))
+             for name in spec.seeds]
+    for i, f in enumerate(spec.seed_files):
+        cand = load_factor_file(Path(f).expanduser(), geometry, f"seed_files[{i}]")
+        seeds.append((cand.name, space.genome_from_lambdas(cand.lambdas, cand.n_hat)))
+    sc = spec.scoring
+    if sc.mode == "sliding" and sc.stride > Lp:
+        raise ConfigError("scoring.stride", f"{sc.stride} is longer than the window L' = {Lp}",
+                          f"use a stride of at most {Lp} (e.g. {max(1, Lp // 4)})")
+    m = attention_factor(spec.attention_factor, s, L)
+    return Plan(spec, geometry, L, Lp, s, space, seeds, m)
+
+
+def comparison_documents(spec: JobSpec) -> Path:
+    """Held-out documents when the job names them, else its search documents."""
+    return spec.heldout_path or spec.documents_path
+
+
+def check_documents(plan: Plan) -> None:
+    """Tokenize the search and held-out documents (tokenizer only, no weights): refuse a job
+    whose documents are missing or too short before it is accepted."""
+    from transformers import AutoTokenizer
+
+    spec = plan.spec
+    tokenizer = AutoTokenizer.from_pretrained(spec.model_path,
+                                              trust_remote_code=spec.trust_remote_code)
+    for field, path in (("documents", spec.documents_path),
+                        ("heldout_documents", comparison_documents(spec))):
+        try:
+            _documents(spec, plan, tokenizer, path)
+        except ConfigError as e:
+            raise ConfigError(field, e.problem, e.fix) from None
+
+
+def _documents(spec: JobSpec, plan: Plan, tokenizer: Any, path: Path) -> list:
+    return load_documents(path, tokenizer, min_tokens=plan.target_length, k=spec.k_documents,
+                          seed=spec.documents_seed, max_tokens=plan.target_length,
+                          text_field=spec.text_field)
+
+
+def scorer_for(plan: Plan, loaded: LoadedModel, documents: Path | None = None
+               ) -> PerplexityScorer:
+    spec = plan.spec
+    docs = _documents(spec, plan, loaded.tokenizer, documents or spec.documents_path)
+    sc = spec.scoring
+    return PerplexityScorer(loaded.model, plan.geometry, docs, length=plan.target_length,
+                            mode=sc.mode, stride=sc.stride, batch_size=sc.batch_size)
+
+
+def compare_on_documents(plan: Plan, loaded: LoadedModel, best: Candidate,
+                         documents: Path) -> list[dict[str, Any]]:
+    """Perplexity of the best candidate and of each hand-made method (with its own attention
+    factor) on other documents, typically held-out ones never used as fitness."""
+    scorer = scorer_for(plan, loaded, documents)
+    s = plan.extension_ratio
+    cands = [best] + [seed_candidate(n, plan.geometry, s) for n in BASELINES]
+    rows = [{"method": r.candidate.name, "ppl": r.ppl, "mean_nll": r.mean_nll}
+            for r in scorer.score(cands)]
+    best_ppl = rows[0]["ppl"]
+    for r in rows:
+        r["gain_vs_this_pct"] = 100 * (r["ppl"] - best_ppl) / r["ppl"]
+    return rows
+
+
+def best_record(plan: Plan, best: Candidate, ev: Evaluation) -> dict[str, Any]:
+    """The searched factors in longrope-search's own format (``longrope-search eval --factors``
+    reads it)."""
+    from transformers import AutoConfig
+
+    from longrope_search.export import model_fingerprint, versions
+
+    config = AutoConfig.from_pretrained(plan.spec.model_path,
+                                        trust_remote_code=plan.spec.trust_remote_code)
+    return {
+        "lambdas": best.lambdas.tolist(), "n_hat": best.n_hat,
+        "attention_factor": best.attention_factor,
+        "original_length": plan.original_length, "target_length": plan.target_length,
+        "extension_ratio": plan.extension_ratio, "search_ppl": ev.ppl,
+        "search_nll": list(ev.nll), "job": plan.spec.name, "strategy": plan.spec.strategy,
+        "model": str(plan.spec.model_path), "model_fingerprint": model_fingerprint(config),
+        "rope_theta": plan.geometry.base, "versions": versions(),
+    }

@@ -1,0 +1,257 @@
+"""Strategies and the driver's logic on a pure stand-in fitness (no model forward).
+
+The stand-in scores λ by its distance to a target curve, and a stand-in evaluator returns
+results in a scrambled but reproducible order, as a Ray pool would. The model-backed paths
+(in-process, Ray, service) are in test_search_run.py, test_ray.py and test_service.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from longrope_search.errors import ConfigError
+from longrope_search.search.driver import Driver
+from longrope_search.search.job import job_from_dict
+from longrope_search.search.jobdir import JobDir
+from longrope_search.search.ledger import Ledger
+from longrope_search.search.plan import plan_job
+from longrope_search.search.strategies import (
+    STRATEGIES,
+    SearchProblem,
+    Strategy,
+    get_strategy,
+    register_strategy,
+    strategy_names,
+)
+from longrope_search.search.strategies.evolution import breed
+from longrope_search.search.trial import OK, Evaluation, Individual, ranked
+
+BUILT_IN = ("evolution", "steady", "tpe", "cmaes", "random")
+SMALL = {"extension_ratio": 8, "k_documents": 2, "seed": 0,
+         "evolution": {"population": 10, "mutations": 4, "crossovers": 4, "top_k": 5,
+                       "generations": 3}}
+
+
+class StandInEvaluator:
+    """Scores by distance to a target λ curve; ``capacity`` candidates at once, returned one
+    at a time in key order (not submit order), so order-dependent strategies are exercised."""
+
+    def __init__(self, target: np.ndarray, capacity: int = 4, step: float = 0.01) -> None:
+        self.target, self.capacity, self.step = target, capacity, step
+        self.queue: list = []
+        self.scored: list[str] = []
+
+    def free_slots(self) -> int:
+        return self.capacity - len(self.queue)
+
+    def submit(self, ind, cand, rule) -> None:
+        self.queue.append((ind, cand, rule))
+
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def wait(self) -> list[tuple[Individual, Evaluation]]:
+        item = min(self.queue, key=lambda w: w[0].key)
+        self.queue.remove(item)
+        ind, cand, _rule = item
+        d = float(np.abs(cand.lambdas - self.target).mean()) + 0.001 * cand.n_hat
+        self.scored.append(ind.key)
+        return [(ind, Evaluation(ind.key, (d, d), OK, 2, cost_tokens=2 * 1024))]
+
+    def compare(self, best, documents) -> list[dict]:
+        return [{"method": "best", "ppl": 1.0, "mean_nll": 0.0, "gain_vs_this_pct": 0.0}]
+
+
+class Stop(Exception):
+    pass
+
+
+def make_driver(tmp_path: Path, strategy: str, *, stop_after: int | None = None,
+                capacity: int = 4, **changes) -> tuple[Driver, StandInEvaluator]:
+    spec = job_from_dict({"name": "job", **SMALL, "strategy": strategy,
+                          "early_stopping": {"enabled": False}, "results_dir": str(tmp_path),
+                          **changes})
+    plan = plan_job(spec)
+    problem = SearchProblem(plan.space, plan.seeds, spec.evolution, spec.seed)
+    job = JobDir(spec.job_dir)
+    seen = [0]
+
+    def progress(p: dict) -> None:
+        seen[0] = p["evaluations"]
+        if stop_after is not None and p["evaluations"] >= stop_after:
+            raise Stop
+
+    target = np.linspace(1.0, 9.0, plan.space.num_pairs)
+    evaluator = StandInEvaluator(target, capacity)
+    driver = Driver(plan, get_strategy(strategy)(problem), evaluator,
+                    Ledger(job.ledger, spec.name, plan.space), job, progress)
+    return driver, evaluator
+
+
+def tables(tmp_path: Path) -> pd.DataFrame:
+    return pd.read_parquet(JobDir(tmp_path / "job").generations)
+
+
+@pytest.mark.parametrize("strategy", BUILT_IN)
+def test_each_strategy_spends_its_budget_once_and_improves(tmp_path: Path, strategy: str
+                                                           ) -> None:
+    driver, evaluator = make_driver(tmp_path, strategy)
+    driver.run()
+    budget = driver.spec.evaluation_budget
+    assert len(evaluator.scored) == len(set(evaluator.scored)) <= budget
+    t = tables(tmp_path)
+    new = t[t.operator != "parent"]
+    assert len(new) == budget  # every candidate in exactly one table (repeats included)
+    lam = np.stack(new.lambdas.to_numpy())
+    assert np.all(np.diff(lam, axis=1) >= -1e-6)  # monotone
+    assert new.cost_tokens.sum() == 2 * 1024 * len(set(new.candidate_id))
+    spent = t.sort_values("cost_spent_tokens").cost_spent_tokens.to_numpy()
+    assert spent[-1] == driver.cost == driver.progress()["cost_tokens"]
+    seeds = new[new.operator.str.startswith("seed:")]
+    assert set(seeds.operator) == {"seed:pi", "seed:ntk", "seed:yarn"}
+    if strategy in ("evolution", "steady"):  # in 34 evaluations, local moves beat the seeds
+        assert new.mean_nll.min() < seeds.mean_nll.min()
+
+
+@pytest.mark.parametrize("strategy", BUILT_IN)
+def test_interrupted_run_resumes_into_the_same_search(tmp_path: Path, strategy: str) -> None:
+    """Stop after 13 results (mid-generation, candidates in flight), resume with a fresh
+    strategy and evaluator: nothing is scored twice and the tables equal an uninterrupted
+    run's, also for steady-state evolution, whose children depend on the completion order."""
+    reference, _ = make_driver(tmp_path / "a", strategy)
+    reference.run()
+    first, ev1 = make_driver(tmp_path / "b", strategy, stop_after=13)
+    with pytest.raises(Stop):
+        first.run()
+    assert len(first.ledger.entries()) == 13  # stopped within one evaluation
+    second, ev2 = make_driver(tmp_path / "b", strategy)
+    second.run()
+    assert not set(ev1.scored) & set(ev2.scored)
+    keys = [e.key for e, _ in second.ledger.entries()]
+    assert len(keys) == len(set(keys)) == len(reference.ledger.entries())
+    cols = ["generation", "candidate_id", "operator", "parents", "n_hat", "mean_nll",
+            "cost_spent_tokens"]
+    a, b = tables(tmp_path / "a")[cols], tables(tmp_path / "b")[cols]
+    assert a.astype(str).equals(b.astype(str))
+
+
+def test_a_ledger_without_ask_counts_resumes_as_a_cache(tmp_path: Path) -> None:
+    """Ledgers written before asks were recorded: every result found there is reused."""
+    first, ev1 = make_driver(tmp_path, "evolution", stop_after=20)
+    with pytest.raises(Stop):
+        first.run()
+    entries = first.ledger.entries()
+    second, ev2 = make_driver(tmp_path, "evolution")
+    second.replay([(e, None) for e, _ in entries])
+    assert second.cache.keys() == {e.key for e, _ in entries}
+    second.run()
+    assert not set(ev1.scored) & set(ev2.scored)
+
+
+def test_token_budget_stops_the_search(tmp_path: Path) -> None:
+    driver, evaluator = make_driver(tmp_path, "steady", budget={"tokens": 15 * 2048})
+    driver.run()
+    assert len(evaluator.scored) == 15 + 3  # the budget, plus those in flight (capacity − 1)
+    assert driver.cost >= 15 * 2048
+
+
+def test_steady_state_breeds_whenever_asked(tmp_path: Path) -> None:
+    driver, _ = make_driver(tmp_path, "steady")
+    strategy = driver.strategy
+    initial = [strategy.ask() for _ in range(10)]
+    assert strategy.ask() is None  # nothing scored yet to breed from
+    for i, ind in enumerate(initial[:4]):
+        strategy.tell(ind, Evaluation(ind.key, (float(i),), OK, 1))
+    assert strategy.ask() is None  # fewer than k = 5 parents: wait for more of generation 0
+    strategy.tell(initial[4], Evaluation(initial[4].key, (9.0,), OK, 1))
+    children = [strategy.ask() for _ in range(20)]  # no barrier from here on
+    assert all(c is not None and c.operator in ("mutation", "crossover") for c in children)
+    assert {p for c in children for p in c.parents} == {i.key for i in initial[:5]}
+    assert len({c.key for c in initial + children}) == 30
+    better = children[0]
+    strategy.tell(better, Evaluation(better.key, (-1.0,), OK, 1))  # enters the top-k at once
+    assert any(better.key in strategy.ask().parents for _ in range(20))
+
+
+def test_evolution_waits_for_its_generation(tmp_path: Path) -> None:
+    driver, _ = make_driver(tmp_path, "evolution")
+    strategy = driver.strategy
+    gen0 = [strategy.ask() for _ in range(10)]
+    assert strategy.ask() is None
+    for i, ind in enumerate(gen0):
+        strategy.tell(ind, Evaluation(ind.key, (float(i),), OK, 1))
+    gen1 = [strategy.ask() for _ in range(13)]
+    assert [i.operator for i in gen1[:5]] == ["parent"] * 5
+    assert [i.key for i in gen1[:5]] == [i.key for i in gen0[:5]]  # the top-k
+    assert {i.generation for i in gen1} == {1}
+
+
+class BestOnly(Strategy):
+    """A strategy from outside the package: the seeds, then mutations of the best only."""
+
+    def __init__(self, problem: SearchProblem) -> None:
+        super().__init__(problem)
+        self.rng = np.random.default_rng(problem.seed)
+        self.seen = {g.key for _, g in problem.seed_candidates}
+        self.done: list[Individual] = []
+        self.results: dict[str, Evaluation] = {}
+        self.seeds = [Individual(g, 0, f"seed:{n}") for n, g in problem.seed_candidates]
+
+    def ask(self) -> Individual | None:
+        if self.seeds:
+            return self.seeds.pop(0)
+        top = ranked(self.done, self.results)[:1]
+        if not top:
+            return None
+        return breed(top, "mutation", len(self.done) // 10, self.problem.space, self.rng, 0.3,
+                     self.seen)
+
+    def tell(self, individual: Individual, evaluation: Evaluation) -> None:
+        self.results[individual.key] = evaluation
+        self.done.append(individual)
+
+
+def test_a_strategy_registered_from_outside_runs(tmp_path: Path) -> None:
+    register_strategy("best-only", BestOnly)
+    try:
+        assert "best-only" in strategy_names()
+        driver, evaluator = make_driver(tmp_path, "best-only")
+        driver.run()
+        assert len(evaluator.scored) == driver.spec.evaluation_budget
+    finally:
+        del STRATEGIES["best-only"]
+    with pytest.raises(ConfigError, match="strategy"):
+        job_from_dict({"name": "x", **SMALL, "strategy": "best-only"})
+    with pytest.raises(TypeError):
+        register_strategy("bad", dict)  # type: ignore[arg-type]
+
+
+def test_a_strategy_installed_as_an_entry_point_is_found(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A package that declares ``[project.entry-points."longrope_search.strategies"]``."""
+    site = tmp_path / "site"
+    (site / "my_strategies").mkdir(parents=True)
+    (site / "my_strategies" / "__init__.py").write_text(
+        "from tests.test_strategies import BestOnly as Annealing\n")
+    dist = site / "my_strategies-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-strategies\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
+        [longrope_search.strategies]
+        annealing = my_strategies:Annealing
+        """))
+    monkeypatch.syspath_prepend(str(site))
+    try:
+        assert "annealing" in strategy_names()
+        spec = job_from_dict({"name": "x", **SMALL, "strategy": "annealing"})
+        assert get_strategy(spec.strategy) is BestOnly
+    finally:
+        STRATEGIES.pop("annealing", None)
+        sys.modules.pop("my_strategies", None)
