@@ -119,24 +119,34 @@ class RayEvaluator:
             self._dispatch()
         return finished
 
+    def cancel(self) -> None:
+        """Forget every candidate submitted and not returned (a stopped search): what the
+        workers are scoring still runs to its end, and its result is ignored."""
+        self._queue.clear()
+        self._tasks.clear()
+        for lane in self._lanes:
+            lane.clear()
+
     def compare(self, best: Candidate, documents: Path) -> list[dict[str, Any]]:
-        """Held-out comparison on a live worker (another one if that one dies)."""
-        for _ in range(self.max_tries + len(self.workers)):
-            live = [i for i in self._ready()] or self._live()
-            if not live:
-                break
-            try:
-                return ray.get(self.workers[live[0]].compare.remote(best, str(documents)))
-            except RayActorError as err:
-                self._restart(live[0], err)
+        """Held-out comparison on a ready worker; if it dies, on another one (or on the same
+        one once Ray has restarted it)."""
+        for _ in range(self.max_tries * len(self.workers)):
+            ready = self._ready()
+            if not ready:
+                if not self.recovering:
+                    break
                 self._await_recovery()
+                continue
+            try:
+                return ray.get(self.workers[ready[0]].compare.remote(best, str(documents)))
+            except RayActorError as err:
+                self._restart(ready[0], err)
         raise RuntimeError(f"no Ray worker could run the held-out comparison: {self.init_error}")
 
     def _await_recovery(self) -> None:
         """Block until a restarting worker answers its ping (or is given up)."""
-        if self.recovering:
-            ready, _ = ray.wait(list(self.recovering), num_returns=1)
-            self._recovered(ready[0])
+        ready, _ = ray.wait(list(self.recovering), num_returns=1)
+        self._recovered(ready[0])
 
     def _live(self) -> list[int]:
         return [i for i in range(len(self.workers)) if i not in self.retired]

@@ -4,6 +4,7 @@ worker costs nothing, a killed coordinator resumes."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import yaml
 
 from longrope_search.distributed import RayEvaluator
 from longrope_search.search.driver import run_search
-from tests.test_search_run import ledger_keys, spec
+from tests.test_search_run import Cancel, cancel_after, ledger_keys, spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32 = {"scoring": {"dtype": "float32"}}  # the `embedded` fixture's dtype, for the reference
@@ -73,14 +74,11 @@ def test_killed_worker_loses_no_candidate(cluster, reference, tmp_path: Path) ->
     pool.shutdown()
 
 
-class Cancel(Exception):
-    pass
-
-
 def kill_mid_run(s, cluster: str, after: int) -> int:
     """Start ``longrope-search run --ray --workers 2`` and SIGKILL it once ``after``
     evaluations are in its ledger; return how many there are."""
     config = s.job_dir.parent / f"{s.name}.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(s.to_dict()))
     env = {**os.environ, "RAY_ADDRESS": cluster, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "longrope_search.cli", "run", str(config),
@@ -109,14 +107,8 @@ def test_each_strategy_on_ray_reports_cancels_and_resumes(cluster, embedded, str
 
     pool = RayEvaluator(s, 2, gpus_per_worker=1)
     seen: list[dict] = []
-
-    def cancel_after_three(progress: dict) -> None:
-        seen.append(progress)
-        if progress["evaluations"] >= 3:
-            raise Cancel
-
     with pytest.raises(Cancel):
-        run_search(s, evaluator=pool, progress=False, on_progress=cancel_after_three)
+        run_search(s, evaluator=pool, progress=False, on_progress=cancel_after(3, seen))
     assert len(ledger_keys(s.job_dir, "job")) == before + 3  # stopped within one evaluation
     assert [p["evaluations"] for p in seen] == [0, 1, 2, 3]
     assert seen[-1]["cost_tokens"] > seen[0]["cost_tokens"] > 0
@@ -143,8 +135,6 @@ def read_tables(s) -> pd.DataFrame:
 
 
 def test_service_runs_jobs_on_ray_workers(cluster, reference, tmp_path: Path) -> None:
-    import json
-
     from longrope_search.service.jobs import JobManager
     from longrope_search.service.runners import ray_runner
 
@@ -249,3 +239,53 @@ def test_workers_that_cannot_start_raise_instead_of_hanging(cluster, tmp_path) -
         evaluate_all(pool, individuals(3))
     assert not pool.failures  # a worker that never started is no candidate's fault
     pool.shutdown()
+
+
+def scorer_pids(since: float) -> list[int]:
+    import psutil
+
+    return sorted(p.pid for p in psutil.process_iter(["cmdline", "create_time"])
+                  if (p.info["cmdline"] or [""])[0].startswith("ray::ScorerWorker")
+                  and p.info["create_time"] >= since)
+
+
+@pytest.mark.parametrize("moment", ["early", "mid-generation", "final steps"])
+def test_a_worker_killed_at_any_moment_still_completes_the_job(
+        cluster, tmp_path: Path, moment: str, capsys: pytest.CaptureFixture) -> None:
+    """`run --ray --workers 2` with a ScorerWorker SIGKILLed before the first result, in the
+    middle of a generation, or once every candidate is in (held-out comparison, n̂ = 0
+    re-score, summary): the job ends complete, every candidate evaluated once."""
+    from longrope_search.cli import main
+
+    s = spec(tmp_path, name="job", **FP32, space={"n_hat": [4]})  # n̂ > 0: a re-score at the end
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(s.to_dict()))
+    budget = s.evaluation_budget
+    when = {"early": lambda n: n == 0, "mid-generation": lambda n: n >= 13,
+            "final steps": lambda n: n >= budget}[moment]
+    killed: list[int] = []
+    t0 = time.time() - 1
+
+    def kill() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            pids = scorer_pids(t0)
+            done = (len(ledger_keys(s.job_dir, "job"))
+                    if (s.job_dir / "ledger.journal").exists() else 0)
+            if len(pids) == 2 and when(done):
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(done)
+            time.sleep(0.01)
+
+    threading.Thread(target=kill, daemon=True).start()
+    assert main(["run", str(config), "--ray", "--workers", "2", "--gpus-per-worker", "1",
+                 "--no-progress"]) == 0
+    assert killed, "the worker was not killed"
+    out = capsys.readouterr().out
+    assert "best: ppl" in out and "on held-out documents" in out
+    keys = ledger_keys(s.job_dir, "job")
+    assert len(keys) == len(set(keys)) == budget
+    best = json.loads((s.job_dir / "best.json").read_text())
+    assert best["search_ppl_without_n_hat"] > 0  # the end-of-job re-score ran
+    rows = json.loads((s.job_dir / "comparison.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["best", "pi", "ntk", "yarn"]

@@ -68,6 +68,17 @@ class Cancel(Exception):
     pass
 
 
+def cancel_after(n: int, seen: list[dict]):
+    """An ``on_progress`` that records each report and cancels at the n-th evaluation."""
+
+    def hook(progress: dict) -> None:
+        seen.append(progress)
+        if progress["evaluations"] >= n:
+            raise Cancel
+
+    return hook
+
+
 @pytest.mark.parametrize("strategy", ["evolution", "steady", "tpe", "cmaes", "random"])
 def test_each_strategy_reports_cancels_and_resumes_after_sigkill(tmp_path: Path, embedded,
                                                                  strategy: str) -> None:
@@ -96,14 +107,8 @@ def test_each_strategy_reports_cancels_and_resumes_after_sigkill(tmp_path: Path,
     assert target <= len(before) < s.evaluation_budget  # really interrupted mid-run
 
     seen: list[dict] = []
-
-    def cancel_after_two(progress: dict) -> None:
-        seen.append(progress)
-        if progress["evaluations"] >= 2:
-            raise Cancel
-
     with pytest.raises(Cancel):
-        run_search(s, loaded=embedded, progress=False, on_progress=cancel_after_two)
+        run_search(s, loaded=embedded, progress=False, on_progress=cancel_after(2, seen))
     assert len(ledger_keys(s.job_dir, "job")) == len(before) + 2  # within one evaluation
     assert [p["evaluations"] for p in seen] == [0, 1, 2]
     assert seen[0]["cost_tokens"] < seen[-1]["cost_tokens"]

@@ -104,3 +104,68 @@ def test_cancel_and_resume(server, tmp_path, capsys):
     assert main(["status", "c", "--follow", *auth]) == 0
     assert manager.get("c").state == "finished"
     assert not Path(manager.results_dir / "c" / "state.json.tmp").exists()
+
+
+def test_every_strategy_resumes_after_the_server_is_sigkilled(tmp_path):
+    """A real `serve` process, one queued job per strategy, SIGKILLed in the middle of the
+    first: the restarted server resumes them all from their ledgers, nothing scored twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from longrope_search.search.ledger import open_study
+
+    strategies = ("evolution", "steady", "tpe", "cmaes", "random")
+
+    def serve(port: int) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "longrope_search.cli", "serve", "--port",
+                                 str(port), "--results-dir", str(tmp_path / "runs")],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
+                return proc
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("the server did not start")
+
+    def scored(name: str) -> list[str]:
+        path = tmp_path / "runs" / name / "ledger.journal"
+        if not path.exists():
+            return []
+        return [t.user_attrs["key"] for t in open_study(path, name).get_trials(deepcopy=False)]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = serve(port)
+    evolution = {"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3, "generations": 3}
+    for strategy in strategies:
+        spec = {"name": strategy, "strategy": strategy, "extension_ratio": 4, "k_documents": 2,
+                "scoring": {"dtype": "float32"}, "evolution": evolution}
+        assert httpx.post(f"{url}/api/jobs", json=spec).status_code == 201
+    while len(scored("evolution")) < 8:
+        time.sleep(0.05)
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait()
+    before = {name: scored(name) for name in strategies}
+    assert 8 <= len(before["evolution"]) < 24
+
+    server = serve(port)
+    try:
+        for name in strategies:
+            while (job := httpx.get(f"{url}/api/jobs/{name}").json())["state"] in ("queued",
+                                                                                  "running"):
+                time.sleep(0.2)
+            assert job["state"] == "finished", job["error"]
+            keys = scored(name)
+            assert len(keys) == len(set(keys)) and keys[: len(before[name])] == before[name]
+            assert job["strategy"] == name and job["cost_tokens"] > 0
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -64,6 +64,9 @@ class StandInEvaluator:
         self.scored.append(ind.key)
         return [(ind, Evaluation(ind.key, (d, d), OK, 2, cost_tokens=2 * 1024))]
 
+    def cancel(self) -> None:
+        self.queue.clear()
+
     def compare(self, best, documents) -> list[dict]:
         return [{"method": "best", "ppl": 1.0, "mean_nll": 0.0, "gain_vs_this_pct": 0.0}]
 

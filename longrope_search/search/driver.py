@@ -106,6 +106,15 @@ class Driver:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException:
+            self.evaluator.cancel()  # a stopped search leaves nothing behind in the evaluator
+            raise
+        finally:
+            self.bar.close()
+
+    def _run(self) -> None:
         self.replay(self.ledger.entries())
         for inds in self.pending.values():  # in flight when the last run stopped
             self._submit(inds[0])
@@ -121,7 +130,6 @@ class Driver:
                 self._complete(ind.key, ev)
                 self._report()
         self._flush_tables(final=True)
-        self.bar.close()
 
     def replay(self, entries: list[tuple[Evaluation, int | None]]) -> None:
         """Feed the ledger back through the strategy: before the j-th recorded result is told,

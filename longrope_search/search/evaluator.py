@@ -43,6 +43,9 @@ class Evaluator(Protocol):
     def wait(self) -> Finished:
         """Block until at least one submitted candidate is done (pruned or failed too)."""
 
+    def cancel(self) -> None:
+        """Forget every candidate submitted and not yet returned (the search stopped)."""
+
     def compare(self, best: Candidate, documents: Path) -> list[dict[str, Any]]:
         """The best candidate against PI, NTK and YaRN on other (held-out) documents."""
 
@@ -109,6 +112,9 @@ class LocalEvaluator:
     def wait(self) -> Finished:
         work, self.queue = self.queue, []
         return score_batch(self.scorer, work, self.worker)
+
+    def cancel(self) -> None:
+        self.queue = []
 
     def compare(self, best: Candidate, documents: Path) -> list[dict[str, Any]]:
         return compare_on_documents(self.plan, self.loaded, best, documents)

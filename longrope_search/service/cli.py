@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from longrope_search.errors import ConfigError
 from longrope_search.service.client import Client
 
 
@@ -25,14 +26,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(f"warning: serving on {args.host} without a token: anyone who reaches this port "
               "can run jobs; set --token or LONGROPE_SEARCH_TOKEN", file=sys.stderr)
-    if args.local:
+    for option, value in (("workers", args.workers), ("max-running", args.max_running)):
+        if value < 1:
+            raise ConfigError(option, f"must be ≥ 1, got {value}", f"use --{option} 1 or more")
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not (args.ray or address):
         runner = local_runner()
     else:
         from longrope_search.distributed import connect
 
-        connect(args.address)  # here, in the main thread, where Ray can install its handlers
+        if not address:
+            print("note: a local Ray cluster listens on all interfaces (Ray cannot bind its "
+                  "services to loopback) and relies on Ray's token authentication; to keep "
+                  "every listener on loopback, serve without --ray", file=sys.stderr)
+        connect(address)  # here, in the main thread, where Ray can install its handlers
         runner = ray_runner(args.workers, gpus_per_worker=args.gpus_per_worker,
-                            address=args.address)
+                            address=address)
     manager = JobManager(args.results_dir, runner, data_roots=args.data_root or None,
                          max_running=args.max_running,
                          allow_remote_code=args.allow_remote_code)
@@ -196,12 +205,15 @@ def add_commands(sub: Any) -> None:
                         "default the current folder); 'embedded' is always allowed")
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' (default $LONGROPE_SEARCH_TOKEN)")
+    p.add_argument("--ray", action="store_true",
+                   help="score on a pool of Ray workers (a local Ray cluster unless --address); "
+                        "default: in the server process, every listener on loopback")
     p.add_argument("--workers", type=int, default=1, help="Ray scorer actors per job")
     p.add_argument("--gpus-per-worker", type=float, default=None)
-    p.add_argument("--address", default=None, help="Ray cluster to join (default local Ray)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (or $RAY_ADDRESS); implies --ray")
     p.add_argument("--max-running", type=int, default=1,
                    help="jobs running at once; the others queue")
-    p.add_argument("--local", action="store_true", help="score in the server process, no Ray")
     p.add_argument("--allow-remote-code", action="store_true",
                    help="let submitted jobs set trust_remote_code")
     p.set_defaults(func=cmd_serve)
