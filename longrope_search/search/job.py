@@ -3,7 +3,7 @@
 The spec is a tree of pydantic models, so the same checks and the same field descriptions serve
 the CLI (``load_job``), the HTTP API (:class:`JobRequest`, shown field by field in
 ``/openapi.json``) and Python callers (``job_from_dict``). Only cheap checks live here; those
-that need the model's config (lengths, n̂ against the target) are in ``runner.plan_job``.
+that need the model's config or the documents are in :mod:`longrope_search.search.plan`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class ScoringSpec(SpecModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,3})?|mps)$",
                         description="auto, cpu, cuda, cuda:N or mps")
     batch_size: Literal["auto"] | OneOrMore = Field(
-        "auto", description="documents per forward pass: auto or a number ≥ 1")
+        "auto", description="candidates per forward pass: auto or a number ≥ 1")
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -106,7 +106,8 @@ class EarlyStoppingSpec(SpecModel):
 
 
 class BudgetSpec(SpecModel):
-    """When the search stops, beyond the strategy's own end (evolution's P + T·(N1 + N2))."""
+    """When the search stops: after this many candidates or forward tokens, whichever comes
+    first (a strategy may also finish on its own)."""
 
     evaluations: OneOrMore | None = Field(None, description="candidates to score; default the "
                                           "evolution settings' budget")
