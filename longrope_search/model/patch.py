@@ -98,6 +98,15 @@ class RescaledRotaryEmbedding(nn.Module):
             [c.attention_factor for c in candidates], dtype=torch.float32, device=device)
         self.n_hat = torch.tensor([c.n_hat for c in candidates], dtype=torch.long, device=device)
         self.any_n_hat = any(c.n_hat > 0 for c in candidates)
+        self.trainable: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def set_trainable(self, lambdas: torch.Tensor, attention_factor: torch.Tensor) -> None:
+        """Rotate by λ (d/2,) and scale by m (a scalar), tensors that may require grad, so a
+        backward pass through the model differentiates the loss in λ and m (one candidate; its
+        n̂ stays). ``set_candidates`` ends it."""
+        if self.num_candidates != 1:
+            raise ValueError("a trainable λ needs exactly one candidate applied")
+        self.trainable = (lambdas, attention_factor)
 
     @property
     def num_candidates(self) -> int:
@@ -111,13 +120,16 @@ class RescaledRotaryEmbedding(nn.Module):
             raise ValueError(f"batch of {rows} rows cannot be split over {c} candidates")
         return t.repeat_interleave(rows // c, dim=0)
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = x.shape[0]  # position_ids may be (1, T) for the whole batch
         pos = position_ids[..., None].float()  # (B|1, T, 1)
-        inv_freq = self._per_row(self.inv_freq, rows)[:, None, :]  # (B|1, 1, d/2)
-        m = self._per_row(self.attention_factor, rows)[:, None, None]
+        inv_freq, m = self.inv_freq, self.attention_factor  # (C, d/2), (C,)
+        if self.trainable is not None:  # θ_i/λ_i and m with their gradients
+            lambdas, m = self.trainable
+            inv_freq, m = (self.base_inv_freq / lambdas)[None], m.reshape(1)
+        inv_freq = self._per_row(inv_freq, rows)[:, None, :]  # (B|1, 1, d/2)
+        m = self._per_row(m, rows)[:, None, None]
         emb = (pos * inv_freq).repeat(1, 1, 2)  # cat(freqs, freqs), as transformers does
         cos, sin = emb.cos() * m, emb.sin() * m
         if self.any_n_hat:

@@ -1,0 +1,107 @@
+"""The gradient of the search fitness in λ and m, through the frozen model.
+
+λ enters the model only through the rotation angles n·θ_i/λ_i (and m through the scale of cos
+and sin), so the mean NLL of the search documents at L' is a smooth function of every λ_i, and
+one backward pass gives its gradient for all of them at once: about two forwards' cost, where a
+finite difference would need d/2 + 1 forwards. The weights never get a gradient (they are frozen,
+not copied); activations are recomputed layer by layer in the backward pass (activation
+checkpointing), so a gradient step needs little more memory than a forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from longrope_search.errors import ConfigError
+from longrope_search.evaluation.perplexity import PerplexityScorer, chunked_nll
+from longrope_search.model.patch import apply_candidates
+from longrope_search.rope import Candidate
+
+BACKWARD_FORWARDS = 2  # a backward pass costs about two forwards (cost accounting)
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """Per-document mean NLL of a candidate and the gradient of their mean in λ and m."""
+
+    nll: np.ndarray  # (documents,)
+    lambdas: np.ndarray  # ∂ mean NLL / ∂λ_i, (d/2,)
+    attention_factor: float  # ∂ mean NLL / ∂m
+    forward_tokens: int  # cost: forward + backward, in forward tokens
+
+    @property
+    def mean_nll(self) -> float:
+        return float(self.nll.mean())
+
+
+@contextmanager
+def activation_checkpointing(model: nn.Module) -> Iterator[None]:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping
+    them. Uses transformers' own per-layer hook (``GradientCheckpointingLayer``); only the
+    layer's own ``training`` flag is set, so dropout inside stays off."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    saved = [(m.gradient_checkpointing, m.training) for m in layers]
+    for m in layers:
+        m.gradient_checkpointing, m.training = True, True
+        m._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for m, (enabled, training) in zip(layers, saved, strict=True):
+            m.gradient_checkpointing, m.training = enabled, training
+
+
+@contextmanager
+def frozen_weights(model: nn.Module) -> Iterator[None]:
+    """No gradient for any weight (none is computed, none is stored), only for λ and m."""
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, wanted in saved:
+            p.requires_grad_(wanted)
+
+
+def gradient(scorer: PerplexityScorer, candidate: Candidate) -> Gradient:
+    """Mean NLL of ``candidate`` on the scorer's documents and its gradient (one forward and
+    one backward per document; truncate mode)."""
+    if scorer.mode != "truncate":
+        raise ConfigError("scoring.mode", "gradients are computed in truncate mode only",
+                          "use mode: truncate for a gradient-based strategy")
+    model = scorer.model
+    rope = apply_candidates(model, candidate, scorer.geometry)
+    like = {"dtype": rope.base_inv_freq.dtype, "device": scorer.device}  # the rope's precision
+    lambdas = torch.tensor(candidate.lambdas, **like, requires_grad=True)
+    m = torch.tensor(candidate.attention_factor, **like, requires_grad=True)
+    rope.set_trainable(lambdas, m)
+    nll = np.empty(scorer.num_documents)
+    try:
+        with torch.enable_grad(), frozen_weights(model), activation_checkpointing(model):
+            for i, doc in enumerate(scorer.documents):
+                ids = doc[None]
+                labels = ids[:, 1:]
+                hidden = scorer.decoder(input_ids=ids, use_cache=False).last_hidden_state
+                total, count = chunked_nll(hidden[:, :-1], labels, scorer.lm_head,
+                                           scorer.chunk_tokens, scorer.softcap)
+                mean = total.sum() / count.sum()
+                (mean / scorer.num_documents).backward()
+                nll[i] = float(mean.detach())
+    finally:
+        rope.set_candidates([candidate])  # back to plain buffers
+    tokens = sum(scorer.forward_tokens) * (1 + BACKWARD_FORWARDS)
+    return Gradient(nll, lambdas.grad.double().cpu().numpy(), float(m.grad), tokens)
+
+
+__all__ = ["Gradient", "activation_checkpointing", "frozen_weights", "gradient"]

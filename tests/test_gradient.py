@@ -1,0 +1,68 @@
+"""The fitness gradient in λ and m through the frozen embedded model, against finite
+differences of the scorer's own perplexity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from longrope_search.defaults import EMBEDDED_MODEL, EMBEDDED_SEARCH_DOCS
+from longrope_search.evaluation.documents import load_documents
+from longrope_search.evaluation.gradient import gradient
+from longrope_search.evaluation.perplexity import PerplexityScorer
+from longrope_search.model import apply_candidates, load_model
+from longrope_search.rope import Candidate, seed_candidate
+
+LENGTH = 384
+
+
+@pytest.fixture(scope="module")
+def scorer() -> PerplexityScorer:
+    loaded = load_model(EMBEDDED_MODEL, dtype="float32", device="cpu")
+    loaded.model.double()  # finite differences need the precision, the angles too
+    apply_candidates(loaded.model, seed_candidate("pi", loaded.geometry, 2.0)).double()
+    docs = load_documents(EMBEDDED_SEARCH_DOCS, loaded.tokenizer, min_tokens=LENGTH, k=2,
+                          max_tokens=LENGTH)
+    return PerplexityScorer(loaded.model, loaded.geometry, docs, length=LENGTH, batch_size=1)
+
+
+def mean_nll(scorer: PerplexityScorer, lambdas: np.ndarray, n_hat: int, m: float) -> float:
+    return scorer.score([Candidate(lambdas, n_hat, m)])[0].mean_nll
+
+
+@pytest.mark.parametrize("n_hat", [0, 16])
+def test_gradient_matches_finite_differences(scorer: PerplexityScorer, n_hat: int) -> None:
+    g = scorer.geometry
+    yarn = seed_candidate("yarn", g, 3.0)
+    cand = Candidate(yarn.lambdas, n_hat, yarn.attention_factor)
+    grad = gradient(scorer, cand)
+    assert grad.mean_nll == pytest.approx(scorer.score([cand])[0].mean_nll, rel=1e-6)
+    checked = 0
+    for i in range(g.num_pairs):
+        if abs(grad.lambdas[i]) < 1e-4:
+            continue
+        # a step that turns the last position's angle by at most 0.05 rad
+        h = min(1e-3, 0.05 / (LENGTH * float(g.inv_freq[i]))) * cand.lambdas[i]
+        up, down = cand.lambdas.copy(), cand.lambdas.copy()
+        up[i] += h
+        down[i] -= h
+        fd = (mean_nll(scorer, up, n_hat, cand.attention_factor)
+              - mean_nll(scorer, down, n_hat, cand.attention_factor)) / (2 * h)
+        assert grad.lambdas[i] == pytest.approx(fd, rel=0.03, abs=1e-5), i
+        checked += 1
+    assert checked >= 5
+    h = 1e-4
+    fd_m = (mean_nll(scorer, cand.lambdas, n_hat, cand.attention_factor + h)
+            - mean_nll(scorer, cand.lambdas, n_hat, cand.attention_factor - h)) / (2 * h)
+    assert grad.attention_factor == pytest.approx(fd_m, rel=0.01)
+
+
+def test_gradient_leaves_the_model_as_it_was(scorer: PerplexityScorer) -> None:
+    cand = seed_candidate("ntk", scorer.geometry, 3.0)
+    before = scorer.score([cand])[0].nll
+    flags = [p.requires_grad for p in scorer.model.parameters()]
+    grad = gradient(scorer, cand)
+    assert all(p.grad is None for p in scorer.model.parameters())  # weights frozen
+    assert [p.requires_grad for p in scorer.model.parameters()] == flags
+    assert np.array_equal(scorer.score([cand])[0].nll, before)  # plain buffers again
+    assert grad.forward_tokens == 3 * scorer.num_documents * LENGTH  # backward = 2 forwards
