@@ -74,6 +74,27 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(wanted)
 
 
+def _document_backward(scorer: PerplexityScorer, doc: torch.Tensor, scale: float) -> float:
+    """Mean NLL of one document, its gradient (times ``scale``) accumulated into λ and m.
+
+    The loss is taken in chunks of positions, each chunk's backward run at once into the final
+    hidden states (detached), and then one backward through the model: the full positions ×
+    vocabulary logits never exist, in the backward pass either."""
+    ids = doc[None]  # (1, T)
+    hidden = scorer.decoder(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
+    end = hidden.detach().requires_grad_()  # (1, T-1, H): where the chunks' gradients gather
+    labels, tokens = ids[:, 1:].to(hidden.device), ids.shape[1] - 1
+    total = 0.0
+    for start in range(0, tokens, scorer.chunk_tokens):
+        sl = slice(start, start + scorer.chunk_tokens)
+        chunk, _ = chunked_nll(end[:, sl], labels[:, sl], scorer.lm_head, tokens,
+                               scorer.softcap)
+        (chunk.sum() * scale / tokens).backward()
+        total += float(chunk.detach().sum())
+    hidden.backward(end.grad)
+    return total / tokens
+
+
 def gradient(scorer: PerplexityScorer, candidate: Candidate) -> Gradient:
     """Mean NLL of ``candidate`` on the scorer's documents and its gradient (one forward and
     one backward per document; truncate mode)."""
@@ -90,14 +111,7 @@ def gradient(scorer: PerplexityScorer, candidate: Candidate) -> Gradient:
     try:
         with torch.enable_grad(), frozen_weights(model), activation_checkpointing(model):
             for i, doc in enumerate(scorer.documents):
-                ids = doc[None]
-                labels = ids[:, 1:]
-                hidden = scorer.decoder(input_ids=ids, use_cache=False).last_hidden_state
-                total, count = chunked_nll(hidden[:, :-1], labels, scorer.lm_head,
-                                           scorer.chunk_tokens, scorer.softcap)
-                mean = total.sum() / count.sum()
-                (mean / scorer.num_documents).backward()
-                nll[i] = float(mean.detach())
+                nll[i] = _document_backward(scorer, doc, scale=1.0 / scorer.num_documents)
     finally:
         rope.set_candidates([candidate])  # back to plain buffers
     tokens = sum(scorer.forward_tokens) * (1 + BACKWARD_FORWARDS)
