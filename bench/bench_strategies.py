@@ -190,7 +190,8 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=Path("configs/embedded-8x.yaml"))
     ap.add_argument("--strategies", default="evolution,steady,tpe,cmaes,random")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench_strategies"))
+    ap.add_argument("--runs-dir", type=Path, default=Path("results/bench_strategies"),
+                    help="job folders (their ledgers are not committed; finished runs are)")
     ap.add_argument("--out", type=Path, default=Path("results/bench_strategies"))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--report-only", action="store_true",
