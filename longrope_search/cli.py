@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from longrope_search.search.driver import run_search, summarize
     from longrope_search.search.job import load_job
     from longrope_search.search.jobdir import JobDir
-    from longrope_search.search.plan import check_documents, plan_job
+    from longrope_search.search.plan import check_documents, make_strategy, plan_job
 
     spec = load_job(args.config)
     if args.results_dir:
@@ -150,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError("workers", f"must be ≥ 1, got {args.workers}", "use --workers 1 or more")
     plan = plan_job(spec)  # validates against the model's config before loading weights
+    make_strategy(plan)  # the strategy's options
     check_documents(plan)  # and the documents, with the tokenizer alone
     budget = f"{spec.evaluation_budget} evaluations"
     if spec.budget.tokens:

@@ -21,11 +21,12 @@ import yaml
 
 from longrope_search.distributed import RayEvaluator
 from longrope_search.search.driver import run_search
+from longrope_search.search.strategies import get_strategy
 from tests.test_search_run import Cancel, cancel_after, ledger_keys, spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32 = {"scoring": {"dtype": "float32"}}  # the `embedded` fixture's dtype, for the reference
-STRATEGIES = ("evolution", "steady", "tpe", "cmaes", "random")
+STRATEGIES = ("evolution", "steady", "tpe", "cmaes", "random", "gradient")
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +100,8 @@ def kill_mid_run(s, cluster: str, after: int) -> int:
 def test_each_strategy_on_ray_reports_cancels_and_resumes(cluster, embedded, strategy: str,
                                                           tmp_path: Path) -> None:
     """A coordinator killed mid-search, resumed and cancelled, resumed again: every candidate
-    scored once, progress reported, and (but for steady-state evolution, whose children
-    depend on completion order) the same tables as in-process."""
+    scored once, progress reported, and (but for strategies whose asks follow the completion
+    order: steady-state evolution, gradient descent) the same tables as in-process."""
     s = spec(tmp_path / "ray", name="job", strategy=strategy, **FP32)
     before = kill_mid_run(s, cluster, after=14)
     assert 14 <= before < s.evaluation_budget
@@ -119,7 +120,7 @@ def test_each_strategy_on_ray_reports_cancels_and_resumes(cluster, embedded, str
     assert len(keys) == len(set(keys)) == len(read_tables(s).query("operator != 'parent'")
                                               .candidate_id.unique())
     assert result.reused == before + 3
-    if strategy == "steady":
+    if get_strategy(strategy).order_dependent:  # its asks follow the completion order
         return
     local = run_search(spec(tmp_path / "local", name="job", strategy=strategy, **FP32),
                        loaded=embedded, progress=False)

@@ -20,7 +20,7 @@ from longrope_search.search.driver import Driver
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.ledger import Ledger
-from longrope_search.search.plan import plan_job
+from longrope_search.search.plan import make_strategy, plan_job
 from longrope_search.search.strategies import (
     STRATEGIES,
     SearchProblem,
@@ -30,9 +30,9 @@ from longrope_search.search.strategies import (
     strategy_names,
 )
 from longrope_search.search.strategies.evolution import breed
-from longrope_search.search.trial import OK, Evaluation, Individual, ranked
+from longrope_search.search.trial import GRADIENT, OK, Evaluation, Individual, ranked
 
-BUILT_IN = ("evolution", "steady", "tpe", "cmaes", "random")
+BUILT_IN = ("evolution", "steady", "tpe", "cmaes", "random", "gradient")
 SMALL = {"extension_ratio": 8, "k_documents": 2, "seed": 0,
          "evolution": {"population": 10, "mutations": 4, "crossovers": 4, "top_k": 5,
                        "generations": 3}}
@@ -60,9 +60,11 @@ class StandInEvaluator:
         item = min(self.queue, key=lambda w: w[0].key)
         self.queue.remove(item)
         ind, cand, _rule = item
-        d = float(np.abs(cand.lambdas - self.target).mean()) + 0.001 * cand.n_hat
+        diff = cand.lambdas - self.target
+        d = float(np.mean(diff**2)) + 0.001 * cand.n_hat
         self.scored.append(ind.key)
-        return [(ind, Evaluation(ind.key, (d, d), OK, 2, cost_tokens=2 * 1024))]
+        extra = {"gradient": (2 * diff / diff.size).tolist()} if ind.task == GRADIENT else {}
+        return [(ind, Evaluation(ind.key, (d, d), OK, 2, 2 * 1024, extra))]
 
     def cancel(self) -> None:
         self.queue.clear()
@@ -81,7 +83,6 @@ def make_driver(tmp_path: Path, strategy: str, *, stop_after: int | None = None,
                           "early_stopping": {"enabled": False}, "results_dir": str(tmp_path),
                           **changes})
     plan = plan_job(spec)
-    problem = SearchProblem(plan.space, plan.seeds, spec.evolution, spec.seed)
     job = JobDir(spec.job_dir)
     seen = [0]
 
@@ -92,7 +93,7 @@ def make_driver(tmp_path: Path, strategy: str, *, stop_after: int | None = None,
 
     target = np.linspace(1.0, 9.0, plan.space.num_pairs)
     evaluator = StandInEvaluator(target, capacity)
-    driver = Driver(plan, get_strategy(strategy)(problem), evaluator,
+    driver = Driver(plan, make_strategy(plan), evaluator,
                     Ledger(job.ledger, spec.name, plan.space), job, progress)
     return driver, evaluator
 
@@ -110,7 +111,9 @@ def test_each_strategy_spends_its_budget_once_and_improves(tmp_path: Path, strat
     assert len(evaluator.scored) == len(set(evaluator.scored)) <= budget
     t = tables(tmp_path)
     new = t[t.operator != "parent"]
-    assert len(new) == budget  # every candidate in exactly one table (repeats included)
+    # every candidate in exactly one table (repeats included), the whole budget unless the
+    # strategy finished first
+    assert len(new) == budget or (len(new) < budget and driver.strategy.finished)
     lam = np.stack(new.lambdas.to_numpy())
     assert np.all(np.diff(lam, axis=1) >= -1e-6)  # monotone
     assert new.cost_tokens.sum() == 2 * 1024 * len(set(new.candidate_id))
@@ -118,7 +121,7 @@ def test_each_strategy_spends_its_budget_once_and_improves(tmp_path: Path, strat
     assert spent[-1] == driver.cost == driver.progress()["cost_tokens"]
     seeds = new[new.operator.str.startswith("seed:")]
     assert set(seeds.operator) == {"seed:pi", "seed:ntk", "seed:yarn"}
-    if strategy in ("evolution", "steady"):  # in 34 evaluations, local moves beat the seeds
+    if strategy in ("evolution", "steady", "gradient"):  # in 34 evaluations, local moves win
         assert new.mean_nll.min() < seeds.mean_nll.min()
 
 
@@ -258,3 +261,49 @@ def test_a_strategy_installed_as_an_entry_point_is_found(tmp_path: Path,
     finally:
         STRATEGIES.pop("annealing", None)
         sys.modules.pop("my_strategies", None)
+
+
+def test_isotonic_projection_is_the_closest_non_decreasing_vector() -> None:
+    from longrope_search.search.strategies.gradient import isotonic
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x = rng.normal(size=12)
+        y = isotonic(x)
+        assert np.all(np.diff(y) >= -1e-12)
+        assert y.sum() == pytest.approx(x.sum())  # pooling keeps block means
+        for _ in range(20):  # no other non-decreasing vector is closer
+            z = np.sort(y + rng.normal(scale=0.1, size=12))
+            assert np.sum((x - y) ** 2) <= np.sum((x - z) ** 2) + 1e-12
+    assert np.array_equal(isotonic(np.arange(5.0)), np.arange(5.0))
+
+
+def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
+    driver, _ = make_driver(tmp_path, "gradient", strategy_options={"steps": 12, "lr": 0.1},
+                            budget={"evaluations": 1000})
+    driver.run()
+    assert driver.strategy.finished
+    t = tables(tmp_path)
+    steps = t[t.operator.isin(["gradient"]) | t.operator.str.startswith("seed:")]
+    lam = np.stack(steps.lambdas.to_numpy())
+    lo, hi = driver.plan.space.bounds()
+    assert np.all(np.diff(lam, axis=1) >= -1e-9)  # projected: monotone…
+    assert lam.min() >= lo[0] * 0.01 - 1e-9 and lam.max() <= hi[0] * 0.01 + 1e-9  # …in bounds
+    for seed in ("pi", "ntk", "yarn"):  # every descent ends below where it started
+        path = [steps[steps.operator == f"seed:{seed}"].mean_nll.iloc[0]]
+        key = steps[steps.operator == f"seed:{seed}"].candidate_id.iloc[0]
+        while (nxt := steps[steps.parents.map(lambda p, k=key: list(p) == [k])]).size:
+            path.append(nxt.mean_nll.iloc[0])
+            key = nxt.candidate_id.iloc[0]
+        assert len(path) == 12 and path[-1] < 0.5 * path[0], (seed, path)
+    sweep = t[t.operator == "gradient:n_hat"]
+    assert sorted(sweep.n_hat) == sorted(driver.plan.space.n_hat_choices)
+    best, _ = driver.best()
+    assert best.operator == "gradient:n_hat" and best.lambdas is None  # a grid candidate
+
+
+def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"strategy_options\.step"):
+        make_driver(tmp_path, "gradient", strategy_options={"step": 3})
+    with pytest.raises(ConfigError, match=r"strategy_options\.lr: expected float"):
+        make_driver(tmp_path, "gradient", strategy_options={"lr": "fast"})

@@ -43,17 +43,20 @@ from longrope_search.search.plan import (
     best_record,
     check_documents,
     comparison_documents,
+    make_strategy,
     plan_job,
 )
 from longrope_search.search.space import Genome
-from longrope_search.search.strategies import SearchProblem, Strategy, get_strategy
+from longrope_search.search.strategies import Strategy
 from longrope_search.search.tables import write_generation
 from longrope_search.search.trial import (
     FAILED,
     OK,
     PRUNED,
+    SCORE,
     Evaluation,
     Individual,
+    lambdas_of,
     ranked,
 )
 
@@ -191,8 +194,10 @@ class Driver:
         return ind
 
     def _submit(self, ind: Individual) -> None:
-        cand = self.plan.space.candidate(ind.genome, self.plan.attention_factor)
-        self.evaluator.submit(ind, cand, self.rules[ind.generation])
+        cand = Candidate(lambdas_of(ind, self.plan.space), ind.genome.n_hat,
+                         self.plan.attention_factor)
+        rule = self.rules[ind.generation] if ind.task == SCORE else None  # a gradient: all docs
+        self.evaluator.submit(ind, cand, rule)
 
     def _rule(self, generation: int) -> PruneRule | None:
         """Early stopping for a generation, from the complete results of earlier ones."""
@@ -248,11 +253,18 @@ class Driver:
 
     # -- the end of the job ---------------------------------------------------------------------
     def best(self) -> tuple[Individual, Evaluation]:
-        top = ranked(self.history, self.evals)
-        if not top:
+        """The best candidate on the grid. A gradient step's exact λ is not a result: if the
+        search ended before any grid candidate was scored, the best step is put on the grid
+        and scored (outside the ledger, like the n̂ = 0 re-score)."""
+        top = ranked([i for i in self.history if i.lambdas is None], self.evals)
+        if top:
+            return top[0], self.evals[top[0].key]
+        steps = ranked(self.history, self.evals)
+        if not steps:
             raise RuntimeError("no candidate was scored completely: see the failed ones in "
                                f"{self.job_dir.generations}")
-        return top[0], self.evals[top[0].key]
+        genome = steps[0].genome
+        return Individual(genome, -1, "on the grid"), self.score_alone(genome, "on the grid")
 
     def score_alone(self, genome: Genome, operator: str) -> Evaluation:
         """Score one genome outside the search (not in the ledger, not told to the strategy)."""
@@ -299,11 +311,10 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
     t0 = time.time()
     plan = plan_job(spec)
     check_documents(plan)
+    strategy = make_strategy(plan)
     job_dir = JobDir(spec.job_dir)
     claim(job_dir, spec)
     job_dir.remove_temporary()  # what a killed run was writing: rewritten from the ledger
-    strategy = get_strategy(spec.strategy)(
-        SearchProblem(plan.space, plan.seeds, spec.evolution, spec.seed))
     if evaluator is None:
         loaded = loaded or load_model(spec.model_path, dtype=spec.scoring.dtype,
                                       device=spec.scoring.device,

@@ -18,12 +18,21 @@ from typing import Any, Protocol
 
 import torch
 
+from longrope_search.evaluation.gradient import gradient
 from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.model import LoadedModel
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
 from longrope_search.search.plan import Plan, compare_on_documents, scorer_for
-from longrope_search.search.trial import FAILED, OK, PRUNED, Evaluation, Individual
+from longrope_search.search.trial import (
+    FAILED,
+    GRADIENT,
+    OK,
+    PRUNED,
+    SCORE,
+    Evaluation,
+    Individual,
+)
 
 Work = tuple[Individual, Candidate, PruneRule | None]
 Finished = list[tuple[Individual, Evaluation]]
@@ -85,6 +94,21 @@ def score_batch(scorer: PerplexityScorer, work: Sequence[Work], worker: str) -> 
     return out + [result(i, OK) for i in active]
 
 
+def gradient_step(scorer: PerplexityScorer, ind: Individual, cand: Candidate, worker: str
+                  ) -> tuple[Individual, Evaluation]:
+    """Score on every document and differentiate the mean NLL in λ (never pruned)."""
+    t0 = time.time()
+    try:
+        g = gradient(scorer, cand)
+    except torch.OutOfMemoryError:
+        return ind, Evaluation(ind.key, (), FAILED, scorer.num_documents,
+                               extra={"worker": worker, "error": "OutOfMemoryError"})
+    now = time.time()
+    return ind, Evaluation(ind.key, tuple(float(v) for v in g.nll), OK, scorer.num_documents,
+                          g.forward_tokens, {"worker": worker, "seconds": round(now - t0, 4),
+                                             "timestamp": now, "gradient": g.lambdas.tolist()})
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -111,7 +135,10 @@ class LocalEvaluator:
 
     def wait(self) -> Finished:
         work, self.queue = self.queue, []
-        return score_batch(self.scorer, work, self.worker)
+        scores = [w for w in work if w[0].task == SCORE]
+        return score_batch(self.scorer, scores, self.worker) + [
+            gradient_step(self.scorer, ind, cand, self.worker)
+            for ind, cand, _ in work if ind.task == GRADIENT]
 
     def cancel(self) -> None:
         self.queue = []

@@ -141,6 +141,10 @@ class _JobFields(SpecModel):
                                 "(search and held-out); fixed while the search seed varies")
     strategy: str = Field("evolution", max_length=128, description="search strategy: "
                           f"{', '.join(strategy_names())} or a registered one")
+    strategy_options: Annotated[dict[Annotated[str, Field(max_length=64)],
+                                     bool | int | float | str], Field(max_length=32)] = Field(
+        default_factory=dict, description="the strategy's own settings, e.g. gradient: steps, "
+        "lr (see configs/README.md)")
     attention_factor: Policy | Positive = Field(
         "su", description=f"attention-factor policy ({', '.join(POLICIES)}) or a number m > 0")
     seeds: Annotated[tuple[SeedName, ...], AtMost(16)] = Field(

@@ -33,12 +33,13 @@ from optuna.trial import TrialState, create_trial
 
 from longrope_search.io import atomic_write
 from longrope_search.search.space import SearchSpace
-from longrope_search.search.trial import FAILED, OK, PRUNED, Evaluation, Individual
+from longrope_search.search.trial import FAILED, OK, PRUNED, Evaluation, Individual, lambdas_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 _STATES = {OK: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 log = logging.getLogger(__name__)
+EXTRA = ("worker", "seconds", "timestamp", "gradient")  # what an evaluation brings back beside NLL
 
 
 class FlockLock:
@@ -115,7 +116,7 @@ class Ledger:
 
     def record(self, ind: Individual, ev: Evaluation, attention_factor: float,
                asks: int | None = None) -> None:
-        lam = self.space.lambdas(ind.genome)
+        lam = lambdas_of(ind, self.space)
         params: dict = {f"lambda_{i}": float(v) for i, v in enumerate(lam)}
         params["n_hat"] = ind.genome.n_hat
         trial = create_trial(
@@ -139,7 +140,7 @@ class Ledger:
             a = t.user_attrs
             if "key" not in a:
                 continue
-            extra = {k: v for k, v in a.items() if k in ("worker", "seconds", "timestamp")}
+            extra = {k: v for k, v in a.items() if k in EXTRA}
             out.append((Evaluation(a["key"], tuple(a["nll"]), a["status"], a["num_documents"],
                                    a.get("cost_tokens", len(a["nll"]) * self.space.target_length),
                                    extra), a.get("asks")))

@@ -20,6 +20,7 @@ from longrope_search.model import LoadedModel, read_geometry
 from longrope_search.rope import Candidate, RopeGeometry, attention_factor, seed_candidate
 from longrope_search.search.job import JobSpec
 from longrope_search.search.space import Genome, SearchSpace, critical_dim
+from longrope_search.search.strategies import SearchProblem, Strategy, get_strategy
 from longrope_search.search.trial import Evaluation
 
 BASELINES = ("pi", "ntk", "yarn")  # what the held-out comparison measures the best against
@@ -62,6 +63,14 @@ def plan_job(spec: JobSpec) -> Plan:
                           f"use a stride of at most {Lp} (e.g. {max(1, Lp // 4)})")
     m = attention_factor(spec.attention_factor, s, L)
     return Plan(spec, geometry, L, Lp, s, space, seeds, m)
+
+
+def make_strategy(plan: Plan) -> Strategy:
+    """The job's strategy, ready to ask (cheap; refuses bad ``strategy_options``)."""
+    spec = plan.spec
+    problem = SearchProblem(plan.space, plan.seeds, spec.evolution, spec.seed,
+                            spec.strategy_options, spec.evaluation_budget)
+    return get_strategy(spec.strategy)(problem)
 
 
 def comparison_documents(spec: JobSpec) -> Path:

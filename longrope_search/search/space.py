@@ -145,10 +145,16 @@ class SearchSpace:
         grid = np.empty(self.num_pairs, dtype=np.int64)
         grid[cd:] = searched
         if cd:
-            lam_cd = searched[0] * self.step
-            prefix = lam_cd ** (np.arange(cd) / cd)  # NTK-shaped: 1 at pair 0, λ_cd at cd
+            prefix = self.expand(searched * self.step)[:cd]
             grid[:cd] = np.round(prefix / self.step).astype(np.int64)
         return Genome(grid, n_hat)
+
+    def expand(self, searched: np.ndarray) -> np.ndarray:
+        """Every pair's λ from the searched pairs' λ (off the grid too): in LongRoPE2 mode the
+        pairs below cd follow the NTK-shaped curve λ_i = λ_cd^(i/cd), 1 at pair 0."""
+        cd = self.critical_dim or 0
+        prefix = float(searched[0]) ** (np.arange(cd) / cd) if cd else np.empty(0)
+        return np.concatenate([prefix, searched])
 
     # -- conversions --------------------------------------------------------------------------
     def genome_from_lambdas(self, lambdas: np.ndarray, n_hat: int = 0) -> Genome:

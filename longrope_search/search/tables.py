@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from longrope_search.io import atomic_write
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.space import SearchSpace
-from longrope_search.search.trial import Evaluation, Individual
+from longrope_search.search.trial import Evaluation, Individual, lambdas_of
 
 SCHEMA_VERSION = 2
 
@@ -74,7 +74,7 @@ def write_generation(job_dir: JobDir, generation: int, individuals: Sequence[Ind
         ev = evaluations.get(ind.key)
         rows.append({
             "job": job, "candidate_id": ind.key, "parents": list(ind.parents),
-            "operator": ind.operator, "lambdas": space.lambdas(ind.genome).tolist(),
+            "operator": ind.operator, "lambdas": lambdas_of(ind, space).tolist(),
             "n_hat": ind.genome.n_hat, "attention_factor": attention_factor,
             "nll": list(ev.nll) if ev else None,
             "documents_scored": len(ev.nll) if ev else None,

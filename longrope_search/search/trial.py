@@ -8,6 +8,7 @@ counts the documents it was scored on; a backward pass counts as two forwards).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
-from longrope_search.search.space import Genome
+from longrope_search.search.space import Genome, SearchSpace
 
 #: Evaluation statuses: complete, stopped early by the pruning rule, or failed.
 OK, PRUNED, FAILED = "ok", "pruned", "failed"
@@ -25,19 +26,35 @@ STATUSES = (OK, PRUNED, FAILED)
 #: candidate, costs nothing and does not count against the budget.
 PARENT = "parent"
 
+#: What the evaluator does with an individual: score it (per-document NLL, prunable), or score
+#: it and return the gradient of its mean NLL in λ (``extra["gradient"]``; a backward pass costs
+#: two forwards).
+SCORE, GRADIENT = "score", "gradient"
+
 
 @dataclass(frozen=True)
 class Individual:
-    """A genome proposed by a strategy, with its provenance."""
+    """A genome proposed by a strategy, with its provenance.
+
+    ``lambdas`` holds exact λ off the grid (a gradient step's); the genome is then its nearest
+    grid point, for the tables, and the individual is told apart from it by its key.
+    """
 
     genome: Genome
     generation: int  # the strategy's generation (a batch of candidates), for the tables
     operator: str  # "seed:<name>", "mutation", "crossover", "parent", "tpe", …
     parents: tuple[str, ...] = ()
+    lambdas: tuple[float, ...] | None = None
+    task: str = SCORE
 
     @property
     def key(self) -> str:
-        return self.genome.key
+        if self.lambdas is None and self.task == SCORE:
+            return self.genome.key
+        h = hashlib.blake2b(self.genome.key.encode(), digest_size=10)
+        h.update(np.asarray(self.lambdas or (), dtype=np.float64).tobytes())
+        h.update(self.task.encode())
+        return h.hexdigest()
 
     @property
     def is_new(self) -> bool:
@@ -64,6 +81,13 @@ class Evaluation:
     @property
     def ppl(self) -> float:
         return math.exp(self.mean_nll) if self.nll else math.inf
+
+
+def lambdas_of(individual: Individual, space: SearchSpace) -> np.ndarray:
+    """The λ an individual is evaluated with: its exact λ, else its genome's."""
+    if individual.lambdas is not None:
+        return np.asarray(individual.lambdas, dtype=np.float64)
+    return space.lambdas(individual.genome)
 
 
 def ranked(individuals: Sequence[Individual], evaluations: Mapping[str, Evaluation]

@@ -1,7 +1,8 @@
 """Search strategies: what to try next. One table maps a name to a strategy class.
 
 Built in: ``evolution`` (LongRoPE's Algorithm 1), ``steady`` (the same operators without the
-generation barrier), ``tpe``, ``cmaes`` and ``random`` (Optuna's samplers). A strategy of your
+generation barrier), ``tpe``, ``cmaes`` and ``random`` (Optuna's samplers), ``gradient``
+(projected gradient descent on λ through the frozen model). A strategy of your
 own is a :class:`~longrope_search.search.strategies.base.Strategy` subclass, made known either
 by calling :func:`register_strategy` before the search starts (Python API), or from an installed
 package through an entry point, which the CLI and the service pick up::
@@ -18,6 +19,7 @@ from importlib.metadata import entry_points
 from longrope_search.errors import ConfigError
 from longrope_search.search.strategies.base import SearchProblem, Strategy
 from longrope_search.search.strategies.evolution import Evolution
+from longrope_search.search.strategies.gradient import GradientDescent
 from longrope_search.search.strategies.samplers import TPE, CmaEs, RandomSearch
 from longrope_search.search.strategies.steady import SteadyState
 
@@ -29,6 +31,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "tpe": TPE,
     "cmaes": CmaEs,
     "random": RandomSearch,
+    "gradient": GradientDescent,
 }
 
 

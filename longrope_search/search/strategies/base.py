@@ -37,10 +37,11 @@ table in :mod:`longrope_search.search.strategies` (or, from your own package, ca
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from longrope_search.errors import ConfigError
 from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.strategies.settings import EvolutionConfig
 from longrope_search.search.trial import Evaluation, Individual
@@ -54,6 +55,8 @@ class SearchProblem:
     seed_candidates: Sequence[tuple[str, Genome]]  # (name, genome): PI, NTK, YaRN, files
     evolution: EvolutionConfig  # population, operators, top-k (shared by every strategy)
     seed: int = 0  # the RNG seed
+    options: Mapping[str, Any] = field(default_factory=dict)  # the spec's strategy_options
+    budget: int | None = None  # the candidates the driver will ask for at most
 
 
 class Strategy(ABC):
@@ -73,6 +76,23 @@ class Strategy(ABC):
     @abstractmethod
     def tell(self, individual: Individual, evaluation: Evaluation) -> None:
         """The result of one individual that ``ask`` returned."""
+
+    def settings(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """The strategy's options over its ``defaults``; an unknown key or a value of another
+        type is refused, naming ``strategy_options.<key>``."""
+        out = dict(defaults)
+        for key, value in self.problem.options.items():
+            if key not in defaults:
+                raise ConfigError(f"strategy_options.{key}", "unknown option for this "
+                                  "strategy", f"use any of {sorted(defaults)}")
+            kind = type(defaults[key])
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not kind:
+                raise ConfigError(f"strategy_options.{key}", f"expected {kind.__name__}, got "
+                                  f"{value!r}", f"e.g. {key}: {defaults[key]!r}")
+            out[key] = value
+        return out
 
     @property
     def finished(self) -> bool:

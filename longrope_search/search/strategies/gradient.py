@@ -1,0 +1,164 @@
+"""Gradient descent on λ through the frozen model: multi-start projected Adam.
+
+The fitness (mean NLL of the search documents at L') is smooth in λ, and one backward pass
+gives its gradient for every pair (:mod:`longrope_search.evaluation.gradient`). Each seed
+candidate (PI, NTK, YaRN, files) starts a descent on x = log λ of the searched pairs:
+
+    x ← Π(x − lr · Adam(∂L/∂x)),   ∂L/∂x_i = λ_i · ∂L/∂λ_i
+
+where Π projects onto the space: the closest non-decreasing vector (isotonic regression, pool
+adjacent violators), clipped to [log λ_min, log λ_max]. Working on log λ keeps the gradient
+alive everywhere (no flat softplus increments) and makes lr a relative step. Starts take turns,
+one step each, so a pool of workers runs several starts at once; each step is a candidate like
+any other (operator ``gradient``, parent = the start's previous step, exact λ off the grid).
+
+After ``steps`` steps per start (fewer if the budget in evaluations would not leave room for
+the sweep), the best λ found is put on the grid and scored with every n̂ of
+the space (n̂ is discrete: it is chosen by scoring, not by gradient); those grid candidates are
+the strategy's results. The attention factor stays the job's.
+
+Options (``strategy_options``): ``steps`` per start (30), ``lr`` (0.05).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from longrope_search.search.space import Genome
+from longrope_search.search.strategies.base import SearchProblem, Strategy
+from longrope_search.search.trial import GRADIENT, OK, Evaluation, Individual
+
+BETAS, EPS = (0.9, 0.999), 1e-8
+
+
+def isotonic(x: np.ndarray) -> np.ndarray:
+    """The non-decreasing vector closest to ``x`` in L2 (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, size]
+    for v in x:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, n1), (m2, n2) = blocks[-2], blocks.pop()
+            blocks[-1] = [(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2]
+    return np.concatenate([np.full(int(n), m) for m, n in blocks])
+
+
+@dataclass
+class Start:
+    """One descent: its position, Adam's moments, its best point so far."""
+
+    name: str
+    x: np.ndarray  # log λ of the searched pairs
+    n_hat: int
+    m1: np.ndarray = field(init=False)
+    m2: np.ndarray = field(init=False)
+    t: int = 0
+    last: str = ""  # key of its previous step
+    best: tuple[float, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        self.m1, self.m2 = np.zeros_like(self.x), np.zeros_like(self.x)
+
+    def adam(self, grad: np.ndarray, lr: float) -> np.ndarray:
+        self.t += 1
+        self.m1 = BETAS[0] * self.m1 + (1 - BETAS[0]) * grad
+        self.m2 = BETAS[1] * self.m2 + (1 - BETAS[1]) * grad**2
+        m1 = self.m1 / (1 - BETAS[0] ** self.t)
+        m2 = self.m2 / (1 - BETAS[1] ** self.t)
+        return lr * m1 / (np.sqrt(m2) + EPS)
+
+
+class GradientDescent(Strategy):
+    # each descent is deterministic, but the starts take turns in the order results arrive
+    order_dependent = True
+    DEFAULTS: ClassVar[dict[str, int | float]] = {"steps": 30, "lr": 0.05}
+
+    def __init__(self, problem: SearchProblem) -> None:
+        super().__init__(problem)
+        self.options = self.settings(self.DEFAULTS)
+        space = problem.space
+        lo, hi = space.bounds()
+        self.bounds = lo[0] * space.step, hi[0] * space.step  # λ's, on the grid's ends
+        self.low, self.high = np.log(self.bounds[0]), np.log(self.bounds[1])
+        self.starts = [Start(name, np.log(space.lambdas(g)[space.searched]), g.n_hat)
+                       for name, g in problem.seed_candidates]
+        if problem.budget is not None:  # leave room for the n̂ sweep within the budget
+            room = (problem.budget - len(space.n_hat_choices)) // max(1, len(self.starts))
+            self.options["steps"] = max(1, min(self.options["steps"], room))
+        self.turns = deque(range(len(self.starts)))  # starts whose next step can be asked
+        self.of: dict[str, int] = {}  # key of a step in flight → its start
+        self.final: deque[Individual] | None = None  # the n̂ sweep, once descents are done
+
+    def _lambdas(self, x: np.ndarray) -> np.ndarray:
+        # exp(log b) may miss b by an ulp
+        return self.problem.space.expand(np.clip(np.exp(x), *self.bounds))
+
+    def _on_grid(self, x: np.ndarray, n_hat: int) -> Genome:
+        space = self.problem.space
+        grid = np.round(np.exp(x) / space.step).astype(np.int64)
+        return space.complete(space.repair(grid), n_hat)
+
+    def ask(self) -> Individual | None:
+        while self.turns:
+            i = self.turns.popleft()
+            start = self.starts[i]
+            if start.t >= self.options["steps"]:
+                continue  # this descent is over
+            operator = "gradient" if start.t else f"seed:{start.name}"  # step 0: the seed
+            ind = Individual(self._on_grid(start.x, start.n_hat), start.t, operator,
+                             (start.last,) if start.last else (),
+                             tuple(self._lambdas(start.x)), GRADIENT)
+            self.of[ind.key] = i
+            return ind
+        if self.of:
+            return None  # steps in flight: their starts go on
+        if self.final is None:
+            self.final = self._n_hat_sweep()
+        return self.final.popleft() if self.final else None
+
+    def _n_hat_sweep(self) -> deque[Individual]:
+        """The best λ of all descents, on the grid, with every n̂ of the space."""
+        done = [s for s in self.starts if s.best is not None]
+        if not done:
+            return deque()
+        start = min(done, key=lambda s: s.best[0])
+        x = start.best[1]
+        generation = self.options["steps"]
+        return deque(Individual(self._on_grid(x, n), generation, "gradient:n_hat", (start.last,))
+                     for n in self.problem.space.n_hat_choices)
+
+    def tell(self, individual: Individual, evaluation: Evaluation) -> None:
+        i = self.of.pop(individual.key, None)
+        if i is None:
+            return  # an n̂-sweep candidate: the driver ranks it
+        start = self.starts[i]
+        start.last = individual.key
+        if evaluation.status == OK:
+            x = start.x
+            if start.best is None or evaluation.mean_nll < start.best[0]:
+                start.best = (evaluation.mean_nll, x.copy())
+            grad = self._searched_gradient(np.asarray(evaluation.extra["gradient"]), x)
+            x = isotonic(x - start.adam(grad * np.exp(x), self.options["lr"]))
+            start.x = np.clip(x, self.low, self.high)
+        else:
+            start.t = self.options["steps"]  # a failed step ends its descent
+        self.turns.append(i)
+
+    def _searched_gradient(self, full: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """∂L/∂λ of the searched pairs; in LongRoPE2 mode λ_cd also moves the pairs below it
+        (λ_i = λ_cd^(i/cd)), which the chain rule adds to its component."""
+        space = self.problem.space
+        cd = space.critical_dim or 0
+        grad = full[space.searched].copy()
+        if cd:
+            i = np.arange(cd)
+            lam_cd = float(np.exp(x[0]))
+            grad[0] += float(np.sum(full[:cd] * (i / cd) * lam_cd ** (i / cd - 1)))
+        return grad
+
+    @property
+    def finished(self) -> bool:
+        return self.final is not None and not self.final and not self.of
