@@ -61,13 +61,17 @@ def run(spec: JobSpec, loaded: LoadedModel) -> float:
     return time.time() - t0
 
 
-def best_so_far(tables: pd.DataFrame, budget: float) -> pd.DataFrame:
-    """Per checkpoint: the best complete candidate recorded by that cost."""
+def best_so_far(tables: pd.DataFrame, budget: float, finished: bool = True) -> pd.DataFrame:
+    """Per checkpoint: the best complete candidate recorded by that cost (none for a
+    checkpoint an unfinished run has not reached)."""
     new = tables[(tables.operator != "parent") & (tables.status == "ok")]
     new = new.sort_values("cost_spent_tokens")
+    reached = tables.cost_spent_tokens.max()
     rows = []
     for frac in CHECKPOINTS:
         seen = new[new.cost_spent_tokens <= frac * budget + 1e-9]
+        if not finished and frac * budget > reached:
+            seen = seen.iloc[:0]
         top = seen.loc[seen.mean_nll.idxmin()] if len(seen) else None
         rows.append({"fraction": frac, "cost_tokens": int(frac * budget),
                      "candidate_id": None if top is None else top.candidate_id,
@@ -96,12 +100,13 @@ def heldout(spec: JobSpec, loaded: LoadedModel, points: pd.DataFrame,
     plan = plan_job(spec)
     todo = {r.candidate_id: Candidate(np.asarray(r.lambdas, dtype=np.float64), r.n_hat,
                                       r.attention_factor, r.candidate_id)
-            for r in points.itertuples() if r.candidate_id and r.candidate_id not in cache}
+            for r in points.itertuples()
+            if isinstance(r.candidate_id, str) and r.candidate_id not in cache}
     if todo:
         scorer = scorer_for(plan, loaded, comparison_documents(spec))
         for res in scorer.score(list(todo.values())):
             cache[res.candidate.name] = res.ppl
-    return [cache.get(c) if c else None for c in points.candidate_id]
+    return [cache.get(c) if isinstance(c, str) else None for c in points.candidate_id]
 
 
 def baselines(spec: JobSpec, loaded: LoadedModel) -> dict[str, float]:
@@ -118,7 +123,7 @@ def summarize(runs: list[dict[str, Any]]) -> pd.DataFrame:
             rows.append({"strategy": r["strategy"], "seed": r["seed"], **p})
     df = pd.DataFrame(rows)
     return df.groupby(["strategy", "fraction"]).agg(
-        runs=("seed", "count"), search_mean=("search_ppl", "mean"),
+        runs=("search_ppl", "count"), search_mean=("search_ppl", "mean"),
         search_min=("search_ppl", "min"), search_max=("search_ppl", "max"),
         heldout_mean=("heldout_ppl", "mean"), heldout_min=("heldout_ppl", "min"),
         heldout_max=("heldout_ppl", "max")).reset_index()
@@ -136,16 +141,20 @@ def markdown(command: str, runs: list[dict[str, Any]], summary: pd.DataFrame,
              "(min–max) | vs best hand-made |", "|---|---|---|---|---|---|"]
     best_hand = min(base.values())
     for r in summary.itertuples():
+        if not r.runs:  # no run has reached this cost yet
+            continue
         gain = 100 * (best_hand - r.heldout_mean) / best_hand if r.heldout_mean else float("nan")
         lines.append(f"| {r.strategy} | {r.fraction:g} | {r.runs} | {r.search_mean:.3f} "
                      f"({r.search_min:.3f}–{r.search_max:.3f}) | {r.heldout_mean:.3f} "
                      f"({r.heldout_min:.3f}–{r.heldout_max:.3f}) | {gain:+.2f}% |")
-    lines += ["", "| run | evaluations | pruned | wall s (this call) | final search ppl | "
-              "final held-out ppl |", "|---|---|---|---|---|---|"]
+    lines += ["", "| run | finished | evaluations | pruned | cost spent (M tokens) | wall s "
+              "(this call) | best search ppl | its held-out ppl |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        last = r["checkpoints"][-1]
-        lines.append(f"| {r['strategy']} s{r['seed']} | {r['evaluations']} | {r['pruned']} | "
-                     f"{r['seconds']:.0f} | {last['search_ppl']:.3f} | "
+        last = [p for p in r["checkpoints"] if p["search_ppl"] == p["search_ppl"]][-1]  # not NaN
+        lines.append(f"| {r['strategy']} s{r['seed']} | {'yes' if r['finished'] else 'no'} | "
+                     f"{r['evaluations']} | {r['pruned']} | {r['cost_spent_tokens'] / 1e6:.2f} "
+                     f"| {r['seconds']:.0f} | {last['search_ppl']:.3f} | "
                      f"{last['heldout_ppl']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -196,6 +205,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--report-only", action="store_true",
                     help="report the runs that finished; run nothing")
+    ap.add_argument("--partial", action="store_true",
+                    help="with --report-only: also runs still going, up to the cost they reached")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,15 +222,17 @@ def main() -> None:
     for spec in specs:
         seconds = 0.0 if args.report_only else run(spec, loaded)
         job_dir = JobDir(spec.job_dir)
-        if not job_dir.best.is_file():
+        finished = job_dir.best.is_file()
+        if not (finished or (args.partial and job_dir.tables())):
             print(f"{spec.name}: not finished, left out", file=sys.stderr)
             continue
         tables = pd.read_parquet(job_dir.generations)
-        points = best_so_far(tables, spec.budget.tokens)
+        points = best_so_far(tables, spec.budget.tokens, finished)
         points["heldout_ppl"] = heldout(spec, loaded, points, cache)
         write_json(cache_path, cache)
         new = tables[tables.operator != "parent"]
         runs.append({"strategy": spec.strategy, "seed": spec.seed, "seconds": seconds,
+                     "finished": finished, "cost_spent_tokens": int(tables.cost_spent_tokens.max()),
                      "evaluations": len(new), "pruned": int((new.status == "pruned").sum()),
                      "curve": curve(tables),
                      "checkpoints": points.drop(columns=["lambdas"]).to_dict("records")})
