@@ -142,16 +142,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from longrope_search.search.driver import run_search, summarize
     from longrope_search.search.job import load_job
     from longrope_search.search.jobdir import JobDir
-    from longrope_search.search.plan import check_documents, make_strategy, plan_job
+    from longrope_search.search.plan import prepare
 
     spec = load_job(args.config)
     if args.results_dir:
         spec = spec.with_results_dir(str(args.results_dir))
     if args.workers < 1:
         raise ConfigError("workers", f"must be ≥ 1, got {args.workers}", "use --workers 1 or more")
-    plan = plan_job(spec)  # validates against the model's config before loading weights
-    make_strategy(plan)  # the strategy's options
-    check_documents(plan)  # and the documents, with the tokenizer alone
+    plan, _ = prepare(spec)  # config, strategy and documents, before any weights load
     budget = f"{spec.evaluation_budget} evaluations"
     if spec.budget.tokens:
         budget += f" or {spec.budget.tokens / 1e6:g}M forward tokens"

@@ -38,14 +38,7 @@ from longrope_search.search.evaluator import Evaluator, LocalEvaluator
 from longrope_search.search.job import JobSpec
 from longrope_search.search.jobdir import JobDir, claim
 from longrope_search.search.ledger import Ledger
-from longrope_search.search.plan import (
-    Plan,
-    best_record,
-    check_documents,
-    comparison_documents,
-    make_strategy,
-    plan_job,
-)
+from longrope_search.search.plan import Plan, best_record, comparison_documents, prepare
 from longrope_search.search.space import Genome
 from longrope_search.search.strategies import Strategy
 from longrope_search.search.tables import write_generation
@@ -309,9 +302,7 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
     two evaluations, with everything finished so far in the ledger.
     """
     t0 = time.time()
-    plan = plan_job(spec)
-    check_documents(plan)
-    strategy = make_strategy(plan)
+    plan, strategy = prepare(spec)
     job_dir = JobDir(spec.job_dir)
     claim(job_dir, spec)
     job_dir.remove_temporary()  # what a killed run was writing: rewritten from the ledger

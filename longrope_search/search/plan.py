@@ -65,6 +65,15 @@ def plan_job(spec: JobSpec) -> Plan:
     return Plan(spec, geometry, L, Lp, s, space, seeds, m)
 
 
+def prepare(spec: JobSpec) -> tuple[Plan, Strategy]:
+    """Everything that can be checked before weights load or a job folder exists: the model's
+    config, the space and seeds, the strategy's options, the documents (tokenizer only)."""
+    plan = plan_job(spec)
+    strategy = make_strategy(plan)
+    check_documents(plan)
+    return plan, strategy
+
+
 def make_strategy(plan: Plan) -> Strategy:
     """The job's strategy, ready to ask (cheap; refuses bad ``strategy_options``)."""
     spec = plan.spec

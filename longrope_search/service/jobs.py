@@ -30,7 +30,7 @@ from longrope_search.search.job import (
     load_job,
 )
 from longrope_search.search.jobdir import JobDir, claim
-from longrope_search.search.plan import check_documents, make_strategy, plan_job
+from longrope_search.search.plan import prepare
 
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", \
     "cancelled"
@@ -180,10 +180,7 @@ class JobManager:
         if data.get("trust_remote_code") and not self.allow_remote_code:
             raise ConfigError("trust_remote_code", "this server does not run a model folder's "
                               "own code", "start the server with --allow-remote-code")
-        # model config, lengths, space, strategy and documents checked before anything is written
-        plan = plan_job(spec)
-        make_strategy(plan)
-        check_documents(plan)
+        prepare(spec)  # model config, space, strategy, documents: before anything is written
         with self.lock:
             if spec.name in self.jobs or spec.job_dir.exists():
                 raise JobConflict(f"job {spec.name!r} already exists: resume it, or submit "

@@ -63,7 +63,7 @@ class Strategy(ABC):
     """Base class of search strategies; see the module docstring for the lifecycle."""
 
     #: whether the candidates it proposes depend on the order results arrive in (only
-    #: strategies without a barrier); informational, shown in ``longrope-search strategies``.
+    #: strategies without a barrier): in-process and Ray runs then make different tables.
     order_dependent: ClassVar[bool] = False
 
     def __init__(self, problem: SearchProblem) -> None:
