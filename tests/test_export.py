@@ -25,12 +25,12 @@ from longrope_search.search.job import job_from_dict, load_job
 MODEL_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
-def _search(root: Path, name: str, n_hat: list[int], loaded) -> Path:
+def _search(root: Path, name: str, n_hat: list[int], loaded, **more) -> Path:
     spec = job_from_dict({
         "name": name, "extension_ratio": 4, "k_documents": 2, "results_dir": str(root),
         "scoring": {"dtype": "float32", "device": "cpu"}, "space": {"n_hat": n_hat},
         "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
-                      "generations": 1}})
+                      "generations": 1}, **more})
     return run_search(spec, loaded=loaded, progress=False).job_dir
 
 
@@ -38,7 +38,9 @@ def _search(root: Path, name: str, n_hat: list[int], loaded) -> Path:
 def jobs(tmp_path_factory, embedded):
     root = tmp_path_factory.mktemp("jobs")
     return {"plain": _search(root, "plain", [0], embedded),
-            "n_hat": _search(root, "nhat", [8], embedded)}
+            "n_hat": _search(root, "nhat", [8], embedded),
+            "gradient": _search(root, "grad", [0], embedded, strategy="gradient",
+                                strategy_options={"steps": 2})}
 
 
 def best(job_dir: Path) -> dict:
@@ -59,14 +61,15 @@ def plain_ppl(model, job_dir: Path, tokenizer) -> float:
     spec = load_job(job_dir / "job.yaml")
     target = best(job_dir)["target_length"]
     docs = load_documents(spec.documents_path, tokenizer, min_tokens=target, k=spec.k_documents,
-                          seed=spec.seed, max_tokens=target)
+                          seed=spec.documents_seed, max_tokens=target)
     with torch.no_grad():
         nll = [model(input_ids=d[None], labels=d[None]).loss.item() for d in docs]
     return math.exp(sum(nll) / len(nll))
 
 
-def test_hf_config_reproduces_the_searched_perplexity(jobs, embedded, tmp_path):
-    job = jobs["plain"]
+@pytest.mark.parametrize("search", ["plain", "gradient"])
+def test_hf_config_reproduces_the_searched_perplexity(jobs, embedded, tmp_path, search):
+    job = jobs[search]
     config = export_job(job, "hf", with_config=True)
     rope = config["rope_parameters"]
     assert rope["rope_type"] == "longrope" and config["max_position_embeddings"] == 512
