@@ -97,7 +97,8 @@ class Driver:
         self.stats = Counter(evaluations=0, reused=0, pruned=0, failed=0, documents=0)
         # the bar counts what the budget counts: forward tokens when it has a token budget
         self.bar = tqdm(total=self.budget_tokens or self.budget, desc=spec.name,
-                        unit="tok" if self.budget_tokens else "cand", unit_scale=True,
+                        unit="tok" if self.budget_tokens else "cand",
+                        unit_scale=bool(self.budget_tokens),
                         disable=not progress)
 
     # -- the loop -------------------------------------------------------------------------------
