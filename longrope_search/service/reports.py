@@ -103,9 +103,13 @@ def _read_tables(job: JobDir, columns: Sequence[str]) -> list[_Table]:
 def generation_summaries(job_dir: Path) -> list[dict[str, Any]]:
     """Per generation: candidates by status, best and median perplexity of the population, the
     new candidates' cost and the job's cost spent by the end of the table (forward tokens)."""
+    return _summaries(_read_tables(JobDir(job_dir), ["status", "ppl"]))
+
+
+def _summaries(tables: list[_Table]) -> list[dict[str, Any]]:
     out = []
     spent: int | None = None
-    for t in _read_tables(JobDir(job_dir), ["status", "ppl"]):
+    for t in tables:
         ok = [p for p, s in zip(t.cols["ppl"], t.cols["status"], strict=True) if s == OK]
         new = [t.cols["status"][i] for i in t.new_rows()]
         costs = [c for c in (t.cols["cost_tokens"][i] for i in t.new_rows()) if c is not None]
@@ -141,8 +145,12 @@ def generation_rows(job_dir: Path, generation: int) -> list[dict[str, Any]] | No
 def candidates(job_dir: Path) -> dict[str, list[Any]]:
     """Each candidate once, in the generation that made it, with its cost and the job's cost
     spent when it was recorded: columns for a scatter plot."""
+    return _candidates(_read_tables(JobDir(job_dir), CANDIDATE_COLUMNS))
+
+
+def _candidates(tables: list[_Table]) -> dict[str, list[Any]]:
     cols: dict[str, list[Any]] = {"generation": [], **{k: [] for k in CANDIDATE_COLUMNS}}
-    for t in _read_tables(JobDir(job_dir), CANDIDATE_COLUMNS):
+    for t in tables:
         for i in t.new_rows():
             cols["generation"].append(t.generation)
             for k in CANDIDATE_COLUMNS:
@@ -160,8 +168,8 @@ def cost_curve(job_dir: Path) -> dict[str, Any]:
     ``evaluations`` counts new candidates so far, the x axis to use when ``cost_known`` is
     false (a v1 table without a known target length).
     """
-    gens = generation_summaries(job_dir)
-    cands = candidates(job_dir)
+    tables = _read_tables(JobDir(job_dir), CANDIDATE_COLUMNS)  # read once for both
+    gens, cands = _summaries(tables), _candidates(tables)
     evaluations = list(accumulate(g["new"] for g in gens))
     ends = [g["cost_spent_tokens"] for g in gens]
     known = None not in ends
