@@ -47,8 +47,9 @@ class Individual:
     lambdas: tuple[float, ...] | None = None
     task: str = SCORE
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """Stable identity (immutable, so hashed once, like the genome's)."""
         if self.lambdas is None and self.task == SCORE:
             return self.genome.key
         h = hashlib.blake2b(self.genome.key.encode(), digest_size=10)
