@@ -168,7 +168,7 @@ def test_token_budget_stops_the_search(tmp_path: Path) -> None:
 
 
 def test_steady_state_breeds_whenever_asked(tmp_path: Path) -> None:
-    driver, _ = make_driver(tmp_path, "steady")
+    driver, _ = make_driver(tmp_path, "steady", strategy_options={"refresh": 1})
     strategy = driver.strategy
     initial = [strategy.ask() for _ in range(10)]
     assert strategy.ask() is None  # nothing scored yet to breed from
@@ -181,8 +181,25 @@ def test_steady_state_breeds_whenever_asked(tmp_path: Path) -> None:
     assert {p for c in children for p in c.parents} == {i.key for i in initial[:5]}
     assert len({c.key for c in initial + children}) == 30
     better = children[0]
-    strategy.tell(better, Evaluation(better.key, (-1.0,), OK, 1))  # enters the top-k at once
+    strategy.tell(better, Evaluation(better.key, (-1.0,), OK, 1))  # refresh 1: a parent at once
     assert any(better.key in strategy.ask().parents for _ in range(20))
+
+
+def test_steady_state_refreshes_its_parents_at_algorithm_1s_cadence(tmp_path: Path) -> None:
+    driver, _ = make_driver(tmp_path, "steady")  # refresh: N1 + N2 = 8 results
+    strategy = driver.strategy
+    initial = [strategy.ask() for _ in range(10)]
+    for i, ind in enumerate(initial):
+        strategy.tell(ind, Evaluation(ind.key, (float(i),), OK, 1))
+    first = strategy.ask()
+    better = [strategy.ask() for _ in range(7)]
+    for ind in better:
+        strategy.tell(ind, Evaluation(ind.key, (-1.0,), OK, 1))
+    keys = {ind.key for ind in better}
+    later = [strategy.ask() for _ in range(20)]  # 7 results told: the parents stand
+    assert not keys & {p for c in later for p in c.parents}
+    strategy.tell(first, Evaluation(first.key, (-2.0,), OK, 1))  # the 8th: refreshed
+    assert {p for _ in range(20) for p in strategy.ask().parents} <= keys | {first.key}
 
 
 def test_evolution_waits_for_its_generation(tmp_path: Path) -> None:
@@ -307,3 +324,5 @@ def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
         make_driver(tmp_path, "gradient", strategy_options={"step": 3})
     with pytest.raises(ConfigError, match=r"strategy_options\.lr: expected float"):
         make_driver(tmp_path, "gradient", strategy_options={"lr": "fast"})
+    with pytest.raises(ConfigError, match=r"strategy_options\.refresh"):
+        make_driver(tmp_path, "steady", strategy_options={"refresh": -2})
