@@ -26,7 +26,7 @@ from tests.test_search_run import Cancel, cancel_after, ledger_keys, spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32 = {"scoring": {"dtype": "float32"}}  # the `embedded` fixture's dtype, for the reference
-STRATEGIES = ("evolution", "steady", "tpe", "cmaes", "random", "gradient")
+STRATEGIES = ("evolution", "steady", "tpe", "cmaes", "random", "gradient", "memetic")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_each_strategy_on_ray_reports_cancels_and_resumes(cluster, embedded, str
                                                           tmp_path: Path) -> None:
     """A coordinator killed mid-search, resumed and cancelled, resumed again: every candidate
     scored once, progress reported, and (but for strategies whose asks follow the completion
-    order: steady-state evolution, gradient descent) the same tables as in-process."""
+    order: steady-state evolution, gradient descent, memetic) the same tables as in-process."""
     s = spec(tmp_path / "ray", name="job", strategy=strategy, **FP32)
     before = kill_mid_run(s, cluster, after=14)
     assert 14 <= before < s.evaluation_budget

@@ -80,7 +80,7 @@ def cancel_after(n: int, seen: list[dict]):
 
 
 @pytest.mark.parametrize("strategy", ["evolution", "steady", "tpe", "cmaes", "random",
-                                      "gradient"])
+                                      "gradient", "memetic"])
 def test_each_strategy_reports_cancels_and_resumes_after_sigkill(tmp_path: Path, embedded,
                                                                  strategy: str) -> None:
     """In-process: killed mid-run, resumed and cancelled, resumed again: nothing scored twice,

@@ -169,7 +169,7 @@ def test_concurrent_submissions_queue(service):
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # one at a time
 
 
-@pytest.mark.parametrize("strategy", ["evolution", "steady", "tpe", "cmaes", "random"])
+@pytest.mark.parametrize("strategy", ["evolution", "steady", "tpe", "cmaes", "random", "memetic"])
 def test_cancel_then_resume_repeats_no_evaluation(service, strategy):
     manager, client = service
     spec = tiny("cr", strategy=strategy,

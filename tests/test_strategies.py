@@ -32,7 +32,7 @@ from longrope_search.search.strategies import (
 from longrope_search.search.strategies.evolution import breed
 from longrope_search.search.trial import GRADIENT, OK, Evaluation, Individual, ranked
 
-BUILT_IN = ("evolution", "steady", "tpe", "cmaes", "random", "gradient")
+BUILT_IN = ("evolution", "steady", "tpe", "cmaes", "random", "gradient", "memetic")
 SMALL = {"extension_ratio": 8, "k_documents": 2, "seed": 0,
          "evolution": {"population": 10, "mutations": 4, "crossovers": 4, "top_k": 5,
                        "generations": 3}}
@@ -121,7 +121,7 @@ def test_each_strategy_spends_its_budget_once_and_improves(tmp_path: Path, strat
     assert spent[-1] == driver.cost == driver.progress()["cost_tokens"]
     seeds = new[new.operator.str.startswith("seed:")]
     assert set(seeds.operator) == {"seed:pi", "seed:ntk", "seed:yarn"}
-    if strategy in ("evolution", "steady", "gradient"):  # in 34 evaluations, local moves win
+    if strategy not in ("tpe", "cmaes", "random"):  # in 34 evaluations, local moves win
         assert new.mean_nll.min() < seeds.mean_nll.min()
 
 
@@ -319,6 +319,39 @@ def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
     assert best.operator == "gradient:n_hat" and best.lambdas is None  # a grid candidate
 
 
+def test_memetic_polishes_its_best_every_g_generations_and_breeds_from_them(tmp_path: Path
+                                                                            ) -> None:
+    options = {"every": 2, "polish": 2, "steps": 5, "lr": 0.1}
+    driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
+                            budget={"evaluations": 90})
+    driver.run()
+    t = tables(tmp_path).astype({"generation": int})
+    ok = t.set_index("candidate_id").mean_nll.to_dict()
+    steps = t[t.operator == "gradient"]
+    polished = t[t.operator == "gradient:polish"]
+    # generations 2 and 4, then a last one while 90 − 74 evaluations remain (< 8 + 2·6)
+    assert set(steps.generation) == {2, 4, 5} == set(polished.generation)
+    started: set[str] = set()
+    for g, rows in steps.groupby("generation"):
+        ids = set(rows.candidate_id)
+        first = rows[~rows.parents.map(lambda p, ids=ids: p[0] in ids)]
+        assert len(first) == 2 and len(rows) == 2 * 5  # 2 descents, 5 steps each
+        members = t[(t.generation == g) & ~t.operator.str.startswith("gradient")]
+        fresh = members[~members.candidate_id.isin(started)].sort_values("mean_nll")
+        starts = set(first.parents.map(lambda p: p[0]))
+        assert starts == set(fresh.candidate_id.head(2))  # the best not polished before
+        started |= starts
+    step_parent = dict(zip(steps.candidate_id, steps.parents.map(lambda p: p[0]), strict=True))
+    for _, row in polished.iterrows():  # the descent's best, on the grid, scored anew
+        origin = row.parents[0]
+        while origin in step_parent:  # back along the descent to the candidate it polished
+            origin = step_parent[origin]
+        assert origin in started and row.mean_nll < ok[origin]
+    nxt = t[(t.generation == 3) & (t.operator == "parent")]
+    best_polish = polished[polished.generation == 2].sort_values("mean_nll").candidate_id.iloc[0]
+    assert best_polish in set(nxt.candidate_id)  # the next top-k keeps it
+
+
 def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"strategy_options\.step"):
         make_driver(tmp_path, "gradient", strategy_options={"step": 3})
@@ -326,3 +359,5 @@ def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
         make_driver(tmp_path, "gradient", strategy_options={"lr": "fast"})
     with pytest.raises(ConfigError, match=r"strategy_options\.refresh"):
         make_driver(tmp_path, "steady", strategy_options={"refresh": -2})
+    with pytest.raises(ConfigError, match=r"strategy_options\.steps"):
+        make_driver(tmp_path, "memetic", strategy_options={"steps": 0})

@@ -2,7 +2,8 @@
 
 Built in: ``evolution`` (LongRoPE's Algorithm 1), ``steady`` (the same operators without the
 generation barrier), ``tpe``, ``cmaes`` and ``random`` (Optuna's samplers), ``gradient``
-(projected gradient descent on λ through the frozen model). A strategy of your
+(projected gradient descent on λ through the frozen model), ``memetic`` (Algorithm 1 with
+gradient polish of its best candidates). A strategy of your
 own is a :class:`~longrope_search.search.strategies.base.Strategy` subclass, made known either
 by calling :func:`register_strategy` before the search starts (Python API), or from an installed
 package through an entry point, which the CLI and the service pick up::
@@ -20,6 +21,7 @@ from longrope_search.errors import ConfigError
 from longrope_search.search.strategies.base import SearchProblem, Strategy
 from longrope_search.search.strategies.evolution import Evolution
 from longrope_search.search.strategies.gradient import GradientDescent
+from longrope_search.search.strategies.memetic import Memetic
 from longrope_search.search.strategies.samplers import TPE, CmaEs, RandomSearch
 from longrope_search.search.strategies.steady import SteadyState
 
@@ -32,6 +34,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "cmaes": CmaEs,
     "random": RandomSearch,
     "gradient": GradientDescent,
+    "memetic": Memetic,
 }
 
 

@@ -57,6 +57,7 @@ class SearchProblem:
     seed: int = 0  # the RNG seed
     options: Mapping[str, Any] = field(default_factory=dict)  # the spec's strategy_options
     budget: int | None = None  # the candidates the driver will ask for at most
+    budget_tokens: int | None = None  # the forward tokens it will spend at most
 
 
 class Strategy(ABC):

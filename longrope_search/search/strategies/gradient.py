@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from longrope_search.search.space import Genome
+from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.strategies.base import SearchProblem, Strategy
 from longrope_search.search.trial import GRADIENT, OK, Evaluation, Individual
 
@@ -71,6 +71,56 @@ class Start:
         return lr * m1 / (np.sqrt(m2) + EPS)
 
 
+class LogLambda:
+    """A space's descent coordinates: x = log λ of its searched pairs, and the projection Π."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        lo, hi = space.bounds()
+        self.bounds = lo[0] * space.step, hi[0] * space.step  # λ's, on the grid's ends
+        self.low, self.high = np.log(self.bounds[0]), np.log(self.bounds[1])
+
+    def start(self, name: str, genome: Genome, last: str = "") -> Start:
+        return Start(name, np.log(self.space.lambdas(genome)[self.space.searched]),
+                     genome.n_hat, last=last)
+
+    def lambdas(self, x: np.ndarray) -> np.ndarray:
+        # exp(log b) may miss b by an ulp
+        return self.space.expand(np.clip(np.exp(x), *self.bounds))
+
+    def on_grid(self, x: np.ndarray, n_hat: int) -> Genome:
+        grid = np.round(np.exp(x) / self.space.step).astype(np.int64)
+        return self.space.complete(self.space.repair(grid), n_hat)
+
+    def step(self, start: Start, generation: int, operator: str = "gradient") -> Individual:
+        """The candidate that asks for ``start``'s loss and gradient at its position."""
+        return Individual(self.on_grid(start.x, start.n_hat), generation, operator,
+                          (start.last,) if start.last else (), tuple(self.lambdas(start.x)),
+                          GRADIENT)
+
+    def advance(self, start: Start, individual: Individual, evaluation: Evaluation,
+                lr: float) -> None:
+        """Record ``start``'s step result, then move it: x ← Π(x − lr · Adam(λ ∘ ∂L/∂λ))."""
+        start.last = individual.key
+        x = start.x
+        if start.best is None or evaluation.mean_nll < start.best[0]:
+            start.best = (evaluation.mean_nll, x.copy())
+        grad = self.searched_gradient(np.asarray(evaluation.extra["gradient"]), x)
+        start.x = np.clip(isotonic(x - start.adam(grad * np.exp(x), lr)), self.low, self.high)
+
+    def searched_gradient(self, full: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """∂L/∂λ of the searched pairs; in LongRoPE2 mode λ_cd also moves the pairs below it
+        (λ_i = λ_cd^(i/cd)), which the chain rule adds to its component."""
+        space = self.space
+        cd = space.critical_dim or 0
+        grad = full[space.searched].copy()
+        if cd:
+            i = np.arange(cd)
+            lam_cd = float(np.exp(x[0]))
+            grad[0] += float(np.sum(full[:cd] * (i / cd) * lam_cd ** (i / cd - 1)))
+        return grad
+
+
 class GradientDescent(Strategy):
     # each descent is deterministic, but the starts take turns in the order results arrive
     order_dependent = True
@@ -79,27 +129,14 @@ class GradientDescent(Strategy):
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
         self.options = self.settings(self.DEFAULTS)
-        space = problem.space
-        lo, hi = space.bounds()
-        self.bounds = lo[0] * space.step, hi[0] * space.step  # λ's, on the grid's ends
-        self.low, self.high = np.log(self.bounds[0]), np.log(self.bounds[1])
-        self.starts = [Start(name, np.log(space.lambdas(g)[space.searched]), g.n_hat)
-                       for name, g in problem.seed_candidates]
+        self.coords = LogLambda(problem.space)
+        self.starts = [self.coords.start(name, g) for name, g in problem.seed_candidates]
         if problem.budget is not None:  # leave room for the n̂ sweep within the budget
-            room = (problem.budget - len(space.n_hat_choices)) // max(1, len(self.starts))
+            room = (problem.budget - len(problem.space.n_hat_choices)) // max(1, len(self.starts))
             self.options["steps"] = max(1, min(self.options["steps"], room))
         self.turns = deque(range(len(self.starts)))  # starts whose next step can be asked
         self.of: dict[str, int] = {}  # key of a step in flight → its start
         self.final: deque[Individual] | None = None  # the n̂ sweep, once descents are done
-
-    def _lambdas(self, x: np.ndarray) -> np.ndarray:
-        # exp(log b) may miss b by an ulp
-        return self.problem.space.expand(np.clip(np.exp(x), *self.bounds))
-
-    def _on_grid(self, x: np.ndarray, n_hat: int) -> Genome:
-        space = self.problem.space
-        grid = np.round(np.exp(x) / space.step).astype(np.int64)
-        return space.complete(space.repair(grid), n_hat)
 
     def ask(self) -> Individual | None:
         while self.turns:
@@ -107,10 +144,8 @@ class GradientDescent(Strategy):
             start = self.starts[i]
             if start.t >= self.options["steps"]:
                 continue  # this descent is over
-            operator = "gradient" if start.t else f"seed:{start.name}"  # step 0: the seed
-            ind = Individual(self._on_grid(start.x, start.n_hat), start.t, operator,
-                             (start.last,) if start.last else (),
-                             tuple(self._lambdas(start.x)), GRADIENT)
+            ind = self.coords.step(start, start.t,
+                                   "gradient" if start.t else f"seed:{start.name}")
             self.of[ind.key] = i
             return ind
         if self.of:
@@ -127,37 +162,20 @@ class GradientDescent(Strategy):
         start = min(done, key=lambda s: s.best[0])
         x = start.best[1]
         generation = self.options["steps"]
-        return deque(Individual(self._on_grid(x, n), generation, "gradient:n_hat", (start.last,))
-                     for n in self.problem.space.n_hat_choices)
+        return deque(Individual(self.coords.on_grid(x, n), generation, "gradient:n_hat",
+                                (start.last,)) for n in self.problem.space.n_hat_choices)
 
     def tell(self, individual: Individual, evaluation: Evaluation) -> None:
         i = self.of.pop(individual.key, None)
         if i is None:
             return  # an n̂-sweep candidate: the driver ranks it
         start = self.starts[i]
-        start.last = individual.key
         if evaluation.status == OK:
-            x = start.x
-            if start.best is None or evaluation.mean_nll < start.best[0]:
-                start.best = (evaluation.mean_nll, x.copy())
-            grad = self._searched_gradient(np.asarray(evaluation.extra["gradient"]), x)
-            x = isotonic(x - start.adam(grad * np.exp(x), self.options["lr"]))
-            start.x = np.clip(x, self.low, self.high)
+            self.coords.advance(start, individual, evaluation, self.options["lr"])
         else:
+            start.last = individual.key
             start.t = self.options["steps"]  # a failed step ends its descent
         self.turns.append(i)
-
-    def _searched_gradient(self, full: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """∂L/∂λ of the searched pairs; in LongRoPE2 mode λ_cd also moves the pairs below it
-        (λ_i = λ_cd^(i/cd)), which the chain rule adds to its component."""
-        space = self.problem.space
-        cd = space.critical_dim or 0
-        grad = full[space.searched].copy()
-        if cd:
-            i = np.arange(cd)
-            lam_cd = float(np.exp(x[0]))
-            grad[0] += float(np.sum(full[:cd] * (i / cd) * lam_cd ** (i / cd - 1)))
-        return grad
 
     @property
     def finished(self) -> bool:

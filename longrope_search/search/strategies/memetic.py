@@ -1,0 +1,142 @@
+"""Memetic search: Algorithm 1 whose best candidates are polished by gradient steps.
+
+Between polishes the search is Algorithm 1, generation for generation (:mod:`.evolution`).
+After every ``every``-th generation, and once more when the budget left would only just pay
+for it, the ``polish`` best candidates not polished before each take ``steps`` steps of the
+gradient strategy's projected Adam on x = log λ (:class:`~.gradient.LogLambda`):
+
+    x ← Π(x − lr · Adam(λ ∘ ∂L/∂λ))
+
+from their own λ, with their own n̂. Each descent's best point goes back on the grid and is
+scored like any child (operator ``gradient:polish``, parent = the descent's last step). It
+joins the generation that was polished, so the next generation's top-k keeps it or not as
+usual. One polish costs about ``polish × (3·steps + 1)`` complete evaluations in forward
+tokens (a gradient step is a forward and a backward, counted as three forwards).
+
+Options (``strategy_options``): ``every`` (10), ``polish`` (2), ``steps`` (8), ``lr`` (0.05).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import ClassVar
+
+from longrope_search.errors import ConfigError
+from longrope_search.search.strategies.base import SearchProblem
+from longrope_search.search.strategies.evolution import Evolution
+from longrope_search.search.strategies.gradient import LogLambda, Start
+from longrope_search.search.trial import OK, Evaluation, Individual, ranked
+
+STEP_COST = 3  # a gradient step's forward tokens, in forwards (one forward, one backward)
+
+
+class Memetic(Evolution):
+    # a polish's descents take turns in the order their results arrive
+    order_dependent = True
+    DEFAULTS: ClassVar[dict[str, int | float]] = {"every": 10, "polish": 2, "steps": 8,
+                                                  "lr": 0.05}
+
+    def __init__(self, problem: SearchProblem) -> None:
+        super().__init__(problem)
+        self.options = self.settings(self.DEFAULTS)
+        for key in ("every", "polish", "steps"):
+            if self.options[key] < 1:
+                raise ConfigError(f"strategy_options.{key}", f"is {self.options[key]}",
+                                  "give a whole number ≥ 1")
+        self.coords = LogLambda(problem.space)
+        self.descents: list[Start] = []
+        self.turns: deque[int] = deque()  # descents whose next step can be asked
+        self.of: dict[str, int] = {}  # key of a step in flight → its descent
+        self.polishing = False
+        self.polished_at: set[int] = set()  # generations after which a polish ran
+        self.started_from: set[str] = set()  # keys a descent started from
+        self.final_done = False
+        self.asked = 0  # new candidates asked
+        self.spent = 0  # forward tokens told
+        self.evaluation_tokens = 0  # a complete evaluation's cost, as seen
+
+    def ask(self) -> Individual | None:
+        if not self.polishing and self._polish_due():
+            self._begin_polish()
+        ind = self._ask_step() if self.polishing else super().ask()
+        self.asked += ind is not None and ind.is_new
+        return ind
+
+    def tell(self, individual: Individual, evaluation: Evaluation) -> None:
+        if individual.is_new:
+            self.spent += evaluation.cost_tokens
+        i = self.of.pop(individual.key, None)
+        if i is None:
+            if evaluation.status == OK:
+                self.evaluation_tokens = max(self.evaluation_tokens, evaluation.cost_tokens)
+            super().tell(individual, evaluation)
+            return
+        start = self.descents[i]
+        if evaluation.status == OK:
+            self.coords.advance(start, individual, evaluation, self.options["lr"])
+        else:
+            start.last = individual.key
+            start.t = self.options["steps"]  # a failed step ends its descent
+        self.turns.append(i)
+
+    # -- when to polish -------------------------------------------------------------------------
+    def _polish_due(self) -> bool:
+        """At a generation's end (all of it told), every ``every`` generations, and once when
+        another generation would leave too little budget for a polish after it."""
+        g = self.generation
+        if self.to_ask or self.untold or g in self.polished_at:
+            return False
+        if g > 0 and g % self.options["every"] == 0:
+            return True
+        return not self.final_done and self._last_chance()
+
+    def _last_chance(self) -> bool:
+        cfg, o = self.problem.evolution, self.options
+        children = cfg.mutations + cfg.crossovers
+        polish = o["polish"] * (o["steps"] + 1)
+        budget = self.problem.budget
+        if budget is not None and budget - self.asked < children + polish:
+            return True
+        tokens = self.problem.budget_tokens
+        cost = (children + o["polish"] * (STEP_COST * o["steps"] + 1)) * self.evaluation_tokens
+        return tokens is not None and tokens - self.spent < cost
+
+    # -- a polish -------------------------------------------------------------------------------
+    def _begin_polish(self) -> None:
+        top = [i for i in ranked(self.members, self.results) if i.key not in self.started_from]
+        self.descents = []
+        for ind in top[: self.options["polish"]]:
+            self.started_from.add(ind.key)
+            self.descents.append(self.coords.start(ind.key, ind.genome, last=ind.key))
+        self.turns = deque(range(len(self.descents)))
+        self.polished_at.add(self.generation)
+        self.final_done = self.final_done or self._last_chance()
+        self.polishing = True
+
+    def _ask_step(self) -> Individual | None:
+        while self.turns:
+            i = self.turns.popleft()
+            start = self.descents[i]
+            if start.t < self.options["steps"]:
+                ind = self.coords.step(start, self.generation)
+                self.of[ind.key] = i
+                return ind
+        if self.of:
+            return None  # steps in flight: their descents go on
+        self.polishing = False
+        polished = self._polished()
+        self.members += polished
+        self.to_ask.extend(polished)
+        return super().ask()
+
+    def _polished(self) -> list[Individual]:
+        """Each descent's best point on the grid, if it is a new candidate."""
+        out = []
+        for start in self.descents:
+            if start.best is None:
+                continue
+            genome = self.coords.on_grid(start.best[1], start.n_hat)
+            if genome.key not in self.seen:
+                self.seen.add(genome.key)
+                out.append(Individual(genome, self.generation, "gradient:polish", (start.last,)))
+        return out
