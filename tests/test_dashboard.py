@@ -28,9 +28,12 @@ from longrope_search.service.runners import local_runner
 from tests.test_reports import write_job
 
 FINISHED_JOB = Path(__file__).parents[1] / "results" / "embedded-8x"
+GRADIENT_JOB = Path(__file__).parents[1] / "results" / "bench_strategies" / \
+    "embedded-8x-gradient-s0"
 TOKEN = "dash-t0k"
 SCREENSHOT = Path("/tmp/dashboard.png")
 COST_SCREENSHOT = Path("/tmp/dashboard_cost.png")
+DESCENTS_SCREENSHOT = Path("/tmp/dashboard_descents.png")
 TPE_PROGRESS = {"strategy": "tpe", "generation": 1, "evaluations": 8, "budget": 16,
                 "pruned": 2, "cost_tokens": 11_520, "budget_tokens": 20_000}
 
@@ -63,6 +66,7 @@ def server(tmp_path):
     jobs submitted to it wait for ``gate`` before they run."""
     shutil.copytree(FINISHED_JOB, tmp_path / "results" / "embedded-8x",
                     ignore=shutil.ignore_patterns("ledger.journal*"))
+    shutil.copytree(GRADIENT_JOB, tmp_path / "results" / GRADIENT_JOB.name)
     tpe = write_job(tmp_path / "results" / "tpe-job")
     tpe.state.write_text(json.dumps({"state": "cancelled", "progress": TPE_PROGRESS}))
     gate = threading.Event()
@@ -150,14 +154,20 @@ def check_cost_chart(charts: dict, curve: dict, cands: dict) -> None:
     pruned and failed candidates are marks in the lane chart under it, at their cost spent,
     and no pruned candidate's partial perplexity is drawn anywhere in the cost chart."""
     cost, lanes = charts["cost"], charts["lanes"]
-    best, median, ok = cost["series"]
+    best, median, *kinds = cost["series"]
     assert (best["label"], median["label"]) == ("best so far", "median")
-    assert ok["label"] == f"complete candidates ({cands['status'].count('ok')})"
+    ok_kinds = [k for k, st in zip(cands["kind"], cands["status"], strict=True) if st == "ok"]
+    assert [s["label"] for s in kinds] == [f"{k} ({ok_kinds.count(k)})"
+                                           for k in dict.fromkeys(ok_kinds)]
+    for series in kinds:  # each candidate in the series of its kind
+        kind = series["label"].rsplit(" (", 1)[0]
+        assert drawn(series, cost["xs"]) == sorted(
+            x for x, k, st in zip(cands["cost_spent_tokens"], cands["kind"], cands["status"],
+                                  strict=True) if k == kind and st == "ok")
     assert drawn(best, cost["xs"]) == curve["cost_spent_tokens"]
     assert [v for v in best["values"] if v is not None] == pytest.approx(curve["best_ppl"])
     assert [v for v in median["values"] if v is not None] == pytest.approx(curve["median_ppl"])
     assert cost["x_max"] >= curve["cost_spent_tokens"][-1]
-    assert drawn(ok, cost["xs"]) == sorted(where(cands, "cost_spent_tokens", "ok"))
     partial = set(where(cands, "ppl", "pruned"))
     assert not partial & {v for s in cost["series"] for v in s["values"] if v is not None}
     pruned, failed = lanes["series"]
@@ -190,8 +200,11 @@ def test_finished_job_page(server, page, tmp_path):
     # Perplexity against cost: one point per generation on each line, every candidate once.
     assert len(curve["generation"]) == len(gens) == 41
     check_cost_chart(charts, curve, cands)
-    points = sum(s["points"] for key in ("cost", "lanes") for s in charts[key]["series"][-2:])
-    assert points - charts["cost"]["series"][1]["points"] == len(cands["ppl"]) == 64 + 40 * 32
+    points = sum(s["points"] for s in [*charts["cost"]["series"][2:], *charts["lanes"]["series"]])
+    assert points == len(cands["ppl"]) == 64 + 40 * 32
+    assert [s["label"].split(" (")[0] for s in charts["cost"]["series"][2:]] == [
+        "seed", "mutation", "crossover"]
+    assert page.locator('[data-card="descents"]').is_hidden()  # no gradient step in Algorithm 1
     # schema v1 tables: cost estimated, shown in human units
     assert charts["cost"]["x_label"] == "forward tokens spent (estimated)"
     assert any(t.endswith("M") for t in charts["cost"]["x_ticks"])
@@ -279,6 +292,29 @@ def test_a_running_job_updates_live(server, page):
     assert page.locator('[data-export="hf"]').is_enabled()
     check_cost_chart(page.evaluate(CHART_POINTS), api(url, "/api/jobs/live/curve"),
                      api(url, "/api/jobs/live/candidates"))
+
+
+def test_gradient_descents_show_one_line_per_start(server, page):
+    """The gradient strategy's job: each start's steps are one line of perplexity against
+    cost in their own chart, and its candidates are coloured by kind in the cost chart."""
+    _manager, url, _gate = server
+    curve = api(url, f"/api/jobs/{GRADIENT_JOB.name}/curve")
+    cands = api(url, f"/api/jobs/{GRADIENT_JOB.name}/candidates")
+    page.goto(f"{url}/dashboard/?token={TOKEN}&job={GRADIENT_JOB.name}")
+    page.wait_for_selector(f'#job[data-job="{GRADIENT_JOB.name}"][data-state="finished"]')
+    page.wait_for_function("() => ['cost', 'descents'].every((k) => k in window.dashboard.charts)")
+    charts = page.evaluate(CHART_POINTS)
+    check_cost_chart(charts, curve, cands)
+    assert page.locator('[data-card="descents"]').is_visible()
+    descents = charts["descents"]["series"]
+    assert [s["label"] for s in descents] == [f"{d['start']} (gen 0)" for d in curve["descents"]]
+    assert [d["start"] for d in curve["descents"]] == ["seed:pi", "seed:ntk", "seed:yarn"]
+    for series, d in zip(descents, curve["descents"], strict=True):
+        assert drawn(series, charts["descents"]["xs"]) == d["cost_spent_tokens"]
+        assert [v for v in series["values"] if v is not None] == pytest.approx(d["ppl"])
+    steps = sum(len(d["ppl"]) for d in curve["descents"])
+    assert steps == cands["kind"].count("gradient step") == 90
+    page.locator('[data-card="descents"]').screenshot(path=str(DESCENTS_SCREENSHOT))
 
 
 def test_another_strategy_by_cost(server, page):

@@ -19,7 +19,7 @@ import yaml
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.tables import write_generation
-from longrope_search.search.trial import Evaluation, Individual
+from longrope_search.search.trial import GRADIENT, Evaluation, Individual
 from longrope_search.service import reports
 
 TARGET = 512  # tokens per document: the target length
@@ -178,3 +178,48 @@ def test_api_and_summary_show_cost(tmp_path):
         assert "11.5k tok" in _line(job)
     finally:
         manager.close()
+
+
+def test_descents_follow_gradient_steps_and_kinds_tell_operators_apart(tmp_path):
+    """Two descents whose steps interleave in the tables (a seed's, and a memetic polish of a
+    mutation), a polished child, and an ordinary mutation: each descent is one line of its own
+    steps in order; every candidate's kind says how it was made."""
+    job = JobDir(tmp_path / "memetic")
+    job.path.mkdir()
+    mutation = Individual(_genome(0), 0, "mutation")
+    inds, evals, spent = [mutation], {}, {}
+
+    def step(i: int, operator: str, parent: Individual, nll: float) -> Individual:
+        ind = Individual(_genome(i), 1, operator, (parent.key,), (1.0, 1.5 + i, 2.0 + i, 3.0),
+                         GRADIENT)
+        inds.append(ind)
+        evals[ind.key] = Evaluation(ind.key, (nll,) * 4, "ok", 4, 3 * 4 * TARGET)
+        return ind
+
+    evals[mutation.key] = Evaluation(mutation.key, (4.0,) * 4, "ok", 4, 4 * TARGET)
+    a0 = step(1, "seed:yarn", mutation, 3.9)  # a descent from a seed (gradient strategy)
+    b0 = step(2, "gradient", mutation, 3.8)  # a polish of the mutation (memetic)
+    a1, b1 = step(3, "gradient", a0, 3.7), step(4, "gradient", b0, 3.6)
+    a2 = step(5, "gradient", a1, 3.5)
+    polished = Individual(_genome(6), 1, "gradient:polish", (b1.key,))
+    inds.append(polished)
+    evals[polished.key] = Evaluation(polished.key, (3.55,) * 4, "ok", 4, 4 * TARGET)
+    total = 0
+    for ind in inds:
+        total += evals[ind.key].cost_tokens
+        spent[ind.key] = total
+    write_generation(job, 0, inds[:1], evals, SPACE, 1.2, spent)
+    write_generation(job, 1, inds[1:], evals, SPACE, 1.2, spent)
+
+    curve = reports.cost_curve(job.path)
+    lines = {d["start"]: d for d in curve["descents"]}
+    assert set(lines) == {"seed:yarn", f"polish of {mutation.key[:8]}"}
+    assert lines["seed:yarn"]["ppl"] == pytest.approx([math.exp(v) for v in (3.9, 3.7, 3.5)])
+    assert lines["seed:yarn"]["cost_spent_tokens"] == [spent[k.key] for k in (a0, a1, a2)]
+    assert lines[f"polish of {mutation.key[:8]}"]["ppl"] == pytest.approx(
+        [math.exp(3.8), math.exp(3.6)])
+    kinds = dict(zip(*(reports.candidates(job.path)[k] for k in ("candidate_id", "kind")),
+                     strict=True))
+    assert kinds[mutation.key] == "mutation" and kinds[polished.key] == "polished"
+    assert {kinds[s.key] for s in (a0, a1, a2, b0, b1)} == {"gradient step"}
+    assert reports.cost_curve(write_job(tmp_path / "tpe").path)["descents"] == []

@@ -14,7 +14,9 @@ table::
 
 The schema is versioned here; later versions only add nullable columns. Version 2 added the
 cost of each evaluation in forward tokens (``cost_tokens``) and the job's cost spent when it was
-recorded (``cost_spent_tokens``), so strategies compare at equal cost.
+recorded (``cost_spent_tokens``), so strategies compare at equal cost. Version 3 added ``task``:
+``score`` for a candidate's perplexity, ``gradient`` for a gradient step (its loss at exact λ,
+which the ``lambdas`` column holds, and ∂loss/∂λ).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from longrope_search.search.jobdir import JobDir
 from longrope_search.search.space import SearchSpace
 from longrope_search.search.trial import Evaluation, Individual, lambdas_of
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def schema(num_pairs: int) -> pa.Schema:
@@ -54,6 +56,7 @@ def schema(num_pairs: int) -> pa.Schema:
             pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
             pa.field("cost_tokens", pa.int64()),
             pa.field("cost_spent_tokens", pa.int64()),
+            pa.field("task", pa.string()),
         ],
         metadata={"longrope_search.schema_version": str(SCHEMA_VERSION)},
     )
@@ -87,6 +90,7 @@ def write_generation(job_dir: JobDir, generation: int, individuals: Sequence[Ind
                           if ev and "timestamp" in ev.extra else None),
             "cost_tokens": (ev.cost_tokens if ev and ind.is_new else 0) if ev else None,
             "cost_spent_tokens": cost_spent.get(ind.key),
+            "task": ind.task,
         })
     table = pa.Table.from_pylist(rows, schema=schema(space.num_pairs))
     return atomic_write(job_dir.table(generation), lambda p: pq.write_table(table, p))

@@ -24,10 +24,20 @@ import pyarrow.parquet as pq
 import yaml
 
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.trial import OK, PARENT
+from longrope_search.search.trial import GRADIENT, OK, PARENT
 
 COST = ("cost_tokens", "cost_spent_tokens")
 CANDIDATE_COLUMNS = ("candidate_id", "operator", "status", "ppl", "n_hat", *COST)
+# what the dashboard colours candidates by: a gradient step, else the operator without its
+# detail (seed:yarn → seed, gradient:polish → polished, gradient:n_hat → n̂ sweep)
+KINDS = {"gradient:polish": "polished", "gradient:n_hat": "n̂ sweep"}
+
+
+def operator_kind(operator: str, task: str | None) -> str:
+    """The family a candidate is drawn in: how it was made."""
+    if task == GRADIENT:
+        return "gradient step"
+    return KINDS.get(operator, operator.split(":")[0])
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,8 @@ def _read_tables(job: JobDir, columns: Sequence[str]) -> list[_Table]:
     spent, target = 0, None
     for g, path in job.tables():
         present = set(pq.read_schema(path).names)
-        wanted = {*columns, "operator", "documents_scored", *COST} & present
+        wanted = {*columns, "candidate_id", "operator", "parents", "task", "documents_scored",
+                  *COST} & present
         cols = pq.read_table(path, columns=sorted(wanted)).to_pydict()
         estimated = not set(COST) <= present
         if estimated:
@@ -97,7 +108,25 @@ def _read_tables(job: JobDir, columns: Sequence[str]) -> list[_Table]:
             spent = _estimate_cost(cols, target, spent)
         out.append(_Table(g, cols, estimated))
         spent = max(spent, out[-1].spent() or 0)
+    _infer_tasks(out)
     return out
+
+
+def _infer_tasks(tables: list[_Table]) -> None:
+    """Tables before schema v3 have no ``task``: there a gradient step is a row of operator
+    ``gradient``, or a seed row that such a row names as its parent (the first step of a
+    descent; only the gradient strategy wrote steps then)."""
+    if all("task" in t.cols for t in tables):
+        return
+    starts = {p for t in tables for op, ps in zip(t.cols["operator"], t.cols["parents"],
+                                                  strict=True)
+              if op == "gradient" for p in ps or []}
+    for t in tables:
+        if "task" not in t.cols:
+            t.cols["task"] = [GRADIENT if op == "gradient" or (op.startswith("seed:") and
+                                                               cid in starts) else None
+                              for op, cid in zip(t.cols["operator"], t.cols["candidate_id"],
+                                                 strict=True)]
 
 
 def generation_summaries(job_dir: Path) -> list[dict[str, Any]]:
@@ -149,14 +178,41 @@ def candidates(job_dir: Path) -> dict[str, list[Any]]:
 
 
 def _candidates(tables: list[_Table]) -> dict[str, list[Any]]:
-    cols: dict[str, list[Any]] = {"generation": [], **{k: [] for k in CANDIDATE_COLUMNS}}
+    cols: dict[str, list[Any]] = {"generation": [], **{k: [] for k in CANDIDATE_COLUMNS},
+                                  "kind": []}
     for t in tables:
         for i in t.new_rows():
             cols["generation"].append(t.generation)
             for k in CANDIDATE_COLUMNS:
                 cols[k].append(t.cols[k][i])
+            cols["kind"].append(operator_kind(t.cols["operator"][i], t.cols["task"][i]))
     cols["ppl"] = [_finite(p) for p in cols["ppl"]]
     return cols
+
+
+def _descents(tables: list[_Table]) -> list[dict[str, Any]]:
+    """Each gradient descent's steps in order: a chain of gradient steps, each the parent of
+    the next. ``start`` names where it began (a seed, or the candidate a memetic search
+    polished); x is the job's cost spent when the step was recorded."""
+    chains: dict[str, dict[str, Any]] = {}
+    chain_of: dict[str, str] = {}  # step → the first step of its descent
+    for t in tables:
+        c = t.cols
+        for i in t.new_rows():
+            if c["task"][i] != GRADIENT:
+                continue
+            step, parent = c["candidate_id"][i], next(iter(c["parents"][i] or []), None)
+            first = chain_of.get(parent, step)
+            chain_of[step] = first
+            if first == step:
+                start = c["operator"][i] if c["operator"][i] != "gradient" else (
+                    f"polish of {parent[:8]}" if parent else "gradient")
+                chains[step] = {"start": start, "generation": t.generation,
+                                "cost_spent_tokens": [], "ppl": []}
+            ppl = _finite(c["ppl"][i]) if c["status"][i] == OK else None
+            chains[first]["cost_spent_tokens"].append(c["cost_spent_tokens"][i])
+            chains[first]["ppl"].append(ppl)
+    return list(chains.values())
 
 
 def cost_curve(job_dir: Path) -> dict[str, Any]:
@@ -166,9 +222,10 @@ def cost_curve(job_dir: Path) -> dict[str, Any]:
     ``best_ppl`` is the best complete ("ok") evaluation recorded by then (a pruned candidate's
     partial score never counts); ``median_ppl`` the median of the table's complete evaluations.
     ``evaluations`` counts new candidates so far, the x axis to use when ``cost_known`` is
-    false (a v1 table without a known target length).
+    false (a v1 table without a known target length). ``descents``: each gradient descent's
+    perplexity against cost, step by step (gradient and memetic strategies).
     """
-    tables = _read_tables(JobDir(job_dir), CANDIDATE_COLUMNS)  # read once for both
+    tables = _read_tables(JobDir(job_dir), (*CANDIDATE_COLUMNS, "parents"))  # once
     gens, cands = _summaries(tables), _candidates(tables)
     evaluations = list(accumulate(g["new"] for g in gens))
     ends = [g["cost_spent_tokens"] for g in gens]
@@ -182,7 +239,8 @@ def cost_curve(job_dir: Path) -> dict[str, Any]:
             "best_ppl": [min((p for x, p in ok if x <= end), default=None)
                          for end in (ends if known else evaluations)],
             "median_ppl": [g["median_ppl"] for g in gens],
-            "cost_known": known, "cost_estimated": any(g["cost_estimated"] for g in gens)}
+            "cost_known": known, "cost_estimated": any(g["cost_estimated"] for g in gens),
+            "descents": _descents(tables)}
 
 
 def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:

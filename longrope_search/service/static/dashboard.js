@@ -17,6 +17,14 @@
     pi: "#e07b00", ntk: "#2e9d4a", yarn: "#8e44ad",
   };
   const SEED_LABELS = {pi: "PI", ntk: "NTK", yarn: "YaRN"};
+  // Candidates by how they were made (the API's `kind`); other kinds take PALETTE's colours.
+  const KIND_COLORS = {
+    seed: "#8e44ad", mutation: "rgba(31, 95, 191, 0.45)", crossover: "rgba(46, 157, 74, 0.55)",
+    "gradient step": "#d35400", polished: "#c62828", "n̂ sweep": "#5d6d7e",
+  };
+  const PALETTE = ["#1f5fbf", "#2e9d4a", "#e07b00", "#8e44ad", "#c62828", "#16a085", "#7f8c8d",
+    "#d35400", "#2c3e50", "#b7950b"];
+  const colorOf = (kind, i) => KIND_COLORS[kind] || PALETTE[i % PALETTE.length];
   const CHART_HEIGHT = 270;
   const COST_HEIGHT = 340;  // the main chart, full width
   const LANES_HEIGHT = 110;
@@ -252,9 +260,9 @@
       if (!detail.generation_summaries.length) {
         [candidates, curve, best] = [
           {generation: [], candidate_id: [], operator: [], status: [], ppl: [], n_hat: [],
-            cost_tokens: [], cost_spent_tokens: []},
+            cost_tokens: [], cost_spent_tokens: [], kind: []},
           {generation: [], evaluations: [], cost_spent_tokens: [], best_ppl: [],
-            median_ppl: [], cost_known: true, cost_estimated: false},
+            median_ppl: [], cost_known: true, cost_estimated: false, descents: []},
           null];
       } else if (key !== state.detailKey) {
         [candidates, curve, best] = await Promise.all([
@@ -330,6 +338,7 @@
     setText(error, detail.error ? `Error: ${detail.error}` : "");
 
     drawCost();
+    drawDescents();
     drawLambdas();
     renderBest();
     renderTopK();
@@ -438,24 +447,39 @@
     p.moveTo(x - r, y - r); p.lineTo(x + r, y + r); p.moveTo(x - r, y + r); p.lineTo(x + r, y - r);
   };
 
-  /** Best so far and median against cost, every complete candidate a dot; pruned and failed
-   * candidates have no perplexity to show, so they are marks in a lane chart underneath. */
+  /** Best so far and median against cost, every complete candidate a dot coloured by how it
+   * was made (seed, mutation, crossover, gradient step, …); pruned and failed candidates have
+   * no perplexity to show, so they are marks in a lane chart underneath. */
   function drawCost() {
     const {curve, candidates: c} = state;
     const x = xPositions();
-    const rows = x.ends.map((end, j) => [end, curve.best_ppl[j], curve.median_ppl[j], null]);
+    const kinds = [...new Set(c.kind.filter((k, i) => c.status[i] === "ok" && c.ppl[i] !== null))];
+    const width = 3 + kinds.length;
+    const rows = x.ends.map((end, j) => {
+      const row = new Array(width).fill(null);
+      [row[0], row[1], row[2]] = [end, curve.best_ppl[j], curve.median_ppl[j]];
+      return row;
+    });
     const lanes = [];
     const counts = {ok: 0, pruned: 0, failed: 0};
+    const perKind = Object.fromEntries(kinds.map((k) => [k, 0]));
     c.status.forEach((status, i) => {
       if (status === "missing" || x.cands[i] === null) return;  // never evaluated
       const kind = status === "ok" && c.ppl[i] !== null ? "ok"
         : status === "pruned" ? "pruned" : "failed";
       counts[kind] += 1;
-      if (kind === "ok") rows.push([x.cands[i], null, null, c.ppl[i]]);
-      else lanes.push([x.cands[i], kind === "pruned" ? LANE.pruned : null,
-        kind === "failed" ? LANE.failed : null]);
+      if (kind === "ok") {
+        const row = new Array(width).fill(null);
+        row[0] = x.cands[i];
+        row[3 + kinds.indexOf(c.kind[i])] = c.ppl[i];
+        perKind[c.kind[i]] += 1;
+        rows.push(row);
+      } else {
+        lanes.push([x.cands[i], kind === "pruned" ? LANE.pruned : null,
+          kind === "failed" ? LANE.failed : null]);
+      }
     });
-    const data = columns(rows, 4);
+    const data = columns(rows, width);
     const total = counts.ok + counts.pruned + counts.failed;
     showChart("cost", data[0].length + lanes.length > 0);
     showChart("lanes", data[0].length + lanes.length > 0);
@@ -468,7 +492,7 @@
     const cursor = {sync: {key: "cost"}, points: {size: 8}};
     const ppl = (u, v) => fmtPpl(v);
     draw("cost", {
-      scales: {x: xScale, y: pplScale([...data[1], ...data[2], ...data[3]])},
+      scales: {x: xScale, y: pplScale(data.slice(1).flat())},
       axes: [costAxis(curve), axis("perplexity", {size: 60})],
       cursor,
       series: [
@@ -477,8 +501,8 @@
           points: {show: true, size: 5, fill: COLORS.cost}},
         {label: "median", stroke: COLORS.median, width: 2, dash: [6, 4], spanGaps: true,
           value: ppl, points: {show: true, size: 4, fill: COLORS.median}},
-        {label: `complete candidates (${counts.ok})`, stroke: COLORS.ok, paths: () => null,
-          points: dot(COLORS.ok, 4), value: ppl},
+        ...kinds.map((k, i) => ({label: `${k} (${perKind[k]})`, stroke: colorOf(k, i),
+          paths: () => null, points: dot(colorOf(k, i), 4), value: ppl})),
       ],
     }, data);
     const laneName = (v) => (v === LANE.pruned ? "pruned" : v === LANE.failed ? "failed" : "");
@@ -497,6 +521,38 @@
           points: {show: false}, value: (u, v) => laneName(v) || "–"},
       ],
     }, columns(lanes, 3));
+  }
+
+  /** Each gradient descent's perplexity against cost, step by step, one line per start. */
+  function drawDescents() {
+    const {curve} = state;
+    const descents = curve.descents || [];
+    document.querySelector('[data-card="descents"]').hidden = !descents.length;
+    if (!descents.length) {
+      if (charts.descents) { charts.descents.destroy(); delete charts.descents; }
+      return;
+    }
+    const width = 1 + descents.length;
+    const rows = [];
+    descents.forEach((d, j) => d.cost_spent_tokens.forEach((at, i) => {
+      if (at === null || d.ppl[i] === null) return;
+      const row = new Array(width).fill(null);
+      [row[0], row[1 + j]] = [at, d.ppl[i]];
+      rows.push(row);
+    }));
+    const data = columns(rows, width);
+    const ppl = (u, v) => fmtPpl(v);
+    draw("descents", {
+      scales: {x: {time: false}, y: pplScale(data.slice(1).flat())},
+      axes: [axis("forward tokens spent", {values: (u, splits) => splits.map(fmtTokens)}),
+        axis("perplexity (at exact λ)", {size: 60})],
+      series: [
+        {label: "cost spent", value: (u, v) => fmtTokens(v)},
+        ...descents.map((d, j) => ({label: `${d.start} (gen ${d.generation})`,
+          stroke: PALETTE[j % PALETTE.length], width: 2, spanGaps: true, value: ppl,
+          points: {show: true, size: 5, fill: PALETTE[j % PALETTE.length]}})),
+      ],
+    }, data);
   }
 
   function renderCounts(counts, total) {
