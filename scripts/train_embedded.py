@@ -5,8 +5,11 @@ no GPU. It is a real ``LlamaForCausalLM`` trained at a short context (L = 128) s
 long-context failure LongRoPE fixes shows up at 2L…16L within seconds on a CPU.
 
 Everything is derived from text that ships with every CPython: the ``.py`` sources of the
-standard library (tests and site-packages excluded). Files are split deterministically by a hash
-of their path into training text and two held-out evaluation sets:
+standard library (tests and site-packages excluded). With ``--recipe qwen2-c`` the same script
+trains the project's second model, of another architecture and on other text: a
+``Qwen2ForCausalLM`` (grouped-query attention, 4 query heads sharing 2 key/value heads, biases
+on q, k and v, θ = 5·10⁴, L = 256) on the C headers under ``/usr/include``. Files are split
+deterministically by a hash of their path into training text and two held-out evaluation sets:
 
 * ``documents/search``  — fitness documents for the search (never trained on);
 * ``documents/heldout`` — documents used only to report results (never trained on, never fitness).
@@ -14,6 +17,7 @@ of their path into training text and two held-out evaluation sets:
 Run (about 12 minutes on 2 CPU cores)::
 
     python scripts/train_embedded.py --out longrope_search/data/embedded
+    python scripts/train_embedded.py --recipe qwen2-c --out models/qwen2-c   # the second model
 
 The output folder is what ``from_pretrained`` loads: ``config.json``, ``model.safetensors``,
 ``tokenizer.json`` and ``tokenizer_config.json``, plus ``documents/`` and ``training.json``.
@@ -27,26 +31,76 @@ import json
 import math
 import os
 import shutil
+import sys
 import sysconfig
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 EOS = "<|endoftext|>"
 SKIP_DIRS = {"site-packages", "__pycache__", "test", "tests", "idle_test"}
 
 
-def stdlib_sources(root: Path) -> list[Path]:
-    """All standard-library ``.py`` files below ``root``, tests excluded, in a stable order."""
+@dataclass(frozen=True)
+class Recipe:
+    """What a model is trained on and how it is shaped; command-line flags override."""
+
+    corpus: Path  # every file below it with ``suffix`` (SKIP_DIRS excluded)
+    suffix: str
+    architecture: str  # "llama" or "qwen2"
+    context: int  # trained context L
+    kv_heads: int  # key/value heads (grouped-query attention when fewer than --heads)
+    rope_theta: float
+    batch_size: int  # sequences per step: 4,096 tokens at either context
+    source: str  # how training.json names the text
+    skip: frozenset[str] = frozenset()  # more folders to leave out
+
+
+RECIPES = {
+    "embedded": Recipe(Path(sysconfig.get_paths()["stdlib"]), ".py", "llama", 128, 4, 1e4, 32,
+                       f"CPython {'.'.join(map(str, sys.version_info[:3]))} standard library"),
+    # C, not C++: the large C++ trees (node, LLVM, libstdc++, ICU) stay out
+    "qwen2-c": Recipe(Path("/usr/include"), ".h", "qwen2", 256, 2, 5e4, 16,
+                      "C headers under /usr/include",
+                      frozenset({"node", "llvm-14", "llvm-c-14", "c++", "unicode"})),
+}
+
+
+def sources(root: Path, suffix: str, skip: frozenset[str] = frozenset()) -> list[Path]:
+    """All ``suffix`` files below ``root``, tests and ``skip`` excluded, in a stable order."""
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        files += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py")]
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS | skip)
+        files += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(suffix)]
     return files
+
+
+def model_config(recipe: Recipe, args: argparse.Namespace, tokenizer) -> PretrainedConfig:
+    """The architecture's config: tied embeddings, RoPE at θ, trained context L."""
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=args.hidden_size,
+        intermediate_size=3 * args.hidden_size, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, num_key_value_heads=recipe.kv_heads,
+        max_position_embeddings=args.context,
+        rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
+        tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if recipe.architecture == "qwen2":  # biases on q, k, v are Qwen2's own
+        return Qwen2Config(**common, use_sliding_window=False)
+    return LlamaConfig(**common)
 
 
 def split_of(rel_path: str, size: int, eval_min_bytes: int) -> str:
@@ -74,12 +128,13 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("longrope_search/data/embedded"))
-    ap.add_argument("--context", type=int, default=128, help="trained context L")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="embedded")
+    ap.add_argument("--context", type=int, help="trained context L (default: the recipe's)")
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--hidden-size", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, help="default: the recipe's")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--max-steps", type=int, default=1000)
     ap.add_argument("--max-minutes", type=float, default=18.0)
@@ -87,12 +142,15 @@ def main() -> None:
     ap.add_argument("--docs-per-split", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    recipe = RECIPES[args.recipe]
+    args.context = args.context or recipe.context
+    args.batch_size = args.batch_size or recipe.batch_size
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
-    root = Path(sysconfig.get_paths()["stdlib"])
+    root = recipe.corpus
     splits: dict[str, list[tuple[str, str]]] = {"train": [], "search": [], "heldout": []}
-    for path in stdlib_sources(root):
+    for path in sources(root, recipe.suffix, recipe.skip):
         text = path.read_text(encoding="utf-8", errors="replace")
         rel = path.relative_to(root).as_posix()
         splits[split_of(rel, len(text.encode()), args.eval_min_bytes)].append((rel, text))
@@ -114,20 +172,7 @@ def main() -> None:
     data = torch.tensor(ids, dtype=torch.long)
     print(f"training tokens available: {len(data):,}")
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=args.hidden_size,
-        intermediate_size=3 * args.hidden_size,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        max_position_embeddings=args.context,
-        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(model_config(recipe, args, tokenizer))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
@@ -162,9 +207,11 @@ def main() -> None:
         folder = work / "documents" / name
         folder.mkdir(parents=True)
         for rel, text in splits[name]:
-            (folder / (rel.replace("/", "__").removesuffix(".py") + ".txt")).write_text(text)
+            (folder / (rel.replace("/", "__").removesuffix(recipe.suffix) + ".txt")
+             ).write_text(text)
     meta = {
-        "source": f"CPython {'.'.join(map(str, os.sys.version_info[:3]))} standard library",
+        "source": recipe.source,
+        "architecture": recipe.architecture,
         "trained_context": args.context,
         "parameters": n_params,
         "steps": step,
