@@ -10,6 +10,7 @@ import math
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -40,7 +41,9 @@ def jobs(tmp_path_factory, embedded):
     return {"plain": _search(root, "plain", [0], embedded),
             "n_hat": _search(root, "nhat", [8], embedded),
             "gradient": _search(root, "grad", [0], embedded, strategy="gradient",
-                                strategy_options={"steps": 2})}
+                                strategy_options={"steps": 2}),
+            "memetic": _search(root, "memetic", [0], embedded, strategy="memetic",
+                               strategy_options={"steps": 2, "polish": 1})}
 
 
 def best(job_dir: Path) -> dict:
@@ -67,9 +70,11 @@ def plain_ppl(model, job_dir: Path, tokenizer) -> float:
     return math.exp(sum(nll) / len(nll))
 
 
-@pytest.mark.parametrize("search", ["plain", "gradient"])
+@pytest.mark.parametrize("search", ["plain", "gradient", "memetic"])
 def test_hf_config_reproduces_the_searched_perplexity(jobs, embedded, tmp_path, search):
     job = jobs[search]
+    if search == "memetic":  # a polished candidate went back on the grid and was scored
+        assert "gradient:polish" in set(pd.read_parquet(job / "generations").operator)
     config = export_job(job, "hf", with_config=True)
     rope = config["rope_parameters"]
     assert rope["rope_type"] == "longrope" and config["max_position_embeddings"] == 512
