@@ -139,22 +139,46 @@ def cmd_passkey(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run or resume a search job, then compare its best factors with PI, NTK and YaRN."""
-    from longrope_search.search.driver import run_search, summarize
     from longrope_search.search.job import load_job
-    from longrope_search.search.jobdir import JobDir
-    from longrope_search.search.plan import prepare
 
     spec = load_job(args.config)
     if args.results_dir:
         spec = spec.with_results_dir(str(args.results_dir))
+    return _search(spec, args)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Search the short factors of a finished long job (short-context recovery)."""
+    from longrope_search.search.recovery import recovery_spec
+
+    changes: dict = {}
+    if args.strategy:
+        changes["strategy"] = args.strategy
+    if args.evaluations:
+        changes["budget"] = {"evaluations": args.evaluations}
+    spec = recovery_spec(args.job, **changes)
+    code = _search(spec, args)
+    print(f"\nexports of {args.job.name} now carry these short factors: longrope-search "
+          f"export {args.job.name} --results-dir {args.job.parent} --format hf")
+    return code
+
+
+def _search(spec: JobSpec, args: argparse.Namespace) -> int:
+    from longrope_search.search.driver import run_search, summarize
+    from longrope_search.search.jobdir import JobDir
+    from longrope_search.search.plan import prepare
+
     if args.workers < 1:
         raise ConfigError("workers", f"must be ≥ 1, got {args.workers}", "use --workers 1 or more")
     plan, _ = prepare(spec)  # config, strategy and documents, before any weights load
     budget = f"{spec.evaluation_budget} evaluations"
     if spec.budget.tokens:
         budget += f" or {spec.budget.tokens / 1e6:g}M forward tokens"
-    print(f"job {spec.name}: L = {plan.original_length} → L' = {plan.target_length} "
-          f"(s = {plan.extension_ratio:g}), strategy {spec.strategy}, budget {budget}",
+    what = (f"L = {plan.original_length} → L' = {plan.target_length} (s = "
+            f"{plan.extension_ratio:g})" if spec.factors == "long" else
+            f"short factors for lengths ≤ {plan.target_length} under m = "
+            f"{plan.attention_factor:.4f}")
+    print(f"job {spec.name}: {what}, strategy {spec.strategy}, budget {budget}",
           file=sys.stderr)
     if args.ray:
         result = _run_on_ray(spec, args)
@@ -168,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\non {which} documents ({docs}):")
     for r in result.comparison:
         gain = "" if r["method"] == "best" else f"  best is {r['gain_vs_this_pct']:.2f}% lower"
-        print(f"  {r['method']:<6} ppl {r['ppl']:9.4f}{gain}")
+        print(f"  {r['method']:<10} ppl {r['ppl']:9.4f}{gain}")
     job = JobDir(result.job_dir)
     print(f"\nfactor tables: {job.generations}  (pandas.read_parquet)")
     print(f"ledger: {job.ledger}; best factors: {job.best}")
@@ -204,6 +228,16 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+def _search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ray", action="store_true",
+                   help="score on a pool of Ray workers (local Ray unless --address/RAY_ADDRESS)")
+    p.add_argument("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001")
+    p.add_argument("--workers", type=int, default=1, help="Ray scorer actors (model replicas)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per worker (default 1 when the cluster has GPUs, else 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longrope-search", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -237,14 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.add_argument("--results-dir", type=Path, default=None,
                    help="override the config's results_dir")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--ray", action="store_true",
-                   help="score on a pool of Ray workers (local Ray unless --address/RAY_ADDRESS)")
-    p.add_argument("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001")
-    p.add_argument("--workers", type=int, default=1, help="Ray scorer actors (model replicas)")
-    p.add_argument("--gpus-per-worker", type=float, default=None,
-                   help="GPUs per worker (default 1 when the cluster has GPUs, else 0)")
+    _search_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("recover", help="search the short factors of a finished long job "
+                       "(short-context recovery), as the job <JOB>-short beside it")
+    p.add_argument("job", type=Path, help="the long job's folder, e.g. results/embedded-8x")
+    p.add_argument("--strategy", default=None, help="default: the long job's")
+    p.add_argument("--evaluations", type=int, default=None,
+                   help="budget in candidates (default: the long job's)")
+    _search_options(p)
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("passkey", help="passkey retrieval accuracy by length")
     _common(p)

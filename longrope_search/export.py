@@ -22,12 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from longrope_search.errors import ConfigError
 from longrope_search.rope import Candidate, RopeGeometry
 from longrope_search.search.jobdir import JobDir
+from longrope_search.search.recovery import SUFFIX as RECOVERY_SUFFIX
 
 FORMATS = ("hf", "vllm", "longrope")
 RECORD_FORMAT = "longrope-search/factors"
@@ -36,6 +38,8 @@ N_HAT_NOTE = ("n_hat = {n_hat} was searched, but inference engines (transformers
               "llama.cpp) ignore it and rescale every position; the search documents' perplexity "
               "without it is in ppl_without_n_hat. longrope_search.apply_factors(model, file) "
               "applies n_hat too.")
+SHORT_NOTE = ("the short factors were searched under short_attention_factor, but transformers "
+              "applies attention_factor to every length; vLLM's short_mscale carries it")
 # What identifies a checkpoint's architecture; max_position_embeddings is left out on purpose,
 # since exporting changes it.
 FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -85,32 +89,52 @@ def _model_config(job_dir: Path) -> tuple[dict[str, Any], Any]:
     return raw, AutoConfig.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
 
 
-def _short_factor(best: dict[str, Any], short_dir: Path | None) -> tuple[list[float], str | None]:
-    """λ for sequences up to the original length: a short-context search's best, else ones."""
-    ones = [1.0] * len(best["lambdas"])
+@dataclass(frozen=True)
+class ShortFactors:
+    """λ for sequences up to the original length, the attention factor they were searched
+    under, and the recovery job they come from (None: ones, and the long job's factor)."""
+
+    factors: list[float]
+    attention_factor: float
+    job: str | None = None
+
+
+def short_factors_for(job_dir: Path, best: dict[str, Any],
+                      short_dir: Path | None = None) -> ShortFactors:
+    """The short factors an export carries: ``short_dir``'s best (a short-factor job), else the
+    job's own recovery job beside it (``<job>-short``, see ``longrope-search recover``) once it
+    has finished, else ones."""
     if short_dir is None:
-        return ones, None
+        sibling = job_dir.parent / f"{job_dir.name}{RECOVERY_SUFFIX}"
+        if JobDir(sibling).read_best() is None:
+            return ShortFactors([1.0] * len(best["lambdas"]), float(best["attention_factor"]))
+        short_dir = sibling
     short = JobDir(short_dir).finished_best()
-    if len(short["lambdas"]) != len(ones):
-        raise ConfigError("short_from", f"job {short_dir.name} has {len(short['lambdas'])} "
-                          f"factors, this one {len(ones)}", "use a search of the same model")
-    if short.get("rope_theta") != best.get("rope_theta") or \
+    if short.get("factors", "long") != "short":
+        raise ConfigError("short_from", f"job {short_dir.name} searched long factors",
+                          f"give a short-factor job: longrope-search recover {job_dir}")
+    if len(short["lambdas"]) != len(best["lambdas"]) or \
+            short.get("rope_theta") != best.get("rope_theta") or \
             short.get("original_length") != best.get("original_length"):
         raise ConfigError("short_from", f"job {short_dir.name} searched another model "
-                          "(different rope_theta or original length)",
-                          "use a search of the same model")
-    return _factors(short["lambdas"]), short_dir.name
+                          "(number of factors, rope_theta or original length differ)",
+                          "use a recovery job of the same model")
+    return ShortFactors(_factors(short["lambdas"]), float(short["attention_factor"]),
+                        short_dir.name)
 
 
-def _provenance(best: dict[str, Any], short_job: str | None) -> dict[str, Any]:
+def _provenance(best: dict[str, Any], short: ShortFactors) -> dict[str, Any]:
     """What engines drop, kept beside their keys (``longrope_search`` in config.json)."""
     out: dict[str, Any] = {"job": best.get("job"), "n_hat": best["n_hat"],
                            "search_ppl": best.get("search_ppl"),
                            "target_length": best["target_length"]}
     if best.get("model_fingerprint"):
         out["model_fingerprint"] = best["model_fingerprint"]
-    if short_job:
-        out["short_factor_from"] = short_job
+    if short.job:
+        out["short_factor_from"] = short.job
+    if short.attention_factor != best["attention_factor"]:
+        out["short_attention_factor"] = short.attention_factor
+        out["short_note"] = SHORT_NOTE
     if best["n_hat"]:
         out["note"] = N_HAT_NOTE.format(n_hat=best["n_hat"])
         out["ppl_without_n_hat"] = best.get("search_ppl_without_n_hat")
@@ -146,44 +170,44 @@ def export_job(job_dir: str | Path, fmt: str, *, with_config: bool = False,
 
     Args:
         with_config: ``hf`` only: the model's whole ``config.json``, patched.
-        short_factors: a job folder whose best λ become ``short_factor`` (a search at the
-            original length); ones otherwise.
+        short_factors: a short-factor job whose best λ become ``short_factor``; default the
+            job's recovery job (``<job>-short``) if it has finished, else ones.
     """
     if fmt not in FORMATS:
         raise ConfigError("format", f"unknown export format {fmt!r}", f"use one of {FORMATS}")
     job_dir = Path(job_dir)
     best = JobDir(job_dir).finished_best()
-    short, short_job = _short_factor(best, Path(short_factors) if short_factors else None)
+    short = short_factors_for(job_dir, best, Path(short_factors) if short_factors else None)
     raw = None
     if with_config or fmt == "longrope" or not best.get("model_fingerprint"):
         raw, config = _model_config(job_dir)
         best.setdefault("model_fingerprint", model_fingerprint(config))
-    block = rope_parameters(best, short, _partial_rotary_factor(raw))
+    block = rope_parameters(best, short.factors, _partial_rotary_factor(raw))
     target = int(best["target_length"])
     if fmt == "hf":
         if not with_config:
             return {"rope_parameters": block, "max_position_embeddings": target,
-                    "longrope_search": _provenance(best, short_job)}
+                    "longrope_search": _provenance(best, short)}
         assert raw is not None
         patched = {k: v for k, v in raw.items() if k != "rope_scaling"}
         patched["rope_parameters"] = block
         patched["max_position_embeddings"] = target
         if "original_max_position_embeddings" in raw:  # Phi-3 keeps it at top level too
             patched["original_max_position_embeddings"] = block["original_max_position_embeddings"]
-        patched["longrope_search"] = _provenance(best, short_job)
+        patched["longrope_search"] = _provenance(best, short)
         return patched
     if fmt == "vllm":
-        m = block["attention_factor"]
-        scaling = {**block, "type": "longrope", "long_mscale": m, "short_mscale": m}
+        scaling = {**block, "type": "longrope", "long_mscale": block["attention_factor"],
+                   "short_mscale": short.attention_factor}
         overrides = {"rope_scaling": scaling, "max_position_embeddings": target}
         return {"rope_scaling": scaling, "max_model_len": target, "hf_overrides": overrides,
                 "cli_args": f"--max-model-len {target} --hf-overrides '"
                             f"{json.dumps(overrides, separators=(',', ':'))}'",
-                "longrope_search": _provenance(best, short_job)}
-    return _record(job_dir, best, short, short_job, raw)
+                "longrope_search": _provenance(best, short)}
+    return _record(job_dir, best, short, raw)
 
 
-def _record(job_dir: Path, best: dict[str, Any], short: list[float], short_job: str | None,
+def _record(job_dir: Path, best: dict[str, Any], short: ShortFactors,
             raw: dict[str, Any] | None) -> dict[str, Any]:
     from longrope_search.search.job import load_job
 
@@ -198,7 +222,8 @@ def _record(job_dir: Path, best: dict[str, Any], short: list[float], short_job: 
         "format": RECORD_FORMAT, "format_version": RECORD_VERSION,
         "lambdas": _factors(best["lambdas"]), "n_hat": int(best["n_hat"]),
         "attention_factor": float(best["attention_factor"]),
-        "short_factor": short, "short_factor_from": short_job,
+        "short_factor": short.factors, "short_factor_from": short.job,
+        "short_attention_factor": short.attention_factor,
         "original_length": best["original_length"], "target_length": best["target_length"],
         "extension_ratio": best["extension_ratio"], "rope_theta": best["rope_theta"],
         "model": {"name": spec.model_path.name, "path": str(spec.model_path),

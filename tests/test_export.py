@@ -139,21 +139,18 @@ def test_vllm_export(jobs):
     assert json.loads(args[3].strip("'")) == out["hf_overrides"]
 
 
-def test_longrope_record_and_short_factors(jobs, embedded):
-    job, short = jobs["n_hat"], jobs["plain"]
-    rec = export_job(job, "longrope", short_factors=short)
+def test_longrope_record(jobs, embedded):
+    job = jobs["n_hat"]
+    rec = export_job(job, "longrope")
     b = best(job)
     assert rec["lambdas"] == pytest.approx(b["lambdas"]) and rec["n_hat"] == 8
-    assert rec["short_factor"] == pytest.approx(best(short)["lambdas"])
-    assert rec["short_factor_from"] == "plain"
+    assert rec["short_factor"] == [1.0] * 32 and rec["short_factor_from"] is None  # no recovery
     assert (rec["original_length"], rec["target_length"]) == (128, 512)
     assert rec["model"]["config_hash"] == model_fingerprint(embedded.model.config)
     assert rec["perplexity"]["search"]["512"] == pytest.approx(b["search_ppl"])
     assert set(rec["seed_ppl"]) == {"pi", "ntk", "yarn"}
     assert rec["search"]["evolution"]["population"] == 4
     assert rec["documents"]["k"] == 2 and set(rec["versions"]) >= {"torch", "transformers"}
-    hf = export_job(job, "hf", short_factors=short)
-    assert hf["rope_parameters"]["short_factor"] == pytest.approx(best(short)["lambdas"])
 
 
 def test_export_of_a_job_that_has_not_finished(tmp_path, jobs):

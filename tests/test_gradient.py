@@ -26,6 +26,13 @@ def scorer() -> PerplexityScorer:
     return PerplexityScorer(loaded.model, loaded.geometry, docs, length=LENGTH, batch_size=1)
 
 
+@pytest.fixture(scope="module")
+def sliding(scorer: PerplexityScorer) -> PerplexityScorer:
+    """The same documents read in overlapping windows of 160 tokens every 96."""
+    return PerplexityScorer(scorer.model, scorer.geometry, scorer.documents, length=160,
+                            mode="sliding", stride=96, batch_size=1)
+
+
 def mean_nll(scorer: PerplexityScorer, lambdas: np.ndarray, n_hat: int, m: float) -> float:
     return scorer.score([Candidate(lambdas, n_hat, m)])[0].mean_nll
 
@@ -55,6 +62,23 @@ def test_gradient_matches_finite_differences(scorer: PerplexityScorer, n_hat: in
     fd_m = (mean_nll(scorer, cand.lambdas, n_hat, cand.attention_factor + h)
             - mean_nll(scorer, cand.lambdas, n_hat, cand.attention_factor - h)) / (2 * h)
     assert grad.attention_factor == pytest.approx(fd_m, rel=0.01)
+
+
+def test_gradient_over_sliding_windows_matches_finite_differences(sliding: PerplexityScorer
+                                                                    ) -> None:
+    """Each window scores only its new tokens; the gradient is that loss's, window by window."""
+    cand = seed_candidate("yarn", sliding.geometry, 3.0)
+    grad = gradient(sliding, cand)
+    assert grad.mean_nll == pytest.approx(sliding.score([cand])[0].mean_nll, rel=1e-6)
+    i = int(np.argmax(np.abs(grad.lambdas)))
+    h = 1e-4 * cand.lambdas[i]
+    up, down = cand.lambdas.copy(), cand.lambdas.copy()
+    up[i] += h
+    down[i] -= h
+    fd = (mean_nll(sliding, up, 0, cand.attention_factor)
+          - mean_nll(sliding, down, 0, cand.attention_factor)) / (2 * h)
+    assert grad.lambdas[i] == pytest.approx(fd, rel=0.02)
+    assert grad.forward_tokens == 3 * sum(sliding.forward_tokens)
 
 
 def test_gradient_leaves_the_model_as_it_was(scorer: PerplexityScorer) -> None:

@@ -20,8 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from longrope_search.errors import ConfigError
-from longrope_search.evaluation.perplexity import PerplexityScorer, chunked_nll
+from longrope_search.evaluation.perplexity import PerplexityScorer, chunked_nll, window_labels
 from longrope_search.model.patch import apply_candidates
 from longrope_search.rope import Candidate
 
@@ -75,32 +74,39 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
 
 
 def _document_backward(scorer: PerplexityScorer, doc: torch.Tensor, scale: float) -> float:
-    """Mean NLL of one document, its gradient (times ``scale``) accumulated into λ and m.
+    """Mean NLL of one document (over the windows the scorer reads it in), its gradient
+    (times ``scale``) accumulated into λ and m."""
+    spans = scorer.spans(doc)
+    tokens = sum(min(scored, end - begin - 1) for begin, end, scored in spans)
+    total = sum(_window_backward(scorer, doc[begin:end][None], scored, scale / tokens)
+                for begin, end, scored in spans)
+    return total / tokens
+
+
+def _window_backward(scorer: PerplexityScorer, ids: torch.Tensor, scored: int,
+                     weight: float) -> float:
+    """Summed NLL of a window's last ``scored`` tokens; its gradient × ``weight`` accumulated.
 
     The loss is taken in chunks of positions, each chunk's backward run at once into the final
     hidden states (detached), and then one backward through the model: the full positions ×
     vocabulary logits never exist, in the backward pass either."""
-    ids = doc[None]  # (1, T)
     hidden = scorer.decoder(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
     end = hidden.detach().requires_grad_()  # (1, T-1, H): where the chunks' gradients gather
-    labels, tokens = ids[:, 1:].to(hidden.device), ids.shape[1] - 1
+    labels = window_labels(ids, scored).to(hidden.device)
+    steps = labels.shape[1]
     total = 0.0
-    for start in range(0, tokens, scorer.chunk_tokens):
+    for start in range(steps - min(scored, steps), steps, scorer.chunk_tokens):
         sl = slice(start, start + scorer.chunk_tokens)
-        chunk, _ = chunked_nll(end[:, sl], labels[:, sl], scorer.lm_head, tokens,
-                               scorer.softcap)
-        (chunk.sum() * scale / tokens).backward()
+        chunk, _ = chunked_nll(end[:, sl], labels[:, sl], scorer.lm_head, steps, scorer.softcap)
+        (chunk.sum() * weight).backward()
         total += float(chunk.detach().sum())
     hidden.backward(end.grad)
-    return total / tokens
+    return total
 
 
 def gradient(scorer: PerplexityScorer, candidate: Candidate) -> Gradient:
     """Mean NLL of ``candidate`` on the scorer's documents and its gradient (one forward and
-    one backward per document; truncate mode)."""
-    if scorer.mode != "truncate":
-        raise ConfigError("scoring.mode", "gradients are computed in truncate mode only",
-                          "use mode: truncate for a gradient-based strategy")
+    one backward per document window)."""
     model = scorer.model
     rope = apply_candidates(model, candidate, scorer.geometry)
     like = {"dtype": rope.base_inv_freq.dtype, "device": scorer.device}  # the rope's precision

@@ -88,6 +88,13 @@ def windows(n_tokens: int, length: int, stride: int) -> Iterator[tuple[int, int,
             break
 
 
+def window_labels(ids: torch.Tensor, scored: int) -> torch.Tensor:
+    """Next-token labels of a window (1, T) → (1, T−1), ``-100`` but for its last ``scored``."""
+    labels = ids[:, 1:].clone()
+    labels[:, : max(0, labels.shape[1] - scored)] = IGNORE
+    return labels
+
+
 def auto_batch_size(model: nn.Module, seq_len: int, max_batch: int = 16) -> int:
     """Candidates per forward that fit in free GPU memory; 1 on CPU, where batching does not
     pay (see results/bench_scorer.md)."""
@@ -159,10 +166,14 @@ class PerplexityScorer:
     def _forward_tokens(self, doc: torch.Tensor) -> int:
         """Tokens one candidate's forward passes process on a document (the search's unit of
         cost): the document itself when truncated, every window in full when sliding."""
+        return sum(end - begin for begin, end, _ in self.spans(doc))
+
+    def spans(self, doc: torch.Tensor) -> list[tuple[int, int, int]]:
+        """The windows ``(begin, end, scored)`` a document is scored in: the whole (truncated)
+        document, or sliding windows scoring their last ``scored`` tokens."""
         if self.mode == "truncate":
-            return int(doc.numel())
-        return sum(end - begin for begin, end, _ in windows(doc.numel(), self.length,
-                                                            self.stride))
+            return [(0, doc.numel(), doc.numel())]
+        return list(windows(doc.numel(), self.length, self.stride))
 
     @property
     def num_documents(self) -> int:
@@ -180,16 +191,11 @@ class PerplexityScorer:
     def _document_nll(self, rows: int, index: int) -> tuple[np.ndarray, int]:
         """Summed NLL per row (the applied candidates, one per row) and scored tokens."""
         doc = self.documents[index]
-        if self.mode == "truncate":
-            spans = [(0, doc.numel(), doc.numel())]
-        else:
-            spans = list(windows(doc.numel(), self.length, self.stride))
         total = torch.zeros(rows, dtype=torch.float64, device=self.device)
         count = 0
-        for begin, end, scored in spans:
+        for begin, end, scored in self.spans(doc):
             ids = doc[begin:end][None]
-            labels = ids[:, 1:].clone()
-            labels[:, : max(0, labels.shape[1] - scored)] = IGNORE
+            labels = window_labels(ids, scored)
             nll, n = self._forward_nll(ids.expand(rows, -1), labels.expand(rows, -1))
             total += nll
             count += int(n[0])

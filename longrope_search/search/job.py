@@ -30,8 +30,11 @@ JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_PATH = 4096
 MAX_LENGTH = 1 << 24  # longest target context, in tokens (16M)
 MAX_RATIO = 1024
+# long: λ for contexts beyond L (the search); short: λ for contexts up to L (recovery)
+FACTORS = ("long", "short")
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # model.loading.DTYPES, and auto
+Factors = Literal["long", "short"]  # FACTORS
 Policy = Literal["none", "yarn", "su"]  # rope.attention.POLICIES
 SeedName = Literal[SEED_NAMES]  # type: ignore[valid-type]
 PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
@@ -57,6 +60,9 @@ class ScoringSpec(SpecModel):
                         description="auto, cpu, cuda, cuda:N or mps")
     batch_size: Literal["auto"] | OneOrMore = Field(
         "auto", description="candidates per forward pass: auto or a number ≥ 1")
+    document_tokens: int | None = Field(
+        None, ge=2, le=MAX_LENGTH, description="sliding: tokens read from each document, "
+        "scored in windows of L'; default L' (one window)")
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -66,6 +72,14 @@ class ScoringSpec(SpecModel):
             return value
         raise spec_error(f"must be auto or an integer ≥ 1, got {value!r}",
                          "use batch_size: auto, or e.g. batch_size: 4")
+
+    @model_validator(mode="after")
+    def _windows_need_sliding(self) -> ScoringSpec:
+        if self.document_tokens is not None and self.mode != "sliding":
+            raise spec_error("document_tokens is read in windows: it needs mode: sliding",
+                             "add mode: sliding (and a stride), or leave document_tokens out",
+                             field="document_tokens")
+        return self
 
 
 class SpaceSpec(SpecModel):
@@ -128,6 +142,10 @@ class _JobFields(SpecModel):
                                                "final comparison; default embedded's own")
     text_field: str = Field("text", min_length=1, max_length=256,
                             description="the documents' text column")
+    factors: Factors = Field(
+        "long", description="long: λ for contexts beyond L, the search at L'; short: λ for "
+        "contexts up to L, scored at target_length ≤ L (default L) under a fixed attention "
+        "factor, the short-context recovery that `longrope-search recover JOB` sets up")
     original_length: int | None = Field(None, ge=2, le=MAX_LENGTH, description="L; default "
                                         "from the model's config")
     target_length: int | None = Field(None, ge=2, le=MAX_LENGTH, description="L' in tokens; "
@@ -179,6 +197,12 @@ class _JobFields(SpecModel):
 
     @model_validator(mode="after")
     def _one_length(self) -> _JobFields:
+        if self.factors == "short":
+            if self.extension_ratio is not None:
+                raise spec_error("a short-factor job scores at target_length ≤ L, not at a "
+                                 "ratio", "leave extension_ratio out (target_length defaults "
+                                 "to L)", field="extension_ratio")
+            return self
         if (self.target_length is None) == (self.extension_ratio is None):
             raise spec_error("give exactly one of target_length and extension_ratio",
                              "e.g. extension_ratio: 8", field="target_length")
@@ -221,6 +245,13 @@ class JobSpec(_JobFields):
     def resolve_lengths(self, original_length: int) -> tuple[int, int, float]:
         """(L, L', s) given the model's original length (unless the spec overrides it)."""
         L = self.original_length or original_length
+        if self.factors == "short":
+            target = self.target_length or L
+            if target > L:
+                raise ConfigError("target_length", f"{target} is beyond the original length {L}",
+                                  "short factors are for lengths up to L: use target_length ≤ "
+                                  f"{L}, or leave it out")
+            return L, target, 1.0
         if self.target_length is not None:
             if self.target_length <= L:
                 raise ConfigError("target_length", f"{self.target_length} is not beyond the "

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from longrope_search.errors import ConfigError
 from longrope_search.evaluation.documents import load_documents
 from longrope_search.evaluation.perplexity import PerplexityScorer
@@ -45,6 +47,10 @@ def plan_job(spec: JobSpec) -> Plan:
     geometry = read_geometry(spec.model_path, trust_remote_code=spec.trust_remote_code)
     L, Lp, s = spec.resolve_lengths(geometry.original_length)
     sp = spec.space
+    if spec.factors == "short" and sp.lambda_max is None:
+        raise ConfigError("space.lambda_max", "a short-factor job has no extension ratio to "
+                          "bound λ by", "give space.lambda_max, e.g. the long job's ratio s "
+                          "(longrope-search recover sets it)")
     cd = None
     if sp.longrope2:
         cd = sp.critical_dim if sp.critical_dim is not None else critical_dim(geometry)
@@ -61,6 +67,9 @@ def plan_job(spec: JobSpec) -> Plan:
     if sc.mode == "sliding" and sc.stride > Lp:
         raise ConfigError("scoring.stride", f"{sc.stride} is longer than the window L' = {Lp}",
                           f"use a stride of at most {Lp} (e.g. {max(1, Lp // 4)})")
+    if sc.document_tokens is not None and sc.document_tokens < Lp:
+        raise ConfigError("scoring.document_tokens", f"{sc.document_tokens} is shorter than the "
+                          f"window L' = {Lp}", f"use at least {Lp}, or leave it out")
     m = attention_factor(spec.attention_factor, s, L)
     return Plan(spec, geometry, L, Lp, s, space, seeds, m)
 
@@ -104,8 +113,9 @@ def check_documents(plan: Plan) -> None:
 
 
 def _documents(spec: JobSpec, plan: Plan, tokenizer: Any, path: Path) -> list:
-    return load_documents(path, tokenizer, min_tokens=plan.target_length, k=spec.k_documents,
-                          seed=spec.documents_seed, max_tokens=plan.target_length,
+    tokens = spec.scoring.document_tokens or plan.target_length
+    return load_documents(path, tokenizer, min_tokens=tokens, k=spec.k_documents,
+                          seed=spec.documents_seed, max_tokens=tokens,
                           text_field=spec.text_field)
 
 
@@ -120,17 +130,28 @@ def scorer_for(plan: Plan, loaded: LoadedModel, documents: Path | None = None
 
 def compare_on_documents(plan: Plan, loaded: LoadedModel, best: Candidate,
                          documents: Path) -> list[dict[str, Any]]:
-    """Perplexity of the best candidate and of each hand-made method (with its own attention
-    factor) on other documents, typically held-out ones never used as fitness."""
+    """Perplexity of the best candidate and of the baselines on other documents, typically
+    held-out ones never used as fitness: each hand-made method with its own attention factor,
+    or for short factors: the unmodified model, ones under the job's attention factor (what an
+    engine without short factors applies) and each seed (the long factors) under it."""
     scorer = scorer_for(plan, loaded, documents)
-    s = plan.extension_ratio
-    cands = [best] + [seed_candidate(n, plan.geometry, s) for n in BASELINES]
     rows = [{"method": r.candidate.name, "ppl": r.ppl, "mean_nll": r.mean_nll}
-            for r in scorer.score(cands)]
+            for r in scorer.score([best, *baselines(plan)])]
     best_ppl = rows[0]["ppl"]
     for r in rows:
         r["gain_vs_this_pct"] = 100 * (r["ppl"] - best_ppl) / r["ppl"]
     return rows
+
+
+def baselines(plan: Plan) -> list[Candidate]:
+    """What the held-out comparison measures the best against."""
+    if plan.spec.factors == "long":
+        return [seed_candidate(n, plan.geometry, plan.extension_ratio) for n in BASELINES]
+    ones = np.ones(plan.geometry.num_pairs)
+    m = plan.attention_factor
+    return [Candidate(ones, 0, 1.0, "unmodified"), Candidate(ones, 0, m, "ones"),
+            *(Candidate(plan.space.lambdas(g), 0, m, f"seed:{name}") for name, g in plan.seeds
+              if np.any(plan.space.lambdas(g) != 1.0))]
 
 
 def best_record(plan: Plan, best: Candidate, ev: Evaluation) -> dict[str, Any]:
@@ -146,7 +167,8 @@ def best_record(plan: Plan, best: Candidate, ev: Evaluation) -> dict[str, Any]:
         "lambdas": best.lambdas.tolist(), "n_hat": best.n_hat,
         "attention_factor": best.attention_factor,
         "original_length": plan.original_length, "target_length": plan.target_length,
-        "extension_ratio": plan.extension_ratio, "search_ppl": ev.ppl,
+        "extension_ratio": plan.extension_ratio, "factors": plan.spec.factors,
+        "search_ppl": ev.ppl,
         "search_nll": list(ev.nll), "job": plan.spec.name, "strategy": plan.spec.strategy,
         "model": str(plan.spec.model_path), "model_fingerprint": model_fingerprint(config),
         "rope_theta": plan.geometry.base, "versions": versions(),

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from longrope_search.search.jobdir import JobDir
+from longrope_search.search.recovery import SUFFIX as RECOVERY_SUFFIX
 from longrope_search.search.trial import GRADIENT, OK, PARENT
 
 COST = ("cost_tokens", "cost_spent_tokens")
@@ -244,7 +245,8 @@ def cost_curve(job_dir: Path) -> dict[str, Any]:
 
 
 def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
-    """The best candidate so far (best.json once finished), the seeds' λ and the top-k's n̂."""
+    """The best candidate so far (best.json once finished), the seeds' λ and the top-k's n̂;
+    and the short factors of its recovery job (``<job>-short``) once that has finished."""
     job = JobDir(job_dir)
     files = job.tables()
     if not files:
@@ -277,4 +279,8 @@ def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
     comparison = job.read_comparison()
     if comparison is not None:
         out["heldout"] = comparison
+    recovery = JobDir(job.path.parent / f"{job.name}{RECOVERY_SUFFIX}").read_best()
+    if recovery is not None and recovery.get("factors") == "short":
+        out["short_lambdas"] = [float(v) for v in recovery["lambdas"]]
+        out["short_job"] = recovery.get("job")
     return out

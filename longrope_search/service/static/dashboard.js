@@ -14,7 +14,7 @@
   const COLORS = {
     best: "#1f5fbf", median: "#3b4552", cost: "#0b3d91",
     ok: "rgba(31, 95, 191, 0.35)", pruned: "rgba(212, 140, 20, 0.75)", failed: "#c62828",
-    pi: "#e07b00", ntk: "#2e9d4a", yarn: "#8e44ad",
+    pi: "#e07b00", ntk: "#2e9d4a", yarn: "#8e44ad", short: "#c62828",
   };
   const SEED_LABELS = {pi: "PI", ntk: "NTK", yarn: "YaRN"};
   // Candidates by how they were made (the API's `kind`); other kinds take PALETTE's colours.
@@ -572,7 +572,8 @@
       return;
     }
     const seeds = ["pi", "ntk", "yarn"].filter((s) => best.seed_lambdas && best.seed_lambdas[s]);
-    const data = [best.lambdas.map((_, i) => i), best.lambdas,
+    const short = best.short_lambdas ? [best.short_lambdas] : [];
+    const data = [best.lambdas.map((_, i) => i), best.lambdas, ...short,
       ...seeds.map((s) => best.seed_lambdas[s])];
     draw("lambdas", {
       scales: {x: {time: false}},
@@ -581,6 +582,8 @@
         {label: "pair"},
         {label: "best", stroke: COLORS.best, width: 3, value: (u, v) => fmtNum(v),
           points: {show: true, size: 5, fill: COLORS.best}},
+        ...short.map(() => ({label: "short (recovery)", stroke: COLORS.short, width: 2.5,
+          value: (u, v) => fmtNum(v), points: {show: true, size: 4, fill: COLORS.short}})),
         ...seeds.map((s) => ({label: SEED_LABELS[s], stroke: COLORS[s], width: 1.5,
           dash: [5, 4], value: (u, v) => fmtNum(v), points: {show: false}})),
       ],

@@ -1,0 +1,123 @@
+"""Short-context recovery: a finished long job's short factors, searched at L under its
+attention factor (``longrope-search recover``), then carried by the exports."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from longrope_search.cli import main
+from longrope_search.defaults import EMBEDDED_MODEL
+from longrope_search.errors import ConfigError
+from longrope_search.evaluation.documents import load_documents
+from longrope_search.export import export_job
+from longrope_search.search.driver import run_search
+from longrope_search.search.job import job_from_dict, load_job
+from longrope_search.search.recovery import recovery_spec
+
+MODEL_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+@pytest.fixture(scope="module")
+def long_job(tmp_path_factory, embedded) -> Path:
+    spec = job_from_dict({
+        "name": "long", "extension_ratio": 4, "k_documents": 2,
+        "results_dir": str(tmp_path_factory.mktemp("jobs")),
+        "scoring": {"dtype": "float32", "device": "cpu"}, "space": {"n_hat": [0, 4]},
+        "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+                      "generations": 1}})
+    return run_search(spec, loaded=embedded, progress=False).job_dir
+
+
+@pytest.fixture(scope="module")
+def short_job(long_job) -> Path:
+    """Recovered through the CLI, as a user would."""
+    assert main(["recover", str(long_job), "--strategy", "gradient", "--evaluations", "7",
+                 "--no-progress"]) == 0
+    return long_job.parent / "long-short"
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_the_recovery_job_scores_short_windows_under_the_long_attention_factor(long_job,
+                                                                                short_job):
+    long_best, best = read(long_job / "best.json"), read(short_job / "best.json")
+    spec = load_job(short_job / "job.yaml")
+    assert spec.factors == "short" and spec.target_length is None
+    assert spec.attention_factor == long_best["attention_factor"] > 1
+    assert (spec.scoring.mode, spec.scoring.stride, spec.scoring.document_tokens) == (
+        "sliding", 128, 512)  # windows of L over the text the long job read
+    assert spec.space.n_hat == (0,) and spec.space.lambda_max == 4
+    assert (best["factors"], best["target_length"], best["n_hat"]) == ("short", 128, 0)
+    assert best["attention_factor"] == long_best["attention_factor"]
+    tables = pd.read_parquet(short_job / "generations")
+    assert set(tables.operator) >= {"seed:none", "gradient"}  # λ = 1 is where it starts
+    assert (tables.attention_factor == long_best["attention_factor"]).all()
+    ones = tables[tables.operator == "seed:none"].ppl.min()
+    assert best["search_ppl"] <= ones  # never worse than no short factors at all
+    rows = {r["method"]: r["ppl"] for r in read(short_job / "comparison.json")["rows"]}
+    assert {"best", "unmodified", "ones"} <= set(rows)
+    assert rows["unmodified"] < rows["ones"]  # m > 1 on short inputs costs perplexity
+
+
+def test_exports_carry_the_recovered_short_factors(long_job, short_job):
+    best = read(short_job / "best.json")
+    hf = export_job(long_job, "hf")  # the recovery job beside it is found by name
+    assert hf["rope_parameters"]["short_factor"] == pytest.approx(best["lambdas"])
+    assert hf["rope_parameters"]["long_factor"] == pytest.approx(
+        read(long_job / "best.json")["lambdas"])
+    assert hf["longrope_search"]["short_factor_from"] == "long-short"
+    vllm = export_job(long_job, "vllm")["rope_scaling"]
+    assert vllm["short_factor"] == pytest.approx(best["lambdas"])
+    assert vllm["short_mscale"] == best["attention_factor"]
+    assert vllm["long_mscale"] == read(long_job / "best.json")["attention_factor"]
+    record = export_job(long_job, "longrope")
+    assert record["short_factor_from"] == "long-short"
+    with pytest.raises(ConfigError, match="searched long factors"):
+        export_job(long_job, "hf", short_factors=long_job)
+
+
+def test_plain_transformers_reproduce_both_searches(long_job, short_job, embedded, tmp_path):
+    """The exported config.json through from_pretrained: windows of L get the short factors
+    (the recovery's perplexity), the long context the long ones (the long search's)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in MODEL_FILES:
+        shutil.copy(Path(EMBEDDED_MODEL) / name, folder / name)
+    (folder / "config.json").write_text(json.dumps(export_job(long_job, "hf", with_config=True)))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    spec = load_job(long_job / "job.yaml")
+    docs = load_documents(spec.documents_path, embedded.tokenizer, min_tokens=512,
+                          k=spec.k_documents, seed=spec.documents_seed, max_tokens=512)
+    with torch.no_grad():
+        long_nll = [model(input_ids=d[None], labels=d[None]).loss.item() for d in docs]
+        short_nll = [model(input_ids=w[None], labels=w[None]).loss.item()
+                     for d in docs for w in d.split(128)]
+    assert math.exp(np.mean(long_nll)) == pytest.approx(
+        read(long_job / "best.json")["search_ppl"], rel=1e-3)
+    assert math.exp(np.mean(short_nll)) == pytest.approx(
+        read(short_job / "best.json")["search_ppl"], rel=1e-3)
+
+
+def test_a_short_factor_spec_is_checked_field_by_field(long_job):
+    with pytest.raises(ConfigError, match="extension_ratio"):
+        job_from_dict({"name": "x", "factors": "short", "extension_ratio": 2})
+    with pytest.raises(ConfigError, match="document_tokens"):
+        job_from_dict({"name": "x", "extension_ratio": 2, "scoring": {"document_tokens": 512}})
+    with pytest.raises(ConfigError, match="target_length"):
+        run_search(job_from_dict({"name": "x", "factors": "short", "target_length": 256,
+                                  "space": {"lambda_max": 4}}))
+    with pytest.raises(ConfigError, match=r"space\.lambda_max"):
+        run_search(job_from_dict({"name": "x", "factors": "short"}))
+    with pytest.raises(ConfigError, match="already searched short factors"):
+        recovery_spec(long_job.parent / "long-short")
