@@ -18,7 +18,7 @@ from longrope_search.rope import SEED_NAMES
 from longrope_search.service.client import ApiError
 
 if TYPE_CHECKING:
-    from longrope_search.search.driver import SearchResult
+    from longrope_search.search.evaluator import Evaluators
     from longrope_search.search.job import JobSpec
 
 
@@ -164,26 +164,16 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _search(spec: JobSpec, args: argparse.Namespace) -> int:
-    from longrope_search.search.driver import run_search, summarize
+    from longrope_search.search.chain import check_job, run_job
+    from longrope_search.search.driver import summarize
     from longrope_search.search.jobdir import JobDir
-    from longrope_search.search.plan import prepare
 
     if args.workers < 1:
         raise ConfigError("workers", f"must be ≥ 1, got {args.workers}", "use --workers 1 or more")
-    plan, _ = prepare(spec)  # config, strategy and documents, before any weights load
-    budget = f"{spec.evaluation_budget} evaluations"
-    if spec.budget.tokens:
-        budget += f" or {spec.budget.tokens / 1e6:g}M forward tokens"
-    what = (f"L = {plan.original_length} → L' = {plan.target_length} (s = "
-            f"{plan.extension_ratio:g})" if spec.factors == "long" else
-            f"short factors for lengths ≤ {plan.target_length} under m = "
-            f"{plan.attention_factor:.4f}")
-    print(f"job {spec.name}: {what}, strategy {spec.strategy}, budget {budget}",
-          file=sys.stderr)
-    if args.ray:
-        result = _run_on_ray(spec, args)
-    else:
-        result = run_search(spec, progress=not args.no_progress)
+    check_job(spec)  # config, strategy and documents, before any weights load
+    print(f"job {spec.name}: {_describe(spec)}", file=sys.stderr)
+    result = run_job(spec, evaluators=_ray_evaluators(args) if args.ray else None,
+                     progress=not args.no_progress)
     docs = result.comparison_documents
     if docs.is_absolute() and docs.is_relative_to(Path.cwd()):
         docs = docs.relative_to(Path.cwd())
@@ -193,31 +183,44 @@ def _search(spec: JobSpec, args: argparse.Namespace) -> int:
     for r in result.comparison:
         gain = "" if r["method"] == "best" else f"  best is {r['gain_vs_this_pct']:.2f}% lower"
         print(f"  {r['method']:<10} ppl {r['ppl']:9.4f}{gain}")
-    job = JobDir(result.job_dir)
+    job = JobDir.of(spec)
     print(f"\nfactor tables: {job.generations}  (pandas.read_parquet)")
-    print(f"ledger: {job.ledger}; best factors: {job.best}")
+    print(f"best factors: {job.best}")
     return 0
 
 
-def _run_on_ray(spec: JobSpec, args: argparse.Namespace) -> SearchResult:
+def _describe(spec: JobSpec) -> str:
+    """One line on what a job searches (lengths, strategy, budget), read from the spec."""
+    budget = f"{spec.evaluation_budget} evaluations"
+    if spec.budget.tokens:
+        budget += f" or {spec.budget.tokens / 1e6:g}M forward tokens"
+    if spec.stages:
+        return f"{len(spec.stages)} stages ({' → '.join(s.label for s in spec.stages)})"
+    if spec.factors == "short":
+        return (f"short factors at {spec.target_length or 'L'} tokens under m = "
+                f"{spec.attention_factor}, strategy {spec.strategy}, budget {budget}")
+    ratio = f"s = {spec.extension_ratio:g}" if spec.extension_ratio else \
+        f"L' = {spec.target_length}"
+    return f"{ratio}, strategy {spec.strategy}, budget {budget}"
+
+
+def _ray_evaluators(args: argparse.Namespace) -> Evaluators:
+    """A Ray pool per job (per stage of a chain) that reports its workers when it is done."""
     import ray
 
-    from longrope_search.distributed import RayEvaluator, connect
-    from longrope_search.search.driver import run_search
+    from longrope_search.distributed import RayEvaluator, connect, ray_evaluators
 
     connect(args.address)
     gpus = args.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
-    pool = RayEvaluator(spec, args.workers, gpus_per_worker=gpus)
-    try:
-        result = run_search(spec, evaluator=pool, progress=not args.no_progress)
+
+    def report(pool: RayEvaluator) -> None:
         for t in pool.throughput():
             print(f"worker {t['worker']}: {t['candidates']} candidates, "
                   f"{t['candidates_per_second']:.2f}/s busy", file=sys.stderr)
-    finally:
-        pool.shutdown()
-    return result
+
+    return ray_evaluators(args.workers, gpus_per_worker=gpus, on_done=report)
 
 
 def _versions() -> dict[str, str]:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
-from longrope_search.search.evaluator import Finished, Work
+from longrope_search.search.evaluator import Evaluators, Finished, Work
 from longrope_search.search.job import JobSpec
 from longrope_search.search.trial import FAILED, Evaluation, Individual
 
@@ -254,3 +256,21 @@ class RayEvaluator:
     def shutdown(self) -> None:
         for w in self.workers:
             ray.kill(w)
+
+
+def ray_evaluators(workers: int, *, gpus_per_worker: float = 1.0,
+                   on_done: Callable[[RayEvaluator], None] | None = None) -> Evaluators:
+    """A pool of ``workers`` scorer actors for each job (each stage of a chain), shut down
+    when the job ends; ``on_done`` sees it first when the job ended well."""
+
+    @contextmanager
+    def evaluator(spec: JobSpec) -> Iterator[RayEvaluator]:
+        pool = RayEvaluator(spec, workers, gpus_per_worker=gpus_per_worker)
+        try:
+            yield pool
+            if on_done is not None:
+                on_done(pool)
+        finally:
+            pool.shutdown()
+
+    return evaluator

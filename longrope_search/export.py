@@ -102,13 +102,14 @@ class ShortFactors:
 def short_factors_for(job_dir: Path, best: dict[str, Any],
                       short_dir: Path | None = None) -> ShortFactors:
     """The short factors an export carries: ``short_dir``'s best (a short-factor job), else the
-    job's own recovery job beside it (``<job>-short``, see ``longrope-search recover``) once it
-    has finished, else ones."""
+    job's own recovery (a chain's short stage, or the job ``<job>-short`` beside it, see
+    ``longrope-search recover``) once it has finished, else ones."""
     if short_dir is None:
-        sibling = job_dir.parent / f"{job_dir.name}{RECOVERY_SUFFIX}"
-        if JobDir(sibling).read_best() is None:
+        found = job_dir / best["recovery"] if best.get("recovery") else \
+            job_dir.parent / f"{job_dir.name}{RECOVERY_SUFFIX}"  # a chain's, or the sibling
+        if JobDir(found).read_best() is None:
             return ShortFactors([1.0] * len(best["lambdas"]), float(best["attention_factor"]))
-        short_dir = sibling
+        short_dir = found
     short = JobDir(short_dir).finished_best()
     if short.get("factors", "long") != "short":
         raise ConfigError("short_from", f"job {short_dir.name} searched long factors",

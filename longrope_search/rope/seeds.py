@@ -104,6 +104,17 @@ def config_long_factor(g: RopeGeometry) -> np.ndarray:
     return np.asarray(factor, dtype=np.float64)
 
 
+def rescale_ratio(lambdas: np.ndarray, from_ratio: float, to_ratio: float) -> np.ndarray:
+    """λ found for ratio s, mapped to ratio s' as LongRoPE's code maps a stage's solution
+    (``--auto-rescale-init-factors``): λ' = 1 + (λ − 1)(s' − 1)/(s − 1). λ = 1 stays 1 and
+    λ = s becomes s', so PI maps to PI; factors below 1 are kept as they are."""
+    lam = np.asarray(lambdas, dtype=np.float64)
+    if from_ratio <= 1:
+        raise ConfigError("extension_ratio", f"cannot map factors of ratio {from_ratio}",
+                          "map from a ratio above 1")
+    return np.where(lam >= 1, 1 + (lam - 1) * (to_ratio - 1) / (from_ratio - 1), lam)
+
+
 # name -> (λ function taking (geometry, s, length), the method's own attention-factor policy)
 _SEEDS: dict[str, tuple[Callable[[RopeGeometry, float, int], np.ndarray], str]] = {
     "none": (lambda g, s, n: np.ones(g.num_pairs), "none"),

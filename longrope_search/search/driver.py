@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from longrope_search.errors import ConfigError
 from longrope_search.io import write_json
 from longrope_search.model import LoadedModel, load_model
 from longrope_search.rope import Candidate
@@ -226,8 +227,10 @@ class Driver:
         last = max(self.members, default=0)
         for g in sorted(self.unwritten):
             if self.untold[g] == 0 and (final or g < last):
+                stage = self.spec.stage
                 write_generation(self.job_dir, g, self.members[g], self.evals, self.plan.space,
-                                 self.plan.attention_factor, self.cost_spent)
+                                 self.plan.attention_factor, self.cost_spent,
+                                 stage.seeded_from if stage else None)
                 self.unwritten.discard(g)
 
     def progress(self) -> dict[str, Any]:
@@ -302,9 +305,13 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
     the running counts after every evaluation; an exception it raises stops the search between
     two evaluations, with everything finished so far in the ledger.
     """
+    if spec.stages:
+        raise ConfigError("stages", "a chained job runs stage by stage",
+                          "run it with longrope_search.search.chain.run_job (the CLI and the "
+                          "service do)")
     t0 = time.time()
     plan, strategy = prepare(spec)
-    job_dir = JobDir(spec.job_dir)
+    job_dir = JobDir.of(spec)
     claim(job_dir, spec)
     job_dir.remove_temporary()  # what a killed run was writing: rewritten from the ledger
     if evaluator is None:

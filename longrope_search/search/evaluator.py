@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,10 +21,11 @@ import torch
 
 from longrope_search.evaluation.gradient import gradient
 from longrope_search.evaluation.perplexity import PerplexityScorer
-from longrope_search.model import LoadedModel
+from longrope_search.model import LoadedModel, load_model
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
-from longrope_search.search.plan import Plan, compare_on_documents, scorer_for
+from longrope_search.search.job import JobSpec
+from longrope_search.search.plan import Plan, compare_on_documents, plan_job, scorer_for
 from longrope_search.search.trial import (
     FAILED,
     GRADIENT,
@@ -145,3 +147,22 @@ class LocalEvaluator:
 
     def compare(self, best: Candidate, documents: Path) -> list[dict[str, Any]]:
         return compare_on_documents(self.plan, self.loaded, best, documents)
+
+
+# how a search gets an evaluator for a job (one per stage of a chain), closed after it
+Evaluators = Callable[[JobSpec], AbstractContextManager[Evaluator]]
+
+
+def local_evaluators(loaded: LoadedModel | None = None) -> Evaluators:
+    """Score in this process; the model is loaded once (on first use) for every stage."""
+    models: list[LoadedModel] = [loaded] if loaded is not None else []
+
+    @contextmanager
+    def evaluator(spec: JobSpec) -> Iterator[Evaluator]:
+        if not models:
+            models.append(load_model(spec.model_path, dtype=spec.scoring.dtype,
+                                     device=spec.scoring.device,
+                                     trust_remote_code=spec.trust_remote_code))
+        yield LocalEvaluator(plan_job(spec), models[0])
+
+    return evaluator

@@ -129,6 +129,46 @@ class BudgetSpec(SpecModel):
                                      "together; default unlimited")
 
 
+class StageSpec(SpecModel):
+    """One stage of a chained job: a longer target seeded with the previous stage's best, or
+    (last) the short-factor recovery of the last long stage."""
+
+    extension_ratio: float | None = Field(None, gt=1, le=MAX_RATIO, description="s of this "
+                                          "stage; give this or target_length (long stages)")
+    target_length: int | None = Field(None, ge=2, le=MAX_LENGTH, description="L' of this stage")
+    factors: Factors = Field("long", description="long: a search at this stage's L'; short: "
+                             "the recovery of the last long stage (last stage only)")
+    strategy: str | None = Field(None, max_length=128, description="default: the job's")
+    budget: BudgetSpec | None = Field(None, description="default: the job's")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> StageSpec:
+        lengths = (self.target_length is not None) + (self.extension_ratio is not None)
+        if self.factors == "short" and lengths:
+            raise spec_error("a short stage scores at L: it takes no length",
+                             "leave extension_ratio and target_length out", field="factors")
+        if self.factors == "long" and lengths != 1:
+            raise spec_error("give exactly one of target_length and extension_ratio",
+                             "e.g. {extension_ratio: 4}", field="extension_ratio")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How the stage's folder is named: 4x, 8192 or short."""
+        if self.factors == "short":
+            return "short"
+        return f"{self.extension_ratio:g}x" if self.extension_ratio else str(self.target_length)
+
+
+class StageOf(SpecModel):
+    """Set by a chained job on each stage it runs: which chain, which stage, seeded by which."""
+
+    chain: str = Field(pattern=JOB_NAME, description="the chained job's name")
+    index: int = Field(ge=0, description="the stage's place in the chain, from 0")
+    seeded_from: str | None = Field(None, max_length=128, description="the stage whose best "
+                                    "seeds this one")
+
+
 class _JobFields(SpecModel):
     """The fields a user chooses (all but ``results_dir``); shared by spec and request."""
 
@@ -177,6 +217,11 @@ class _JobFields(SpecModel):
                                               description=EarlyStoppingSpec.__doc__)
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description=BudgetSpec.__doc__)
     trust_remote_code: bool = Field(False, description="run the model folder's own code")
+    stages: Annotated[tuple[StageSpec, ...], AtMost(16)] = Field(
+        (), description="a chained job: stages run in order, each long stage seeded with the "
+        "previous one's best mapped to its ratio (λ' = 1 + (λ − 1)(s' − 1)/(s − 1)); the job's "
+        "own lengths are then left out")
+    stage: StageOf | None = Field(None, description="set by a chained job on its stages")
 
     @field_validator("strategy")
     @classmethod
@@ -197,6 +242,8 @@ class _JobFields(SpecModel):
 
     @model_validator(mode="after")
     def _one_length(self) -> _JobFields:
+        if self.stages:
+            return self._chained()
         if self.factors == "short":
             if self.extension_ratio is not None:
                 raise spec_error("a short-factor job scores at target_length ≤ L, not at a "
@@ -206,6 +253,25 @@ class _JobFields(SpecModel):
         if (self.target_length is None) == (self.extension_ratio is None):
             raise spec_error("give exactly one of target_length and extension_ratio",
                              "e.g. extension_ratio: 8", field="target_length")
+        return self
+
+    def _chained(self) -> _JobFields:
+        if self.target_length is not None or self.extension_ratio is not None:
+            raise spec_error("a chained job gives its lengths per stage",
+                             "move extension_ratio (or target_length) into the stages",
+                             field="extension_ratio")
+        if self.factors != "long" or self.stage is not None:
+            raise spec_error("stages chain long searches", "leave factors and stage out",
+                             field="stages")
+        kinds = [st.factors for st in self.stages]
+        if kinds[0] == "short" or "short" in kinds[:-1]:
+            raise spec_error("a short stage recovers the long stage before it: it comes last, "
+                             "after at least one long stage", "move it to the end",
+                             field="stages")
+        for i, st in enumerate(self.stages):
+            if st.strategy is not None and st.strategy not in strategy_names():
+                raise spec_error(f"stage {i}: unknown strategy {st.strategy!r}",
+                                 f"use one of {', '.join(strategy_names())}", field="stages")
         return self
 
 

@@ -11,6 +11,16 @@
         comparison.json           the best against PI, NTK and YaRN on held-out documents
         state.json                the service's view: state, progress, error, times
 
+A chained job (``stages:``) keeps each stage as a job folder of its own, except that the stages'
+tables are partitions of the chain's one dataset (``pd.read_parquet`` of ``generations`` gives
+``stage`` and ``generation`` columns)::
+
+    <results>/<chain>/
+        job.yaml, best.json, comparison.json     the chain's spec; the last long stage's results
+        stages/01-4x/                            a stage: job.yaml, ledger.journal, best.json, …
+        seeds/01-4x.json                         the previous stage's best, mapped to its ratio
+        generations/stage=01/generation=0003/part-0.parquet
+
 The driver, the service, the reports and the exports name these files through :class:`JobDir`
 only.
 """
@@ -34,9 +44,18 @@ TABLE_PART = "part-0.parquet"
 @dataclass(frozen=True)
 class JobDir:
     path: Path
+    tables_root: Path | None = None  # where its tables live, if not in it (a chain's stage)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> JobDir:
+        """The folder of a job spec; a chain's stage keeps its tables in the chain's dataset."""
+        if spec.stage is None:
+            return cls(spec.job_dir)
+        chain = cls(Path(spec.results_dir).parent)
+        return cls(spec.job_dir, chain.stage_tables(spec.stage.index))
 
     @property
     def name(self) -> str:
@@ -53,7 +72,18 @@ class JobDir:
 
     @property
     def generations(self) -> Path:
-        return self.path / "generations"
+        return self.tables_root or self.path / "generations"
+
+    # -- a chained job --------------------------------------------------------------------------
+    @property
+    def stages(self) -> Path:
+        return self.path / "stages"
+
+    def stage_tables(self, index: int) -> Path:
+        return self.generations / f"stage={index:02d}"
+
+    def stage_seed(self, name: str) -> Path:
+        return self.path / "seeds" / f"{name}.json"
 
     @property
     def best(self) -> Path:
@@ -110,6 +140,11 @@ class JobDir:
             raise ConfigError("job", f"{self.name} has not finished (no best.json yet)",
                               "wait for the search to end, or resume it")
         return best
+
+
+def stage_name(index: int, label: str) -> str:
+    """A chain's stage folder: 01-4x, 02-8x, 03-short."""
+    return f"{index:02d}-{label}"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

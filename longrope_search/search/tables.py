@@ -16,7 +16,8 @@ The schema is versioned here; later versions only add nullable columns. Version 
 cost of each evaluation in forward tokens (``cost_tokens``) and the job's cost spent when it was
 recorded (``cost_spent_tokens``), so strategies compare at equal cost. Version 3 added ``task``:
 ``score`` for a candidate's perplexity, ``gradient`` for a gradient step (its loss at exact λ,
-which the ``lambdas`` column holds, and ∂loss/∂λ).
+which the ``lambdas`` column holds, and ∂loss/∂λ); and ``seeded_from``, in a chained job's
+stage the stage whose best seeded it (the stage itself is the ``stage=`` partition).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def schema(num_pairs: int) -> pa.Schema:
             pa.field("cost_tokens", pa.int64()),
             pa.field("cost_spent_tokens", pa.int64()),
             pa.field("task", pa.string()),
+            pa.field("seeded_from", pa.string()),
         ],
         metadata={"longrope_search.schema_version": str(SCHEMA_VERSION)},
     )
@@ -64,8 +66,8 @@ def schema(num_pairs: int) -> pa.Schema:
 
 def write_generation(job_dir: JobDir, generation: int, individuals: Sequence[Individual],
                      evaluations: Mapping[str, Evaluation], space: SearchSpace,
-                     attention_factor: float, cost_spent: Mapping[str, int] | None = None
-                     ) -> Path:
+                     attention_factor: float, cost_spent: Mapping[str, int] | None = None,
+                     seeded_from: str | None = None) -> Path:
     """Write (atomically) the table of one generation; rerunning it rewrites the same file.
 
     ``cost_spent`` maps a candidate to the job's forward tokens spent when it was recorded.
@@ -90,7 +92,7 @@ def write_generation(job_dir: JobDir, generation: int, individuals: Sequence[Ind
                           if ev and "timestamp" in ev.extra else None),
             "cost_tokens": (ev.cost_tokens if ev and ind.is_new else 0) if ev else None,
             "cost_spent_tokens": cost_spent.get(ind.key),
-            "task": ind.task,
+            "task": ind.task, "seeded_from": seeded_from,
         })
     table = pa.Table.from_pylist(rows, schema=schema(space.num_pairs))
     return atomic_write(job_dir.table(generation), lambda p: pq.write_table(table, p))

@@ -22,6 +22,7 @@ from typing import Any
 
 from longrope_search.errors import ConfigError
 from longrope_search.io import write_json
+from longrope_search.search.chain import check_job
 from longrope_search.search.job import (
     EMBEDDED,
     PATH_FIELDS,
@@ -30,7 +31,6 @@ from longrope_search.search.job import (
     load_job,
 )
 from longrope_search.search.jobdir import JobDir, claim
-from longrope_search.search.plan import prepare
 
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", \
     "cancelled"
@@ -180,7 +180,7 @@ class JobManager:
         if data.get("trust_remote_code") and not self.allow_remote_code:
             raise ConfigError("trust_remote_code", "this server does not run a model folder's "
                               "own code", "start the server with --allow-remote-code")
-        prepare(spec)  # model config, space, strategy, documents: before anything is written
+        check_job(spec)  # model config, space, strategy, documents: before anything is written
         with self.lock:
             if spec.name in self.jobs or spec.job_dir.exists():
                 raise JobConflict(f"job {spec.name!r} already exists: resume it, or submit "

@@ -1,9 +1,10 @@
 """How the service runs a job: on a pool of Ray scorer workers (default) or in this process.
-Either way the one search driver runs it, end-of-job steps included."""
+Either way the one search driver runs it (stage by stage for a chained job), end-of-job steps
+included."""
 
 from __future__ import annotations
 
-from longrope_search.search.driver import run_search
+from longrope_search.search.chain import run_job
 from longrope_search.service.jobs import Job, Runner, progress_hook
 
 
@@ -15,17 +16,14 @@ def ray_runner(workers: int = 1, *, gpus_per_worker: float | None = None,
     def run(job: Job) -> None:
         import ray
 
-        from longrope_search.distributed import RayEvaluator, connect
+        from longrope_search.distributed import connect, ray_evaluators
 
         connect(address)
         gpus = gpus_per_worker
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
-        pool = RayEvaluator(job.spec, workers, gpus_per_worker=gpus)
-        try:
-            run_search(job.spec, evaluator=pool, progress=False, on_progress=progress_hook(job))
-        finally:
-            pool.shutdown()
+        run_job(job.spec, evaluators=ray_evaluators(workers, gpus_per_worker=gpus),
+                progress=False, on_progress=progress_hook(job))
 
     return run
 
@@ -34,6 +32,6 @@ def local_runner() -> Runner:
     """Score in the server's own process (no Ray): for a laptop, or tests of the API alone."""
 
     def run(job: Job) -> None:
-        run_search(job.spec, progress=False, on_progress=progress_hook(job))
+        run_job(job.spec, progress=False, on_progress=progress_hook(job))
 
     return run

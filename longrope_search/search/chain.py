@@ -1,0 +1,150 @@
+"""Chained jobs: stages that run in order, each warm-started from the one before.
+
+A spec with ``stages`` (for example 2× → 4× → 8×, then ``short``) runs each stage as a job of
+its own under the chain's folder (layout: :mod:`~longrope_search.search.jobdir`), with the
+chain's settings and the stage's length, strategy and budget. A long stage after the first is
+seeded with the previous stage's best mapped to its ratio,
+
+    λ' = 1 + (λ − 1)(s' − 1)/(s − 1)        (LongRoPE's code, --auto-rescale-init-factors)
+
+beside the usual seeds; a ``short`` stage is the short-context recovery of the last long stage
+(:mod:`~longrope_search.search.recovery`). On a frozen model a stage cannot do better than a
+search of the last ratio from the same start: stages are a curriculum of targets with warm
+starts, and ``bench/bench_chain.py`` measures whether that pays at equal cost.
+
+Each stage resumes from its own ledger, so a chain killed in any stage continues where it
+stopped; a finished stage is not searched again. The chain's ``best.json`` and
+``comparison.json`` are the last long stage's (the exports read them), plus where the short
+factors are (``recovery``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from longrope_search.io import write_json
+from longrope_search.model import LoadedModel
+from longrope_search.rope import rescale_ratio
+from longrope_search.search.driver import SearchResult, run_search
+from longrope_search.search.evaluator import Evaluators, local_evaluators
+from longrope_search.search.job import JobSpec, job_from_dict
+from longrope_search.search.jobdir import JobDir, claim, stage_name
+from longrope_search.search.plan import prepare
+from longrope_search.search.recovery import recovery_spec
+
+OnProgress = Callable[[dict[str, Any]], None]
+
+
+def stage_spec(chain: JobSpec, index: int) -> JobSpec:
+    """Stage ``index`` of a chain as a job of its own (writes its seed file, mapped from the
+    previous stage's best, when that stage has finished)."""
+    stage = chain.stages[index]
+    folder = JobDir(chain.job_dir)
+    name = stage_name(index, stage.label)
+    previous = _previous(chain, index)
+    of = {"chain": chain.name, "index": index,
+          "seeded_from": previous.name if previous else None}
+    changes: dict[str, Any] = {"name": name, "results_dir": str(folder.stages), "stage": of}
+    if stage.strategy is not None:
+        changes["strategy"] = stage.strategy
+    if stage.budget is not None:
+        changes["budget"] = stage.budget.model_dump(mode="json")
+    if stage.factors == "short":
+        assert previous is not None  # the spec's validation: a short stage follows a long one
+        return recovery_spec(previous.path, **changes)
+    data = {k: v for k, v in chain.to_dict().items() if k not in ("stages", "stage")}
+    data.update(changes, extension_ratio=stage.extension_ratio,
+                target_length=stage.target_length)
+    if previous is not None and previous.read_best() is not None:
+        data["seed_files"] = [*data["seed_files"], str(_mapped_seed(chain, index, previous))]
+    return job_from_dict(data)
+
+
+def _previous(chain: JobSpec, index: int) -> JobDir | None:
+    if index == 0:
+        return None
+    before = chain.stages[index - 1]
+    return JobDir(JobDir(chain.job_dir).stages / stage_name(index - 1, before.label))
+
+
+def _mapped_seed(chain: JobSpec, index: int, previous: JobDir) -> Path:
+    """The previous stage's best λ mapped to this stage's ratio, as a factor file."""
+    best = previous.finished_best()
+    ratio = chain.stages[index].extension_ratio or (
+        chain.stages[index].target_length / best["original_length"])
+    path = JobDir(chain.job_dir).stage_seed(f"stage-{previous.name}")
+    lambdas = rescale_ratio(best["lambdas"], best["extension_ratio"], ratio)
+    write_json(path, {"lambdas": lambdas.tolist(), "n_hat": best["n_hat"],
+                      "attention_factor": best["attention_factor"], "mapped_from": {
+                          "stage": previous.name, "extension_ratio": best["extension_ratio"]}})
+    return path
+
+
+def check_job(spec: JobSpec) -> None:
+    """Everything cheap about a job, chained or not, before anything is written or loaded."""
+    if spec.stages:
+        check_chain(spec)
+    else:
+        prepare(spec)
+
+
+def check_chain(chain: JobSpec) -> None:
+    """Every stage's spec, model config, strategy and documents, before any weights load (a
+    short stage is checked once the stage it recovers has finished)."""
+    for i, stage in enumerate(chain.stages):
+        if stage.factors == "long" or _previous(chain, i).read_best() is not None:
+            prepare(stage_spec(chain, i))
+
+
+def run_job(spec: JobSpec, *, evaluators: Evaluators | None = None,
+            loaded: LoadedModel | None = None, progress: bool = True,
+            on_progress: OnProgress | None = None) -> SearchResult:
+    """Run (or resume) a job, chained or not, scoring with ``evaluators`` (default: in this
+    process, on ``loaded`` or the spec's model loaded once). Everything cheap is checked before
+    an evaluator is opened."""
+    evaluators = evaluators or local_evaluators(loaded)
+    if spec.stages:
+        return run_chain(spec, evaluators=evaluators, progress=progress, on_progress=on_progress)
+    prepare(spec)
+    with evaluators(spec) as evaluator:
+        return run_search(spec, evaluator=evaluator, progress=progress, on_progress=on_progress)
+
+
+def run_chain(chain: JobSpec, *, evaluators: Evaluators, progress: bool = True,
+              on_progress: OnProgress | None = None) -> SearchResult:
+    """Run (or resume) every stage in order; returns the last long stage's search result."""
+    check_chain(chain)
+    folder = JobDir(chain.job_dir)
+    claim(folder, chain)
+    folder.remove_temporary()
+    results = []
+    for i, stage in enumerate(chain.stages):
+        spec = stage_spec(chain, i)
+        with evaluators(spec) as evaluator:
+            results.append((stage, run_search(spec, evaluator=evaluator, progress=progress,
+                                              on_progress=_tagged(on_progress, i, spec.name))))
+    last = next(r for st, r in reversed(results) if st.factors == "long")
+    _finish(folder, JobDir(last.job_dir), [JobDir(r.job_dir) for _, r in results])
+    return last
+
+
+def _tagged(on_progress: OnProgress | None, index: int, name: str) -> OnProgress | None:
+    if on_progress is None:
+        return None
+    return lambda p: on_progress({**p, "stage": index, "stage_name": name})
+
+
+def _finish(chain: JobDir, last_long: JobDir, stages: list[JobDir]) -> None:
+    """The chain's best.json and comparison.json: the last long stage's, with the stages."""
+    best = last_long.finished_best()
+    best["stages"] = [{"stage": s.name, **{k: s.finished_best().get(k) for k in (
+        "factors", "extension_ratio", "target_length", "search_ppl")}} for s in stages]
+    short = [s for s in stages if s.finished_best().get("factors") == "short"]
+    if short:
+        best["recovery"] = str(short[-1].path.relative_to(chain.path))
+    comparison = last_long.read_comparison()
+    if comparison is not None:
+        write_json(chain.comparison, comparison)
+    write_json(chain.best, best)  # last: a chain with best.json has finished
