@@ -175,3 +175,20 @@ def test_a_chain_through_the_service(tmp_path, reference) -> None:
         manager.close()
     a = pd.read_parquet(reference / "generations").candidate_id
     assert a.equals(pd.read_parquet(tmp_path / "chain" / "generations").candidate_id)
+
+
+def test_the_dashboard_reports_read_a_chain_as_one_search(reference) -> None:
+    from longrope_search.service import reports
+
+    gens = reports.generation_summaries(reference)
+    assert [g["stage"] for g in gens] == [0] * 3 + [1] * 3 + [2] * 3
+    curve = reports.cost_curve(reference)
+    spent = curve["cost_spent_tokens"]
+    assert spent == sorted(spent) and len(set(spent)) == len(spent)  # on across stages
+    per_stage = pd.read_parquet(reference / "generations").groupby("stage").cost_tokens.sum()
+    assert spent[-1] == per_stage.sum()
+    assert len(reports.candidates(reference)["ppl"]) == 3 * 18
+    assert reports.generation_rows(reference, 8)[0]["candidate_id"] in set(
+        pd.read_parquet(reference / "generations" / "stage=02").candidate_id)
+    assert reports.best(reference, top_k=3)["lambdas"] == pytest.approx(
+        read(reference / "best.json")["lambdas"], abs=1e-6)

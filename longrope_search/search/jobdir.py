@@ -109,16 +109,21 @@ class JobDir:
         return self.generations / f"generation={generation:04d}" / TABLE_PART
 
     def tables(self) -> list[tuple[int, Path]]:
-        """The generations whose table exists, in order."""
-        out = []
-        for d in self.generations.glob("generation=*"):
-            try:
-                g = int(d.name.split("=", 1)[1])
-            except ValueError:
-                continue
-            if self.table(g).is_file():
-                out.append((g, self.table(g)))
-        return sorted(out)
+        """The generations whose table exists, in order; a chain's, stage after stage, numbered
+        on across stages (see :meth:`stage_of`)."""
+        stages = sorted(self.generations.glob("stage=*"))
+        if not stages:
+            return _tables_in(self.generations)
+        out: list[tuple[int, Path]] = []
+        for folder in stages:
+            out += [(len(out) + i, path) for i, (_, path) in enumerate(_tables_in(folder))]
+        return out
+
+    @staticmethod
+    def stage_of(table: Path) -> int | None:
+        """The chain stage a table belongs to (None outside a chain)."""
+        folder = table.parent.parent.name
+        return int(folder.split("=", 1)[1]) if folder.startswith("stage=") else None
 
     # -- readers --------------------------------------------------------------------------------
     def read_best(self) -> dict[str, Any] | None:
@@ -140,6 +145,18 @@ class JobDir:
             raise ConfigError("job", f"{self.name} has not finished (no best.json yet)",
                               "wait for the search to end, or resume it")
         return best
+
+
+def _tables_in(generations: Path) -> list[tuple[int, Path]]:
+    out = []
+    for d in generations.glob("generation=*"):
+        try:
+            g = int(d.name.split("=", 1)[1])
+        except ValueError:
+            continue
+        if (d / TABLE_PART).is_file():
+            out.append((g, d / TABLE_PART))
+    return sorted(out)
 
 
 def stage_name(index: int, label: str) -> str:

@@ -77,6 +77,9 @@ class Job:
         # The search stops at whichever budget runs out first: evaluations or forward tokens.
         fraction = max(done / budget if budget else 0.0,
                        (p.get("cost_tokens") or 0) / budget_tokens if budget_tokens else 0.0)
+        stages = [st.label for st in self.spec.stages]
+        if stages:  # a chain: the stages before this one are done
+            fraction = (p.get("stage", 0) + min(1.0, fraction)) / len(stages)
         eta = None
         if self.state == RUNNING and self.started and p.get("evaluations"):
             per = (time.time() - self.started) / p["evaluations"]
@@ -91,7 +94,8 @@ class Job:
                 "cost_tokens": p.get("cost_tokens"), "budget_tokens": budget_tokens,
                 "fraction_done": min(1.0, fraction) if budget or budget_tokens else None,
                 "best_ppl": best if best is not None and best != float("inf") else None,
-                "eta_seconds": eta}
+                "eta_seconds": eta, "stages": stages, "stage": p.get("stage"),
+                "stage_name": p.get("stage_name")}
 
     def save(self) -> None:
         write_json(self.files.state, {

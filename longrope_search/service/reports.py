@@ -43,11 +43,13 @@ def operator_kind(operator: str, task: str | None) -> str:
 
 @dataclass(frozen=True)
 class _Table:
-    """Some columns of one generation's table, cost filled in for schema v1."""
+    """Some columns of one generation's table, cost filled in for schema v1 and counted on
+    from the stages before in a chain."""
 
-    generation: int
+    generation: int  # a chain's: numbered on across its stages
     cols: dict[str, list[Any]]
     estimated: bool  # schema v1: the cost columns are estimates
+    stage: int | None = None  # the chain stage
 
     def new_rows(self) -> list[int]:
         """Rows of candidates this table made (not carried-over parents)."""
@@ -97,7 +99,7 @@ def _estimate_cost(cols: dict[str, list[Any]], target: int | None, spent: int) -
 def _read_tables(job: JobDir, columns: Sequence[str]) -> list[_Table]:
     """``columns`` (and operator and cost) of every table, in generation order."""
     out: list[_Table] = []
-    spent, target = 0, None
+    spent, target, offset, stage = 0, None, 0, None
     for g, path in job.tables():
         present = set(pq.read_schema(path).names)
         wanted = {*columns, "candidate_id", "operator", "parents", "task", "documents_scored",
@@ -107,7 +109,11 @@ def _read_tables(job: JobDir, columns: Sequence[str]) -> list[_Table]:
         if estimated:
             target = target or _target_length(job)
             spent = _estimate_cost(cols, target, spent)
-        out.append(_Table(g, cols, estimated))
+        if JobDir.stage_of(path) != stage:  # a chain's next stage counts on from the last
+            stage, offset = JobDir.stage_of(path), spent
+        cols["cost_spent_tokens"] = [None if c is None else c + offset
+                                     for c in cols["cost_spent_tokens"]]
+        out.append(_Table(g, cols, estimated, stage))
         spent = max(spent, out[-1].spent() or 0)
     _infer_tasks(out)
     return out
@@ -151,15 +157,16 @@ def _summaries(tables: list[_Table]) -> list[dict[str, Any]]:
                     "best_ppl": _finite(min(ok)) if ok else None,
                     "median_ppl": _finite(float(np.median(ok))) if ok else None,
                     "cost_tokens": sum(costs) if costs or not new else None,
-                    "cost_spent_tokens": spent, "cost_estimated": t.estimated})
+                    "cost_spent_tokens": spent, "cost_estimated": t.estimated,
+                    "stage": t.stage})
     return out
 
 
 def generation_rows(job_dir: Path, generation: int) -> list[dict[str, Any]] | None:
     """Every row of one generation's table as written (None when it has no table yet); a v1
     table's rows get the cost columns as None."""
-    path = JobDir(job_dir).table(generation)
-    if not path.is_file():
+    path = dict(JobDir(job_dir).tables()).get(generation)
+    if path is None:
         return None
     rows = pq.read_table(path).to_pylist()
     for r in rows:
@@ -279,7 +286,9 @@ def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
     comparison = job.read_comparison()
     if comparison is not None:
         out["heldout"] = comparison
-    recovery = JobDir(job.path.parent / f"{job.name}{RECOVERY_SUFFIX}").read_best()
+    where = record.get("recovery") if record else None  # a chain's short stage, or the sibling
+    recovery = JobDir(job.path / where if where else
+                      job.path.parent / f"{job.name}{RECOVERY_SUFFIX}").read_best()
     if recovery is not None and recovery.get("factors") == "short":
         out["short_lambdas"] = [float(v) for v in recovery["lambdas"]]
         out["short_job"] = recovery.get("job")

@@ -330,6 +330,11 @@
       ["model", spec.model ?? "–"],
     ];
     if (detail.reused) facts.splice(5, 0, ["reused from the ledger", detail.reused]);
+    if (detail.stages && detail.stages.length) {  // a chained job: which stage, of which
+      const at = detail.stage ?? (detail.state === "finished" ? detail.stages.length - 1 : 0);
+      facts.unshift(["stage", `${at + 1} of ${detail.stages.length}: ` +
+        detail.stages.map((s, i) => (i === at ? `[${s}]` : s)).join(" → ")]);
+    }
     if (detail.state === "running") facts.splice(3, 0, ["ETA", fmtEta(detail.eta_seconds)]);
     $("job-facts").replaceChildren(...facts.map(([k, v]) =>
       el("div", {}, el("dt", {}, k), el("dd", {}, v))));
