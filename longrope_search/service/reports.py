@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
+from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.recovery import SUFFIX as RECOVERY_SUFFIX
 from longrope_search.search.trial import GRADIENT, OK, PARENT
@@ -251,14 +252,25 @@ def cost_curve(job_dir: Path) -> dict[str, Any]:
             "descents": _descents(tables)}
 
 
+def _latest_long_stage(job: JobDir, tables: list[Path]) -> list[Path]:
+    """A chain's candidates compare within a stage only (another length, or short factors):
+    the tables of the latest long stage that has any; all tables of any other job."""
+    stages = {JobDir.stage_of(p) for p in tables}
+    if stages == {None}:
+        return tables
+    chain = load_job(job.spec).stages
+    long = [i for i in stages if i is not None and chain[i].factors == "long"]
+    return [p for p in tables if JobDir.stage_of(p) == max(long, default=None)]
+
+
 def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
     """The best candidate so far (best.json once finished), the seeds' λ and the top-k's n̂;
     and the short factors of its recovery job (``<job>-short``) once that has finished."""
     job = JobDir(job_dir)
-    files = job.tables()
+    files = _latest_long_stage(job, [p for _, p in job.tables()])
     if not files:
         return None
-    rows = [r for _, p in files for r in pq.read_table(p).to_pylist()
+    rows = [r for p in files for r in pq.read_table(p).to_pylist()
             if r["status"] == OK and r["operator"] != PARENT]
     if not rows:
         return None
@@ -266,7 +278,7 @@ def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
     top = rows[0]
     seeds = {r["operator"].removeprefix("seed:"): [float(v) for v in r["lambdas"]]
              for r in rows if r["operator"].startswith("seed:")}
-    for r in pq.read_table(files[0][1]).to_pylist():  # a pruned or failed seed still has λ
+    for r in pq.read_table(files[0]).to_pylist():  # a pruned or failed seed still has λ
         if r["operator"].startswith("seed:"):
             seeds.setdefault(r["operator"].removeprefix("seed:"),
                              [float(v) for v in r["lambdas"]])
