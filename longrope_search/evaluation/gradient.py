@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from longrope_search.evaluation.perplexity import PerplexityScorer, chunked_nll, window_labels
+from longrope_search.evaluation.perplexity import IGNORE, PerplexityScorer, chunked_nll
 from longrope_search.model.patch import apply_candidates
 from longrope_search.rope import Candidate
 
@@ -73,30 +73,38 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(wanted)
 
 
-def _document_backward(scorer: PerplexityScorer, doc: torch.Tensor, scale: float) -> float:
-    """Mean NLL of one document (over the windows the scorer reads it in), its gradient
-    (times ``scale``) accumulated into λ and m."""
-    spans = scorer.spans(doc)
-    tokens = sum(min(scored, end - begin - 1) for begin, end, scored in spans)
-    total = sum(_window_backward(scorer, doc[begin:end][None], scored, scale / tokens)
-                for begin, end, scored in spans)
-    return total / tokens
+def _document_backward(scorer: PerplexityScorer, index: int, scale: float) -> float:
+    """Mean NLL of document ``index`` (over the windows and tokens the scorer scores), its
+    gradient (times ``scale``) accumulated into λ and m."""
+    doc = scorer.documents[index]
+    windows = []
+    for begin, end, scored in scorer.spans(doc):
+        ids = doc[begin:end][None]
+        # the groups are disjoint (−100 elsewhere): one label set scores them all
+        labels = torch.stack(scorer.label_sets(index, ids, scored)).amax(dim=0)
+        windows.append((ids, labels))
+    tokens = sum(int((labels != IGNORE).sum()) for _, labels in windows)
+    return sum(_window_backward(scorer, ids, labels, scale / tokens)
+               for ids, labels in windows) / tokens
 
 
-def _window_backward(scorer: PerplexityScorer, ids: torch.Tensor, scored: int,
+def _window_backward(scorer: PerplexityScorer, ids: torch.Tensor, labels: torch.Tensor,
                      weight: float) -> float:
-    """Summed NLL of a window's last ``scored`` tokens; its gradient × ``weight`` accumulated.
+    """Summed NLL of a window's labelled tokens; its gradient × ``weight`` accumulated.
 
     The loss is taken in chunks of positions, each chunk's backward run at once into the final
     hidden states (detached), and then one backward through the model: the full positions ×
     vocabulary logits never exist, in the backward pass either."""
     hidden = scorer.decoder(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
     end = hidden.detach().requires_grad_()  # (1, T-1, H): where the chunks' gradients gather
-    labels = window_labels(ids, scored).to(hidden.device)
+    labels = labels.to(hidden.device)
+    scored = (labels[0] != IGNORE).nonzero()
     steps = labels.shape[1]
     total = 0.0
-    for start in range(steps - min(scored, steps), steps, scorer.chunk_tokens):
+    for start in range(int(scored.min()), steps, scorer.chunk_tokens):
         sl = slice(start, start + scorer.chunk_tokens)
+        if not bool((labels[:, sl] != IGNORE).any()):
+            continue
         chunk, _ = chunked_nll(end[:, sl], labels[:, sl], scorer.lm_head, steps, scorer.softcap)
         (chunk.sum() * weight).backward()
         total += float(chunk.detach().sum())
@@ -116,8 +124,8 @@ def gradient(scorer: PerplexityScorer, candidate: Candidate) -> Gradient:
     nll = np.empty(scorer.num_documents)
     try:
         with torch.enable_grad(), frozen_weights(model), activation_checkpointing(model):
-            for i, doc in enumerate(scorer.documents):
-                nll[i] = _document_backward(scorer, doc, scale=1.0 / scorer.num_documents)
+            for i in range(scorer.num_documents):
+                nll[i] = _document_backward(scorer, i, scale=1.0 / scorer.num_documents)
     finally:
         rope.set_candidates([candidate])  # back to plain buffers
     tokens = sum(scorer.forward_tokens) * (1 + BACKWARD_FORWARDS)

@@ -123,11 +123,15 @@ class PerplexityScorer:
         mode: ``truncate`` or ``sliding``.
         stride: sliding-window stride.
         batch_size: candidates per forward, or ``"auto"``.
+        groups: truncate mode: per document, the label sets (T−1,) scored, each a group of its
+            own (a needle's answer tokens, see :mod:`.needles`); default one group, every next
+            token.
     """
 
     def __init__(self, model: nn.Module, geometry: RopeGeometry,
                  documents: Sequence[torch.Tensor], *, length: int, mode: str = "truncate",
-                 stride: int = 256, batch_size: int | str = "auto") -> None:
+                 stride: int = 256, batch_size: int | str = "auto",
+                 groups: Sequence[Sequence[torch.Tensor]] | None = None) -> None:
         if mode not in MODES:
             raise ConfigError("mode", f"unknown scoring mode {mode!r}", f"use one of {MODES}")
         if length < 2:
@@ -162,6 +166,11 @@ class PerplexityScorer:
         self.batch_size = (auto_batch_size(model, length) if batch_size == "auto"
                            else int(batch_size))
         self.forward_tokens = [self._forward_tokens(d) for d in self.documents]
+        if groups is not None and (mode != "truncate" or len(groups) != len(documents)):
+            raise ConfigError("groups", "label groups go with truncate mode, one list per "
+                              "document", "score needles in truncate mode")
+        self.groups = None if groups is None else [[g.to(self.device) for g in gs]
+                                                    for gs in groups]
 
     def _forward_tokens(self, doc: torch.Tensor) -> int:
         """Tokens one candidate's forward passes process on a document (the search's unit of
@@ -179,42 +188,76 @@ class PerplexityScorer:
     def num_documents(self) -> int:
         return len(self.documents)
 
+    def label_sets(self, index: int, ids: torch.Tensor, scored: int) -> list[torch.Tensor]:
+        """The label sets (1, T−1) of a window of document ``index``: one per group."""
+        if self.groups is None:
+            return [window_labels(ids, scored)]
+        return [g[None] for g in self.groups[index]]
+
     @torch.inference_mode()
-    def _forward_nll(self, ids: torch.Tensor, labels: torch.Tensor
+    def _forward_nll(self, ids: torch.Tensor, label_sets: Sequence[torch.Tensor]
                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed NLL (rows, groups) and scored tokens (groups,) of one forward."""
         hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
         # with layers spread over GPUs (device_map) the last hidden state is on another device
-        total, count = chunked_nll(hidden, labels.to(hidden.device), self.lm_head,
-                                   self.chunk_tokens, self.softcap)
-        return total.to(self.device), count.to(self.device)
+        out = [chunked_nll(hidden, labels.expand(ids.shape[0], -1).to(hidden.device),
+                           self.lm_head, self.chunk_tokens, self.softcap)
+               for labels in label_sets]
+        totals = torch.stack([t for t, _ in out], dim=1)  # (rows, groups)
+        counts = torch.stack([c[0] for _, c in out])  # the same for every row
+        return totals.to(self.device), counts.to(self.device)
 
-    def _document_nll(self, rows: int, index: int) -> tuple[np.ndarray, int]:
-        """Summed NLL per row (the applied candidates, one per row) and scored tokens."""
+    def _document_nll(self, rows: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Summed NLL (rows, groups), one row per applied candidate, and scored tokens per
+        group."""
         doc = self.documents[index]
-        total = torch.zeros(rows, dtype=torch.float64, device=self.device)
-        count = 0
+        total, count = None, None
         for begin, end, scored in self.spans(doc):
             ids = doc[begin:end][None]
-            labels = window_labels(ids, scored)
-            nll, n = self._forward_nll(ids.expand(rows, -1), labels.expand(rows, -1))
-            total += nll
-            count += int(n[0])
-        return total.cpu().numpy(), count
+            nll, n = self._forward_nll(ids.expand(rows, -1), self.label_sets(index, ids, scored))
+            total = nll if total is None else total + nll
+            count = n if count is None else count + n
+        return total.cpu().numpy(), count.cpu().numpy()
 
-    def score_document(self, candidates: Sequence[Candidate], index: int
-                       ) -> tuple[np.ndarray, int]:
-        """Mean NLL of each candidate on document ``index``, and the tokens scored.
-
-        Scoring one document at a time is what lets a search stop a hopeless candidate early.
-        """
-        out = np.empty(len(candidates))
-        count = 0
+    def score_groups(self, candidates: Sequence[Candidate], index: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean NLL of each candidate on each group of document ``index`` (C, groups), and the
+        tokens each group scores."""
+        out = np.empty((len(candidates), len(self.groups[index]) if self.groups else 1))
+        count = np.zeros(out.shape[1])
         for start in range(0, len(candidates), self.batch_size):
             group = list(candidates[start : start + self.batch_size])
             apply_candidates(self.model, group, self.geometry)
             nll, count = self._document_nll(len(group), index)
             out[start : start + len(group)] = nll / count
         return out, count
+
+    def score_document(self, candidates: Sequence[Candidate], index: int
+                       ) -> tuple[np.ndarray, int]:
+        """Mean NLL of each candidate on document ``index`` (all its groups), and the tokens
+        scored.
+
+        Scoring one document at a time is what lets a search stop a hopeless candidate early.
+        """
+        per_group, count = self.score_groups(candidates, index)
+        return (per_group * count).sum(axis=1) / count.sum(), int(count.sum())
+
+    @torch.inference_mode()
+    def retrieved(self, candidate: Candidate) -> np.ndarray:
+        """Per document and group (documents, groups): whether greedy decoding reproduces
+        every scored token, i.e. the argmax at each labelled position is its label (teacher
+        forcing decides greedy decoding of the k-th token given correct earlier ones)."""
+        apply_candidates(self.model, [candidate], self.geometry)
+        out = []
+        for i, doc in enumerate(self.documents):
+            hidden = self.decoder(input_ids=doc[None], use_cache=False).last_hidden_state[0, :-1]
+            row = []
+            for labels in self.label_sets(i, doc[None], doc.numel()):
+                at = (labels[0] != IGNORE).nonzero()[:, 0]
+                guess = self.lm_head(hidden[at.to(hidden.device)]).argmax(dim=-1)
+                row.append(bool((guess.to(labels.device) == labels[0, at]).all()))
+            out.append(row)
+        return np.array(out)
 
     def score(self, candidates: Sequence[Candidate],
               on_document: Callable[[int], None] | None = None) -> list[ScoreResult]:

@@ -65,6 +65,7 @@ def score_batch(scorer: PerplexityScorer, work: Sequence[Work], worker: str) -> 
     """Score candidates that share each forward, document by document; a candidate leaves the
     batch when its rule prunes it. Out of memory fails the batch's remaining candidates."""
     nll: dict[int, list[float]] = {i: [] for i in range(len(work))}
+    groups: dict[int, list[list[float]]] = {i: [] for i in range(len(work))}  # needles
     active = list(range(len(work)))
     out: Finished = []
     t0 = time.time()
@@ -73,16 +74,19 @@ def score_batch(scorer: PerplexityScorer, work: Sequence[Work], worker: str) -> 
         ind = work[i][0]
         cost = sum(scorer.forward_tokens[: len(nll[i])])
         now = time.time()
+        extra = {"worker": worker, "seconds": round(now - t0, 4), "timestamp": now}
+        if scorer.groups is not None:
+            extra["needle_nll"] = groups[i]
         return ind, Evaluation(ind.key, tuple(nll[i]), status, scorer.num_documents, cost,
-                               {"worker": worker, "seconds": round(now - t0, 4),
-                                "timestamp": now})
+                               extra)
 
     try:
         for d in range(scorer.num_documents):
-            scores, _ = scorer.score_document([work[i][1] for i in active], d)
+            per_group, count = scorer.score_groups([work[i][1] for i in active], d)
             still = []
-            for i, v in zip(active, scores, strict=True):
-                nll[i].append(float(v))
+            for i, v in zip(active, per_group, strict=True):
+                nll[i].append(float((v * count).sum() / count.sum()))
+                groups[i].append(v.tolist())
                 rule = work[i][2]
                 if rule is not None and rule.should_prune(nll[i]):
                     out.append(result(i, PRUNED))

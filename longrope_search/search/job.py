@@ -50,9 +50,12 @@ def _is_number(value: Any) -> bool:
 class ScoringSpec(SpecModel):
     """How a candidate's perplexity is measured."""
 
-    mode: Literal["truncate", "sliding"] = Field(
+    mode: Literal["truncate", "sliding", "needle"] = Field(
         "truncate", description="truncate: one window of L' tokens per document; sliding: "
-        "windows of L' tokens every stride tokens")
+        "windows of L' tokens every stride tokens; needle: LongRoPE2's needle-driven loss, "
+        "only the answers to needles hidden at depths over each document")
+    needles: int = Field(4, ge=1, le=16, description="needle mode: needles per document, at "
+                         "depths spread evenly")
     stride: int = Field(256, ge=1, description="tokens between sliding windows")
     dtype: Dtype = Field("auto", description="weights' dtype; auto is bf16 on GPUs and on CPUs "
                          "with native bf16, fp32 elsewhere")

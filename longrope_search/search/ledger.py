@@ -39,7 +39,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 _STATES = {OK: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
 log = logging.getLogger(__name__)
-EXTRA = ("worker", "seconds", "timestamp", "gradient")  # what an evaluation brings back beside NLL
+# what an evaluation brings back beside its NLL
+EXTRA = ("worker", "seconds", "timestamp", "gradient", "needle_nll")
 
 
 class FlockLock:

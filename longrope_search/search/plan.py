@@ -16,6 +16,12 @@ import numpy as np
 
 from longrope_search.errors import ConfigError
 from longrope_search.evaluation.documents import load_documents
+from longrope_search.evaluation.needles import (
+    NeedleDocument,
+    answer_labels,
+    depths,
+    needle_documents,
+)
 from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.factor_file import load_factor_file
 from longrope_search.model import LoadedModel, read_geometry
@@ -107,9 +113,11 @@ def check_documents(plan: Plan) -> None:
     for field, path in (("documents", spec.documents_path),
                         ("heldout_documents", comparison_documents(spec))):
         try:
-            _documents(spec, plan, tokenizer, path)
+            docs = _documents(spec, plan, tokenizer, path)
         except ConfigError as e:
             raise ConfigError(field, e.problem, e.fix) from None
+        if spec.scoring.mode == "needle":
+            _needles(plan, tokenizer, docs)  # room for the needles in L'?
 
 
 def _documents(spec: JobSpec, plan: Plan, tokenizer: Any, path: Path) -> list:
@@ -124,8 +132,20 @@ def scorer_for(plan: Plan, loaded: LoadedModel, documents: Path | None = None
     spec = plan.spec
     docs = _documents(spec, plan, loaded.tokenizer, documents or spec.documents_path)
     sc = spec.scoring
+    if sc.mode == "needle":
+        needled = _needles(plan, loaded.tokenizer, docs)
+        return PerplexityScorer(loaded.model, plan.geometry, [n.ids for n in needled],
+                                length=plan.target_length, batch_size=sc.batch_size,
+                                groups=[answer_labels(n) for n in needled])
     return PerplexityScorer(loaded.model, plan.geometry, docs, length=plan.target_length,
                             mode=sc.mode, stride=sc.stride, batch_size=sc.batch_size)
+
+
+def _needles(plan: Plan, tokenizer: Any, docs: list) -> list[NeedleDocument]:
+    """The documents with needles: the same for every candidate (seeded by documents_seed)."""
+    spec = plan.spec
+    return needle_documents(docs, tokenizer, plan.target_length, spec.scoring.needles,
+                            spec.documents_seed)
 
 
 def compare_on_documents(plan: Plan, loaded: LoadedModel, best: Candidate,
@@ -135,8 +155,13 @@ def compare_on_documents(plan: Plan, loaded: LoadedModel, best: Candidate,
     or for short factors: the unmodified model, ones under the job's attention factor (what an
     engine without short factors applies) and each seed (the long factors) under it."""
     scorer = scorer_for(plan, loaded, documents)
+    candidates = [best, *baselines(plan)]
     rows = [{"method": r.candidate.name, "ppl": r.ppl, "mean_nll": r.mean_nll}
-            for r in scorer.score([best, *baselines(plan)])]
+            for r in scorer.score(candidates)]
+    if scorer.groups is not None:  # needles: retrieval accuracy by depth beside the loss
+        for row, cand in zip(rows, candidates, strict=True):
+            row["depths"] = list(depths(plan.spec.scoring.needles))
+            row["accuracy_by_depth"] = scorer.retrieved(cand).mean(axis=0).tolist()
     best_ppl = rows[0]["ppl"]
     for r in rows:
         r["gain_vs_this_pct"] = 100 * (r["ppl"] - best_ppl) / r["ppl"]

@@ -17,7 +17,8 @@ cost of each evaluation in forward tokens (``cost_tokens``) and the job's cost s
 recorded (``cost_spent_tokens``), so strategies compare at equal cost. Version 3 added ``task``:
 ``score`` for a candidate's perplexity, ``gradient`` for a gradient step (its loss at exact λ,
 which the ``lambdas`` column holds, and ∂loss/∂λ); and ``seeded_from``, in a chained job's
-stage the stage whose best seeded it (the stage itself is the ``stage=`` partition).
+stage the stage whose best seeded it (the stage itself is the ``stage=`` partition); and
+``needle_nll``, in needle mode each document's answer NLL per needle depth (document × depth).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def schema(num_pairs: int) -> pa.Schema:
             pa.field("cost_spent_tokens", pa.int64()),
             pa.field("task", pa.string()),
             pa.field("seeded_from", pa.string()),
+            pa.field("needle_nll", pa.list_(pa.list_(pa.float64()))),
         ],
         metadata={"longrope_search.schema_version": str(SCHEMA_VERSION)},
     )
@@ -93,6 +95,7 @@ def write_generation(job_dir: JobDir, generation: int, individuals: Sequence[Ind
             "cost_tokens": (ev.cost_tokens if ev and ind.is_new else 0) if ev else None,
             "cost_spent_tokens": cost_spent.get(ind.key),
             "task": ind.task, "seeded_from": seeded_from,
+            "needle_nll": ev.extra.get("needle_nll") if ev else None,
         })
     table = pa.Table.from_pylist(rows, schema=schema(space.num_pairs))
     return atomic_write(job_dir.table(generation), lambda p: pq.write_table(table, p))
