@@ -27,7 +27,7 @@ from longrope_search.factor_file import load_factor_file
 from longrope_search.model import LoadedModel, read_geometry
 from longrope_search.rope import Candidate, RopeGeometry, attention_factor, seed_candidate
 from longrope_search.search.job import JobSpec
-from longrope_search.search.space import Genome, SearchSpace, critical_dim
+from longrope_search.search.space import N_HAT_CHOICES, Genome, SearchSpace, critical_dim
 from longrope_search.search.strategies import SearchProblem, Strategy, get_strategy
 from longrope_search.search.trial import Evaluation
 
@@ -60,9 +60,12 @@ def plan_job(spec: JobSpec) -> Plan:
     cd = None
     if sp.longrope2:
         cd = sp.critical_dim if sp.critical_dim is not None else critical_dim(geometry)
+    n_hat = sp.n_hat
+    if tuple(n_hat) == N_HAT_CHOICES:  # the default choices: those that fit below L'
+        n_hat = tuple(n for n in n_hat if n < Lp)
     space = SearchSpace(num_pairs=geometry.num_pairs, extension_ratio=s, target_length=Lp,
                         lambda_min=sp.lambda_min, lambda_max=sp.lambda_max, step=sp.step,
-                        strict=sp.monotone == "strict", n_hat_choices=tuple(sp.n_hat),
+                        strict=sp.monotone == "strict", n_hat_choices=n_hat,
                         critical_dim=cd)
     seeds = [(name, space.genome_from_lambdas(seed_candidate(name, geometry, s).lambdas))
              for name in spec.seeds]
