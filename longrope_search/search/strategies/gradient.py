@@ -98,6 +98,15 @@ class LogLambda:
                           (start.last,) if start.last else (), tuple(self.lambdas(start.x)),
                           GRADIENT)
 
+    def tell(self, start: Start, individual: Individual, evaluation: Evaluation, lr: float,
+             steps: int) -> None:
+        """A step's result for its descent: a move on, or the end (a failed step)."""
+        if evaluation.status == OK:
+            self.advance(start, individual, evaluation, lr)
+        else:
+            start.last = individual.key
+            start.t = steps  # a failed step ends its descent
+
     def advance(self, start: Start, individual: Individual, evaluation: Evaluation,
                 lr: float) -> None:
         """Record ``start``'s step result, then move it: x ← Π(x − lr · Adam(λ ∘ ∂L/∂λ))."""
@@ -169,12 +178,8 @@ class GradientDescent(Strategy):
         i = self.of.pop(individual.key, None)
         if i is None:
             return  # an n̂-sweep candidate: the driver ranks it
-        start = self.starts[i]
-        if evaluation.status == OK:
-            self.coords.advance(start, individual, evaluation, self.options["lr"])
-        else:
-            start.last = individual.key
-            start.t = self.options["steps"]  # a failed step ends its descent
+        self.coords.tell(self.starts[i], individual, evaluation, self.options["lr"],
+                         self.options["steps"])
         self.turns.append(i)
 
     @property

@@ -71,12 +71,8 @@ class Memetic(Evolution):
                 self.evaluation_tokens = max(self.evaluation_tokens, evaluation.cost_tokens)
             super().tell(individual, evaluation)
             return
-        start = self.descents[i]
-        if evaluation.status == OK:
-            self.coords.advance(start, individual, evaluation, self.options["lr"])
-        else:
-            start.last = individual.key
-            start.t = self.options["steps"]  # a failed step ends its descent
+        self.coords.tell(self.descents[i], individual, evaluation, self.options["lr"],
+                         self.options["steps"])
         self.turns.append(i)
 
     # -- when to polish -------------------------------------------------------------------------
