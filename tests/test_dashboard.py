@@ -28,6 +28,7 @@ from longrope_search.service.runners import local_runner
 from tests.test_reports import write_job
 
 FINISHED_JOB = Path(__file__).parents[1] / "results" / "embedded-8x"
+RECOVERY_JOB = FINISHED_JOB.with_name("embedded-8x-short")  # its short factors
 GRADIENT_JOB = Path(__file__).parents[1] / "results" / "bench_strategies" / \
     "embedded-8x-gradient-s0"
 TOKEN = "dash-t0k"
@@ -64,8 +65,9 @@ def server(tmp_path):
     """A uvicorn server with a bearer token over a copy of the finished embedded-8x job (schema
     v1 tables) and a cancelled TPE job with a token budget (schema v2, tests/test_reports.py's);
     jobs submitted to it wait for ``gate`` before they run."""
-    shutil.copytree(FINISHED_JOB, tmp_path / "results" / "embedded-8x",
-                    ignore=shutil.ignore_patterns("ledger.journal*"))
+    for job in (FINISHED_JOB, RECOVERY_JOB):
+        shutil.copytree(job, tmp_path / "results" / job.name,
+                        ignore=shutil.ignore_patterns("ledger.journal*"))
     shutil.copytree(GRADIENT_JOB, tmp_path / "results" / GRADIENT_JOB.name)
     tpe = write_job(tmp_path / "results" / "tpe-job")
     tpe.state.write_text(json.dumps({"state": "cancelled", "progress": TPE_PROGRESS}))
@@ -220,9 +222,12 @@ def test_finished_job_page(server, page, tmp_path):
 
     lambdas = charts["lambdas"]
     assert lambdas["x"] == len(best["lambdas"]) == 32
-    assert [s["label"] for s in lambdas["series"]] == ["best", "PI", "NTK", "YaRN"]
+    assert [s["label"] for s in lambdas["series"]] == ["best", "short (recovery)", "PI", "NTK",
+                                                       "YaRN"]
     assert lambdas["series"][0]["values"] == pytest.approx(best["lambdas"])
-    assert lambdas["series"][1]["values"] == pytest.approx(best["seed_lambdas"]["pi"])
+    short = json.loads((RECOVERY_JOB / "best.json").read_text())["lambdas"]
+    assert lambdas["series"][1]["values"] == pytest.approx(best["short_lambdas"]) == short
+    assert lambdas["series"][2]["values"] == pytest.approx(best["seed_lambdas"]["pi"])
 
     hist = page.locator("#nhat-hist")
     assert hist.get_attribute("data-count") == "32"
