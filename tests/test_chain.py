@@ -167,6 +167,10 @@ def test_a_chain_through_the_service(tmp_path, reference) -> None:
         response = client.post("/api/jobs", json=bad)
         assert response.status_code == 422 and "stages[3]" in response.text
         assert not (tmp_path / "chain").exists()
+        inside = {**data, "stages": [], "extension_ratio": 2,  # tables beside the results
+                  "stage": {"chain": "x", "index": 0}}
+        response = client.post("/api/jobs", json=inside)
+        assert response.status_code == 422 and response.json()["field"] == "stage"
         assert client.post("/api/jobs", json=data).status_code == 201
         job = manager.wait("chain", timeout=300)
         assert job.state == "finished", job.error

@@ -283,6 +283,14 @@ class JobSpec(_JobFields):
 
     results_dir: PathText = Field("results", description="folder that holds the job's folder")
 
+    @model_validator(mode="after")
+    def _stage_inside_its_chain(self) -> JobSpec:
+        if self.stage is not None and Path(self.results_dir).name != "stages":
+            raise spec_error("stage is set by a chained job on the stages it runs, in its "
+                             "stages folder", "leave stage out; chain jobs with stages:",
+                             field="stage")
+        return self
+
     # -- resolved paths -----------------------------------------------------------------------
     @property
     def model_path(self) -> Path:
@@ -345,6 +353,9 @@ class JobRequest(_JobFields):
     @model_validator(mode="before")
     @classmethod
     def _drop_results_dir(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("stage") is not None:
+            raise spec_error("stage is set by a chained job on the stages it runs",
+                             "leave stage out; chain jobs with stages:", field="stage")
         if isinstance(data, dict) and "results_dir" in data:
             return {k: v for k, v in data.items() if k != "results_dir"}
         return data
