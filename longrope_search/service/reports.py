@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-import yaml
 
 from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
@@ -70,12 +69,13 @@ def _target_length(job: JobDir) -> int | None:
     best = job.read_best() or {}
     if best.get("target_length"):
         return int(best["target_length"])
-    spec = yaml.safe_load(job.spec.read_text()) if job.spec.is_file() else None
-    spec = spec if isinstance(spec, dict) else {}
-    if spec.get("target_length"):
-        return int(spec["target_length"])
-    if spec.get("extension_ratio") and spec.get("original_length"):
-        return round(spec["extension_ratio"] * spec["original_length"])
+    if not job.spec.is_file():
+        return None
+    spec = load_job(job.spec)
+    if spec.target_length:
+        return spec.target_length
+    if spec.extension_ratio and spec.original_length:
+        return round(spec.extension_ratio * spec.original_length)
     return None
 
 
