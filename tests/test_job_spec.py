@@ -56,7 +56,7 @@ BAD = [
     ({"seeds": ["pi", "foo"]}, "seeds[1]", "'yarn'"),
     ({"seeds": "pi"}, "seeds", "give a list"),
     ({"seed_files": ["f"] * 65}, "seed_files", "at most 64"),
-    ({"scoring": {"mode": "nope"}}, "scoring.mode", "'truncate' or 'sliding'"),
+    ({"scoring": {"mode": "nope"}}, "scoring.mode", "'truncate', 'sliding' or 'needle'"),
     ({"scoring": {"stride": 0}}, "scoring.stride", "≥ 1"),
     ({"scoring": {"batch_size": 0}}, "scoring.batch_size", "batch_size: auto"),
     ({"scoring": {"dtype": "fp8"}}, "scoring.dtype", "'bfloat16'"),
