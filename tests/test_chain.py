@@ -140,16 +140,24 @@ def test_a_chain_on_ray_workers_makes_the_same_tables(tmp_path, reference) -> No
     from longrope_search.distributed import ray_evaluators
 
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        spec = chain(tmp_path)
+    try:  # the same chain, then the recovery of its 8× stage as a fourth stage
+        spec = chain(tmp_path, stages=[*STAGES, {"factors": "short", "strategy": "gradient",
+                                                 "budget": {"evaluations": 5}}])
         run_job(spec, evaluators=ray_evaluators(2, gpus_per_worker=1), progress=False)
     finally:
         ray.shutdown()
     cols = ["stage", "generation", "candidate_id", "operator", "seeded_from", "status"]
     a = pd.read_parquet(reference / "generations")
     b = pd.read_parquet(spec.job_dir / "generations")
-    assert a[cols].astype(str).equals(b[cols].astype(str))
-    assert a.mean_nll.to_numpy() == pytest.approx(b.mean_nll.to_numpy(), rel=1e-6)
+    long = b[b.stage.astype(int) < 3].reset_index(drop=True)
+    assert a[cols].astype(str).equals(long[cols].astype(str))
+    assert a.mean_nll.to_numpy() == pytest.approx(long.mean_nll.to_numpy(), rel=1e-6)
+    short = read(spec.job_dir / "stages" / "03-short" / "best.json")
+    assert short["factors"] == "short" and short["target_length"] == 128
+    top = read(spec.job_dir / "best.json")
+    assert top["recovery"] == "stages/03-short" and top["extension_ratio"] == 8
+    assert export_job(spec.job_dir, "vllm")["rope_scaling"]["short_factor"] == pytest.approx(
+        short["lambdas"])
 
 
 def test_a_chain_through_the_service(tmp_path, reference) -> None:
