@@ -10,6 +10,8 @@ import math
 import shutil
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -20,6 +22,7 @@ from longrope_search.defaults import EMBEDDED_MODEL
 from longrope_search.errors import ConfigError
 from longrope_search.evaluation.documents import load_documents
 from longrope_search.export import export_job, model_fingerprint
+from longrope_search.gguf_export import export_gguf
 from longrope_search.search.driver import run_search
 from longrope_search.search.job import job_from_dict, load_job
 
@@ -202,3 +205,104 @@ def test_deliberate_cross_model_application(jobs, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL, dtype=torch.float32)
     longrope_search.apply_factors(model, path, check_model=False)
     assert type(model.model.rotary_emb).__name__ == "RescaledRotaryEmbedding"
+
+
+# -- GGUF out: the job's factors in a copy of a GGUF model, everything else byte for byte --
+
+Q8 = gguf.GGMLQuantizationType.Q8_0
+
+
+def write_model(path: Path, arch: str = "llama", pairs: int = 32) -> Path:
+    """A small GGUF as converters write them: keys of every kind, an f32, a q8_0 and an f16
+    tensor (and, for phi3, factor tables to be replaced)."""
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(path, arch)
+    w.add_name("tiny")
+    w.add_context_length(128)
+    w.add_rope_dimension_count(2 * pairs)
+    w.add_rope_freq_base(10_000.0)
+    w.add_array("tokenizer.ggml.tokens", ["<s>", "a", "b"])
+    w.add_array("tokenizer.ggml.scores", [0.0, -1.5, -2.5])
+    w.add_tensor("token_embd.weight", rng.normal(size=(8, 16)).astype(np.float32))
+    q = gguf.quants.quantize(rng.normal(size=(4, 64)).astype(np.float32), Q8)
+    w.add_tensor("blk.0.attn_q.weight", q, raw_dtype=Q8)
+    w.add_tensor("output_norm.weight", rng.normal(size=16).astype(np.float16))
+    if arch == "phi3":
+        for name in ("rope_factors_long.weight", "rope_factors_short.weight"):
+            w.add_tensor(name, np.ones(pairs, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def tensors(path: Path) -> dict[str, tuple[int, bytes]]:
+    return {t.name: (int(t.tensor_type), t.data.tobytes())
+            for t in gguf.GGUFReader(path).tensors}
+
+
+def fields(path: Path) -> dict[str, object]:
+    return {f.name: f.contents() for f in gguf.GGUFReader(path).fields.values()
+            if not f.name.startswith("GGUF.")}
+
+
+def test_the_factor_table_and_keys_are_set_and_everything_else_is_copied(jobs, tmp_path):
+    job = jobs["plain"]
+    model = write_model(tmp_path / "in.gguf")
+    out = tmp_path / "out.gguf"
+    assert export_gguf(job, model, out) == []  # n̂ = 0, no short factors: nothing lost
+    b, before, after = best(job), tensors(model), tensors(out)
+    assert set(after) == set(before) | {"rope_freqs.weight"}
+    for name, (kind, data) in before.items():
+        assert after[name] == (kind, data), name  # the q8_0 tensor too, byte for byte
+    kind, data = after["rope_freqs.weight"]
+    assert kind == int(gguf.GGMLQuantizationType.F32)
+    assert np.frombuffer(data, dtype=np.float32) == pytest.approx(b["lambdas"], rel=1e-6)
+    keys = fields(out)
+    assert keys["llama.context_length"] == b["target_length"] == 512
+    assert keys["llama.rope.scaling.original_context_length"] == 128
+    assert keys["llama.rope.scaling.attn_factor"] == pytest.approx(b["attention_factor"])
+    assert keys["llama.rope.scaling.factor"] == pytest.approx(4.0)
+    old = fields(model)
+    for name in ("general.name", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+                 "llama.rope.freq_base", "llama.rope.dimension_count"):
+        assert keys[name] == old[name]
+
+
+def test_phi3_gets_both_tables_and_n_hat_is_noted(jobs, tmp_path):
+    job = jobs["n_hat"]
+    model = write_model(tmp_path / "phi3.gguf", arch="phi3")
+    out = tmp_path / "out.gguf"
+    notes = export_gguf(job, model, out)
+    assert len(notes) == 1 and "n_hat = 8" in notes[0]  # llama.cpp rescales every position
+    after = tensors(out)
+    long = np.frombuffer(after["rope_factors_long.weight"][1], dtype=np.float32)
+    short = np.frombuffer(after["rope_factors_short.weight"][1], dtype=np.float32)
+    assert long == pytest.approx(best(job)["lambdas"], rel=1e-6)
+    assert np.all(short == 1.0)  # no recovery job: ones
+    assert "rope_freqs.weight" not in after
+
+
+def test_a_file_of_another_model_is_refused(jobs, tmp_path):
+    with pytest.raises(ConfigError, match="16 pairs"):
+        export_gguf(jobs["plain"], write_model(tmp_path / "m.gguf", pairs=16),
+                    tmp_path / "out.gguf")
+    with pytest.raises(ConfigError, match="gguf"):
+        export_gguf(jobs["plain"], tmp_path / "missing.gguf", tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_the_cli_writes_a_gguf_export(jobs, tmp_path, capsys):
+    from longrope_search.cli import main
+
+    job = jobs["n_hat"]
+    model = write_model(tmp_path / "in.gguf")
+    out = tmp_path / "out.gguf"
+    assert main(["export", job.name, "--results-dir", str(job.parent), "--format", "gguf",
+                 "--gguf", str(model), "-o", str(out)]) == 0
+    assert "n_hat = 8" in capsys.readouterr().err  # what llama.cpp will not do
+    data = np.frombuffer(tensors(out)["rope_freqs.weight"][1], dtype=np.float32)
+    assert data == pytest.approx(best(job)["lambdas"], rel=1e-6)
+    assert main(["export", job.name, "--results-dir", str(job.parent), "--format", "gguf"]) != 0
+    assert "--gguf IN.gguf -o OUT.gguf" in capsys.readouterr().err

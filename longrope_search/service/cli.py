@@ -169,6 +169,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "gguf":
+        return _export_gguf(args)
     if args.results_dir:  # straight from a job folder, no server needed
         from longrope_search.export import export_job
 
@@ -185,6 +187,22 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         print(json.dumps(data, indent=2))
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    """A GGUF copy of ``--gguf`` with the job's factors: from a job folder, to a file."""
+    from longrope_search.errors import ConfigError
+    from longrope_search.gguf_export import export_gguf
+
+    if args.gguf is None or args.output is None:
+        raise ConfigError("gguf", "a GGUF export reads a model file and writes another",
+                          "give --gguf IN.gguf -o OUT.gguf")
+    results = args.results_dir or Path("results")
+    short = results / args.short_from if args.short_from else None
+    for note in export_gguf(results / args.job, args.gguf, args.output, short_factors=short):
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
@@ -244,9 +262,12 @@ def add_commands(sub: Any) -> None:
         _client_options(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("export", help="factor JSON for transformers, vLLM or longrope-search")
+    p = sub.add_parser("export", help="factor JSON for transformers, vLLM or longrope-search, "
+                       "or a GGUF model for llama.cpp")
     p.add_argument("job")
-    p.add_argument("--format", choices=["hf", "vllm", "longrope"], default="hf")
+    p.add_argument("--format", choices=["hf", "vllm", "longrope", "gguf"], default="hf")
+    p.add_argument("--gguf", type=Path, default=None,
+                   help="gguf: the model's GGUF file to copy with the factors (-o: the new one)")
     p.add_argument("--config", action="store_true",
                    help="hf: the model's whole config.json, patched (drop-in)")
     p.add_argument("--short-from", default=None,

@@ -1,0 +1,131 @@
+"""GGUF out: a copy of a GGUF model carrying a finished job's factors the way llama.cpp reads them.
+
+llama.cpp keeps per-pair factors in tensors (gguf 0.19, REFERENCE.md): ``rope_freqs.weight``
+(float32, one per rotary pair; θ_i is divided by it) for Llama-family architectures, where one
+table serves every length; ``rope_factors_long.weight`` and ``rope_factors_short.weight`` for
+Phi-3, chosen once from the configured context. The export writes the factor tensor(s), the
+rope-scaling keys (``{arch}.rope.scaling.factor``, ``.attn_factor`` = m,
+``.original_context_length`` = L) and ``{arch}.context_length`` = L'; every other key and every
+tensor is copied as it is,
+quantized tensors byte for byte. What the engine will do differently from the search (n̂, a short
+table on a one-table architecture) is returned as notes, as the hf export does for n̂.
+
+The output is written to a temporary file and renamed: it is never half-written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longrope_search.errors import ConfigError
+from longrope_search.export import short_factors_for
+from longrope_search.io import atomic_write
+from longrope_search.search.jobdir import JobDir
+
+ONE_TABLE, TWO_TABLES = "rope_freqs.weight", ("rope_factors_long.weight",
+                                              "rope_factors_short.weight")
+TWO_TABLE_ARCHITECTURES = ("phi3",)
+NOTES = {
+    "n_hat": "n_hat = {n_hat} was searched, but llama.cpp rescales every position; expect the "
+             "perplexity without it ({ppl})",
+    "short": "this architecture holds one factor table: llama.cpp applies the long factors to "
+             "every length, short prompts included; the recovered short factors are not used",
+}
+
+
+def export_gguf(job_dir: str | Path, gguf_in: str | Path, gguf_out: str | Path,
+                short_factors: str | Path | None = None) -> list[str]:
+    """Write ``gguf_out``: ``gguf_in`` with the job's factors; returns notes on what the engine
+    will do differently from the search."""
+    import gguf
+
+    job_dir = Path(job_dir)
+    best = JobDir(job_dir).finished_best()
+    short = short_factors_for(job_dir, best, Path(short_factors) if short_factors else None)
+    reader = _reader(Path(gguf_in))
+    arch = reader.fields["general.architecture"].contents()
+    _check_pairs(reader, arch, len(best["lambdas"]))
+    tables = {ONE_TABLE: best["lambdas"]}
+    if arch in TWO_TABLE_ARCHITECTURES:
+        tables = dict(zip(TWO_TABLES, (best["lambdas"], short.factors), strict=True))
+    keys = {f"{arch}.context_length": (int(best["target_length"]), gguf.GGUFValueType.UINT32),
+            f"{arch}.rope.scaling.factor": (float(best["extension_ratio"]),
+                                            gguf.GGUFValueType.FLOAT32),
+            f"{arch}.rope.scaling.attn_factor": (float(best["attention_factor"]),
+                                                 gguf.GGUFValueType.FLOAT32),
+            f"{arch}.rope.scaling.original_context_length": (int(best["original_length"]),
+                                                             gguf.GGUFValueType.UINT32)}
+    atomic_write(Path(gguf_out), lambda tmp: _write(reader, arch, keys, tables, tmp))
+    return _notes(best, short.job is not None and arch not in TWO_TABLE_ARCHITECTURES)
+
+
+def _reader(path: Path) -> Any:
+    import gguf
+
+    if not path.is_file():
+        raise ConfigError("gguf", f"{path} does not exist", "give the GGUF file the job's "
+                          "model came from")
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, OSError) as e:
+        raise ConfigError("gguf", f"{path} is not a GGUF file ({e})",
+                          "give a .gguf model file") from None
+
+
+def _check_pairs(reader: Any, arch: str, pairs: int) -> None:
+    field = reader.fields.get(f"{arch}.rope.dimension_count")
+    dims = int(field.contents()) if field is not None else None
+    if dims is None:
+        raise ConfigError("gguf", f"architecture {arch!r} has no {arch}.rope.dimension_count",
+                          "export to the GGUF of a RoPE model")
+    if dims // 2 != pairs:
+        raise ConfigError("gguf", f"the file's RoPE has {dims // 2} pairs, the job's factors "
+                          f"{pairs}", "give the GGUF of the model the job searched")
+
+
+def _write(reader: Any, arch: str, keys: dict[str, tuple[Any, Any]],
+           tables: dict[str, list[float]], path: Path) -> None:
+    """The copy: keys (but ours) and tensors (but the factor tables) as they are, then ours."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path, arch)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF.") or \
+                field.name in keys:
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+    for name, (value, kind) in keys.items():
+        writer.add_key_value(name, value, kind)
+    copied = [t for t in reader.tensors if t.name not in tables and t.name not in TWO_TABLES]
+    new = {name: np.asarray(v, dtype=np.float32) for name, v in tables.items()}
+    for t in copied:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    for name, data in new.items():
+        writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes,
+                               gguf.GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in copied:
+        writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+    for data in new.values():
+        writer.write_tensor_data(data)
+    writer.close()
+
+
+def _notes(best: dict[str, Any], short_dropped: bool) -> list[str]:
+    notes = []
+    if best["n_hat"]:
+        notes.append(NOTES["n_hat"].format(n_hat=best["n_hat"],
+                                           ppl=best.get("search_ppl_without_n_hat")))
+    if short_dropped:
+        notes.append(NOTES["short"])
+    return notes
+
+
+__all__ = ["export_gguf"]
