@@ -29,7 +29,6 @@ from typing import Any
 from longrope_search.errors import ConfigError
 from longrope_search.rope import Candidate, RopeGeometry
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.recovery import SUFFIX as RECOVERY_SUFFIX
 
 FORMATS = ("hf", "vllm", "longrope")
 RECORD_FORMAT = "longrope-search/factors"
@@ -105,11 +104,10 @@ def short_factors_for(job_dir: Path, best: dict[str, Any],
     job's own recovery (a chain's short stage, or the job ``<job>-short`` beside it, see
     ``longrope-search recover``) once it has finished, else ones."""
     if short_dir is None:
-        found = job_dir / best["recovery"] if best.get("recovery") else \
-            job_dir.parent / f"{job_dir.name}{RECOVERY_SUFFIX}"  # a chain's, or the sibling
-        if JobDir(found).read_best() is None:
+        found = JobDir(job_dir).recovery(best)
+        if found.read_best() is None:
             return ShortFactors([1.0] * len(best["lambdas"]), float(best["attention_factor"]))
-        short_dir = found
+        short_dir = found.path
     short = JobDir(short_dir).finished_best()
     if short.get("factors", "long") != "short":
         raise ConfigError("short_from", f"job {short_dir.name} searched long factors",

@@ -10,6 +10,7 @@
         best.json                 the best factors and their provenance (the job finished)
         comparison.json           the best against PI, NTK and YaRN on held-out documents
         state.json                the service's view: state, progress, error, times
+    <results>/<job>-short/        its short-factor recovery job (longrope-search recover)
 
 A chained job (``stages:``) keeps each stage as a job folder of its own, except that the stages'
 tables are partitions of the chain's one dataset (``pd.read_parquet`` of ``generations`` gives
@@ -39,6 +40,7 @@ from longrope_search.io import atomic_write
 from longrope_search.search.job import JobSpec, job_from_dict
 
 TABLE_PART = "part-0.parquet"
+RECOVERY_SUFFIX = "-short"  # a long job's short-factor recovery job: <job>-short beside it
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,14 @@ class JobDir:
     @property
     def stages(self) -> Path:
         return self.path / "stages"
+
+    def recovery(self, best: dict[str, Any] | None = None) -> JobDir:
+        """The folder of this job's short-factor recovery: a chain's short stage (``best``
+        names it), else the job ``<job>-short`` beside it. It may not exist (yet)."""
+        where = best.get("recovery") if best else None
+        if where:
+            return JobDir(self.path / where)
+        return JobDir(self.path.parent / f"{self.name}{RECOVERY_SUFFIX}")
 
     def stage_tables(self, index: int) -> Path:
         return self.generations / f"stage={index:02d}"

@@ -18,8 +18,6 @@ from longrope_search.errors import ConfigError
 from longrope_search.search.job import JobSpec, job_from_dict, load_job
 from longrope_search.search.jobdir import JobDir
 
-SUFFIX = "-short"
-
 
 def recovery_spec(long_job: str | Path, **changes: Any) -> JobSpec:
     """The short-factor job of a finished long job (its folder), next to it, named
@@ -33,7 +31,7 @@ def recovery_spec(long_job: str | Path, **changes: Any) -> JobSpec:
     data = spec.to_dict()
     L = best["original_length"]
     data.update(
-        name=f"{spec.name}{SUFFIX}", factors="short", target_length=None, extension_ratio=None,
+        name=job.recovery().name, factors="short", target_length=None, extension_ratio=None,
         attention_factor=best["attention_factor"], seeds=["none"],
         seed_files=[str(job.best.resolve())], results_dir=str(job.path.parent),
         space={**data["space"], "n_hat": [0], "lambda_max": best["extension_ratio"],

@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 
 from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.recovery import SUFFIX as RECOVERY_SUFFIX
 from longrope_search.search.trial import GRADIENT, OK, PARENT
 
 COST = ("cost_tokens", "cost_spent_tokens")
@@ -298,9 +297,7 @@ def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
     comparison = job.read_comparison()
     if comparison is not None:
         out["heldout"] = comparison
-    where = record.get("recovery") if record else None  # a chain's short stage, or the sibling
-    recovery = JobDir(job.path / where if where else
-                      job.path.parent / f"{job.name}{RECOVERY_SUFFIX}").read_best()
+    recovery = job.recovery(record).read_best()
     if recovery is not None and recovery.get("factors") == "short":
         out["short_lambdas"] = [float(v) for v in recovery["lambdas"]]
         out["short_job"] = recovery.get("job")
