@@ -170,10 +170,10 @@ def _search(spec: JobSpec, args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ConfigError("workers", f"must be ≥ 1, got {args.workers}", "use --workers 1 or more")
-    check_job(spec)  # config, strategy and documents, before any weights load
+    checked = check_job(spec)  # config, strategy and documents, before any weights load
     print(f"job {spec.name}: {_describe(spec)}", file=sys.stderr)
     result = run_job(spec, evaluators=_ray_evaluators(args) if args.ray else None,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, checked=checked)
     docs = result.comparison_documents
     if docs.is_absolute() and docs.is_relative_to(Path.cwd()):
         docs = docs.relative_to(Path.cwd())

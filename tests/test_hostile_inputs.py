@@ -18,6 +18,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 import longrope_search.search.driver as driver_module
+import longrope_search.search.evaluator as evaluator_module
 from longrope_search.cli import main
 from longrope_search.search.ledger import FlockLock, Ledger, open_study
 from longrope_search.search.plan import plan_job
@@ -70,7 +71,8 @@ def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_a, **_k):
         raise AssertionError("weights were loaded before the spec was refused")
 
-    monkeypatch.setattr(driver_module, "load_model", refuse)
+    # where every in-process search loads its weights (run_job and run_search alike)
+    monkeypatch.setattr(evaluator_module, "load_model", refuse)
 
 
 CASES = bad_specs(data_files(Path("/tmp/longrope-hostile")))

@@ -20,21 +20,19 @@ factors are (``recovery``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from longrope_search.io import write_json
 from longrope_search.model import LoadedModel
 from longrope_search.rope import rescale_ratio
-from longrope_search.search.driver import SearchResult, run_search
+from longrope_search.search.driver import OnProgress, SearchResult, run_search
 from longrope_search.search.evaluator import Evaluators, local_evaluators
 from longrope_search.search.job import JobSpec, job_from_dict
 from longrope_search.search.jobdir import JobDir, claim, stage_name
-from longrope_search.search.plan import prepare
+from longrope_search.search.plan import Plan, prepare
 from longrope_search.search.recovery import recovery_spec
-
-OnProgress = Callable[[dict[str, Any]], None]
+from longrope_search.search.strategies import Strategy
 
 
 def stage_spec(chain: JobSpec, index: int) -> JobSpec:
@@ -82,49 +80,62 @@ def _mapped_seed(chain: JobSpec, index: int, previous: JobDir) -> Path:
     return path
 
 
-def check_job(spec: JobSpec) -> None:
-    """Everything cheap about a job, chained or not, before anything is written or loaded."""
+Checked = list[tuple[JobSpec, tuple[Plan, Strategy]]]  # per stage: its spec, prepared
+
+
+def check_job(spec: JobSpec) -> Checked:
+    """Everything cheap about a job, chained or not, before anything is written or loaded;
+    what was prepared, for :func:`run_job` to use instead of reading it all again."""
     if spec.stages:
-        check_chain(spec)
-    else:
-        prepare(spec)
+        return check_chain(spec)
+    return [(spec, prepare(spec))]
 
 
-def check_chain(chain: JobSpec) -> None:
+def check_chain(chain: JobSpec) -> Checked:
     """Every stage's spec, model config, strategy and documents, before any weights load (a
     short stage is checked once the stage it recovers has finished)."""
+    out = []
     for i, stage in enumerate(chain.stages):
         if stage.factors == "long" or _previous(chain, i).read_best() is not None:
-            prepare(stage_spec(chain, i))
+            spec = stage_spec(chain, i)
+            out.append((spec, prepare(spec)))
+    return out
 
 
 def run_job(spec: JobSpec, *, evaluators: Evaluators | None = None,
             loaded: LoadedModel | None = None, progress: bool = True,
-            on_progress: OnProgress | None = None) -> SearchResult:
+            on_progress: OnProgress | None = None,
+            checked: Checked | None = None) -> SearchResult:
     """Run (or resume) a job, chained or not, scoring with ``evaluators`` (default: in this
     process, on ``loaded`` or the spec's model loaded once). Everything cheap is checked before
-    an evaluator is opened."""
+    an evaluator is opened (``checked``: what :func:`check_job` returned just before, used once)."""
     evaluators = evaluators or local_evaluators(loaded)
+    checked = checked or check_job(spec)
     if spec.stages:
-        return run_chain(spec, evaluators=evaluators, progress=progress, on_progress=on_progress)
-    prepare(spec)
+        return run_chain(spec, evaluators=evaluators, progress=progress,
+                         on_progress=on_progress, checked=checked)
     with evaluators(spec) as evaluator:
-        return run_search(spec, evaluator=evaluator, progress=progress, on_progress=on_progress)
+        return run_search(spec, evaluator=evaluator, progress=progress, on_progress=on_progress,
+                          prepared=checked[0][1])
 
 
 def run_chain(chain: JobSpec, *, evaluators: Evaluators, progress: bool = True,
-              on_progress: OnProgress | None = None) -> SearchResult:
+              on_progress: OnProgress | None = None,
+              checked: Checked | None = None) -> SearchResult:
     """Run (or resume) every stage in order; returns the last long stage's search result."""
-    check_chain(chain)
+    ready = checked or check_chain(chain)
     folder = JobDir(chain.job_dir)
     claim(folder, chain)
     folder.remove_temporary()
     results = []
     for i, stage in enumerate(chain.stages):
         spec = stage_spec(chain, i)
+        # a stage checked up front as it is now is not read again (its seed may have changed)
+        prepared = next((p for s, p in ready if s == spec), None)
         with evaluators(spec) as evaluator:
             results.append((stage, run_search(spec, evaluator=evaluator, progress=progress,
-                                              on_progress=_tagged(on_progress, i, spec.name))))
+                                              on_progress=_tagged(on_progress, i, spec.name),
+                                              prepared=prepared)))
     last = next(r for st, r in reversed(results) if st.factors == "long")
     _finish(folder, JobDir(last.job_dir), [JobDir(r.job_dir) for _, r in results])
     return last
@@ -139,9 +150,10 @@ def _tagged(on_progress: OnProgress | None, index: int, name: str) -> OnProgress
 def _finish(chain: JobDir, last_long: JobDir, stages: list[JobDir]) -> None:
     """The chain's best.json and comparison.json: the last long stage's, with the stages."""
     best = last_long.finished_best()
-    best["stages"] = [{"stage": s.name, **{k: s.finished_best().get(k) for k in (
-        "factors", "extension_ratio", "target_length", "search_ppl")}} for s in stages]
-    short = [s for s in stages if s.finished_best().get("factors") == "short"]
+    records = [(s, s.finished_best()) for s in stages]
+    best["stages"] = [{"stage": s.name, **{k: r.get(k) for k in (
+        "factors", "extension_ratio", "target_length", "search_ppl")}} for s, r in records]
+    short = [s for s, r in records if r.get("factors") == "short"]
     if short:
         best["recovery"] = str(short[-1].path.relative_to(chain.path))
     comparison = last_long.read_comparison()

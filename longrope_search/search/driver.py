@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from longrope_search.errors import ConfigError
 from longrope_search.io import write_json
-from longrope_search.model import LoadedModel, load_model
+from longrope_search.model import LoadedModel
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule, prune_rule
-from longrope_search.search.evaluator import Evaluator, LocalEvaluator
+from longrope_search.search.evaluator import Evaluator, local_evaluators
 from longrope_search.search.job import JobSpec
 from longrope_search.search.jobdir import JobDir, claim
 from longrope_search.search.ledger import Ledger
@@ -296,29 +296,36 @@ class Driver:
 
 def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
                loaded: LoadedModel | None = None, progress: bool = True,
-               on_progress: OnProgress | None = None) -> SearchResult:
+               on_progress: OnProgress | None = None,
+               prepared: tuple[Plan, Strategy] | None = None) -> SearchResult:
     """Run (or resume) a job to its end with the strategy it names.
 
     Everything cheap is checked before any weights load or the job folder is written: the
-    spec, the model's config, the tokenizer and the documents. ``evaluator`` defaults to
-    scoring in this process on ``loaded`` (loaded here when not given). ``on_progress`` gets
-    the running counts after every evaluation; an exception it raises stops the search between
-    two evaluations, with everything finished so far in the ledger.
+    spec, the model's config, the tokenizer and the documents (``prepared``: what
+    :func:`~longrope_search.search.plan.prepare` gave a caller that has just checked them, so
+    they are not read twice). ``evaluator`` defaults to scoring in this process on ``loaded``
+    (loaded here when not given). ``on_progress`` gets the running counts after every
+    evaluation; an exception it raises stops the search between two evaluations, with
+    everything finished so far in the ledger.
     """
     if spec.stages:
         raise ConfigError("stages", "a chained job runs stage by stage",
                           "run it with longrope_search.search.chain.run_job (the CLI and the "
                           "service do)")
     t0 = time.time()
-    plan, strategy = prepare(spec)
+    plan, strategy = prepared or prepare(spec)
     job_dir = JobDir.of(spec)
     claim(job_dir, spec)
     job_dir.remove_temporary()  # what a killed run was writing: rewritten from the ledger
     if evaluator is None:
-        loaded = loaded or load_model(spec.model_path, dtype=spec.scoring.dtype,
-                                      device=spec.scoring.device,
-                                      trust_remote_code=spec.trust_remote_code)
-        evaluator = LocalEvaluator(plan, loaded)
+        with local_evaluators(loaded)(spec) as local:
+            return _search(plan, strategy, local, job_dir, progress, on_progress, t0)
+    return _search(plan, strategy, evaluator, job_dir, progress, on_progress, t0)
+
+
+def _search(plan: Plan, strategy: Strategy, evaluator: Evaluator, job_dir: JobDir,
+            progress: bool, on_progress: OnProgress | None, t0: float) -> SearchResult:
+    spec = plan.spec
     ledger = Ledger(job_dir.ledger, spec.name, plan.space)
     driver = Driver(plan, strategy, evaluator, ledger, job_dir, on_progress, progress)
     driver.run()
