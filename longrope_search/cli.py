@@ -42,8 +42,9 @@ def _methods(text: str) -> list[str]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, default=EMBEDDED_MODEL,
-                   help="local Hugging Face model folder (default: the embedded model)")
+    p.add_argument("--model", default=str(EMBEDDED_MODEL),
+                   help="local Hugging Face model folder, .gguf file or package:NAME/FILE "
+                        "(default: the embedded model)")
     p.add_argument("--dtype", default="auto", help="auto (bf16), float32, bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--trust-remote-code", action="store_true",
@@ -69,6 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from longrope_search.factor_file import load_factor_file
     from longrope_search.io import write_json, write_table
     from longrope_search.model import load_model, read_geometry
+    from longrope_search.model.source import ModelSource
 
     # Everything cheap is checked before the model is loaded.
     geometry = read_geometry(args.model, trust_remote_code=args.trust_remote_code)
@@ -83,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               f"longest evaluated length {max(lengths)}, so the factors would "
                               "change nothing", "evaluate longer lengths, or use a smaller n_hat")
     documents_source = args.documents or EMBEDDED_HELDOUT_DOCS
-    out = args.out or Path("results") / "eval" / Path(args.model).resolve().name
+    out = args.out or Path("results") / "eval" / ModelSource.of(args.model).name
 
     t0 = time.time()
     print(f"loading {args.model} …", file=sys.stderr)

@@ -74,18 +74,19 @@ def _factors(values: Any) -> list[float]:
 # -- reading a job folder ---------------------------------------------------------------------
 
 def _model_config(job_dir: Path) -> tuple[dict[str, Any], Any]:
-    """The job's model ``config.json`` as written on disk, and as transformers reads it."""
-    from transformers import AutoConfig
-
+    """The job's model config as written on disk (for GGUF, as transformers derives it), and as
+    transformers reads it."""
+    from longrope_search.model.source import ModelSource
     from longrope_search.search.job import load_job
 
     spec = load_job(JobDir(job_dir).spec)
-    folder = spec.model_path
-    if not (folder / "config.json").is_file():
-        raise ConfigError("model", f"the job's model folder {folder} has no config.json",
-                          "export on a machine where the job's model folder exists")
-    raw = json.loads((folder / "config.json").read_text())
-    return raw, AutoConfig.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
+    try:
+        source = ModelSource.of(spec.model_path)
+    except ConfigError as e:
+        raise ConfigError("model", f"the job's model: {e.problem}",
+                          "export on a machine where the job's model exists") from None
+    return (source.raw_config(spec.trust_remote_code),
+            source.config(spec.trust_remote_code))
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,12 @@ llama.cpp keeps per-pair factors in tensors (gguf 0.19, REFERENCE.md): ``rope_fr
 (float32, one per rotary pair; θ_i is divided by it) for Llama-family architectures, where one
 table serves every length; ``rope_factors_long.weight`` and ``rope_factors_short.weight`` for
 Phi-3, chosen once from the configured context. The export writes the factor tensor(s), the
-rope-scaling keys (``{arch}.rope.scaling.factor``, ``.attn_factor`` = m,
-``.original_context_length`` = L) and ``{arch}.context_length`` = L'; every other key and every
-tensor is copied as it is,
-quantized tensors byte for byte. What the engine will do differently from the search (n̂, a short
+rope-scaling keys (``{arch}.rope.scaling.type = none``, ``.attn_factor`` = m,
+``.original_context_length`` = L) and ``{arch}.context_length`` = L'. ``rope.scaling.factor``
+is left out on purpose: llama.cpp's default scaling type is linear, and with a factor it would
+divide every frequency by s on top of the tables (as llama.cpp's own converter, it writes no
+factor beside ``rope_freqs``). Every other key and every tensor is copied as it is, quantized
+tensors byte for byte. What the engine will do differently from the search (n̂, a short
 table on a one-table architecture) is returned as notes, as the hf export does for n̂.
 
 The output is written to a temporary file and renamed: it is never half-written.
@@ -52,8 +54,7 @@ def export_gguf(job_dir: str | Path, gguf_in: str | Path, gguf_out: str | Path,
     if arch in TWO_TABLE_ARCHITECTURES:
         tables = dict(zip(TWO_TABLES, (best["lambdas"], short.factors), strict=True))
     keys = {f"{arch}.context_length": (int(best["target_length"]), gguf.GGUFValueType.UINT32),
-            f"{arch}.rope.scaling.factor": (float(best["extension_ratio"]),
-                                            gguf.GGUFValueType.FLOAT32),
+            f"{arch}.rope.scaling.type": ("none", gguf.GGUFValueType.STRING),
             f"{arch}.rope.scaling.attn_factor": (float(best["attention_factor"]),
                                                  gguf.GGUFValueType.FLOAT32),
             f"{arch}.rope.scaling.original_context_length": (int(best["original_length"]),
@@ -94,7 +95,7 @@ def _write(reader: Any, arch: str, keys: dict[str, tuple[Any, Any]],
     writer = gguf.GGUFWriter(path, arch)
     for field in reader.fields.values():
         if field.name == "general.architecture" or field.name.startswith("GGUF.") or \
-                field.name in keys:
+                field.name in keys or field.name in _scale_keys(arch):
             continue
         kind = field.types[0]
         sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
@@ -116,6 +117,11 @@ def _write(reader: Any, arch: str, keys: dict[str, tuple[Any, Any]],
     for data in new.values():
         writer.write_tensor_data(data)
     writer.close()
+
+
+def _scale_keys(arch: str) -> tuple[str, ...]:
+    """A uniform scale the input may carry; the factors replace it (λ are relative to θ)."""
+    return f"{arch}.rope.scaling.factor", f"{arch}.rope.scale_linear"
 
 
 def _notes(best: dict[str, Any], short_dropped: bool) -> list[str]:

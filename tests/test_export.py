@@ -263,7 +263,8 @@ def test_the_factor_table_and_keys_are_set_and_everything_else_is_copied(jobs, t
     assert keys["llama.context_length"] == b["target_length"] == 512
     assert keys["llama.rope.scaling.original_context_length"] == 128
     assert keys["llama.rope.scaling.attn_factor"] == pytest.approx(b["attention_factor"])
-    assert keys["llama.rope.scaling.factor"] == pytest.approx(4.0)
+    assert keys["llama.rope.scaling.type"] == "none"  # no linear scale on top of the table
+    assert "llama.rope.scaling.factor" not in keys
     old = fields(model)
     for name in ("general.name", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
                  "llama.rope.freq_base", "llama.rope.dimension_count"):

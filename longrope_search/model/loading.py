@@ -1,4 +1,5 @@
-"""Load a local Hugging Face model folder for scoring, checking everything cheap first."""
+"""Load a local model (Hugging Face folder or GGUF file) for scoring, checking everything cheap
+first."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from longrope_search.errors import ConfigError
 from longrope_search.model.patch import find_rotary_embedding
+from longrope_search.model.source import ModelSource
 from longrope_search.rope import RopeGeometry
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,42 +78,28 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def read_geometry(path: str | Path, *, trust_remote_code: bool = False) -> RopeGeometry:
-    """The model's RoPE geometry from its ``config.json`` alone (no weights are read)."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise ConfigError("model", f"{folder} is not a folder",
-                          "point model at a local Hugging Face model folder (config.json, weights)")
-    if not (folder / "config.json").is_file():
-        raise ConfigError("model", f"{folder} has no config.json",
-                          "point model at the folder that save_pretrained wrote")
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    except ValueError as e:
-        raise ConfigError("model", f"cannot read {folder / 'config.json'}: {e}",
-                          "use a model type this transformers knows, or opt in to "
-                          "trust_remote_code for a model folder you trust") from None
-    return RopeGeometry.from_config(config)
+    """The model's RoPE geometry from its config alone (``config.json`` or the GGUF metadata; no
+    weights are read)."""
+    return RopeGeometry.from_config(ModelSource.of(path).config(trust_remote_code))
 
 
 def load_model(path: str | Path, *, dtype: str = "auto", device: str = "auto",
                device_map: str | dict[str, Any] | None = None, attn_implementation: str = "sdpa",
                trust_remote_code: bool = False) -> LoadedModel:
-    """Load model and tokenizer with plain ``from_pretrained`` from a local folder.
+    """Load model and tokenizer with plain ``from_pretrained`` from a local folder or GGUF file.
 
-    The config is checked first (folder exists, RoPE present), so a wrong path or a model
+    The config is checked first (path exists, RoPE present), so a wrong path or a model
     without RoPE fails in milliseconds rather than after loading gigabytes of weights.
     ``device_map`` (e.g. ``"auto"``) spreads the layers over every visible GPU, for models
     that fit no single one; ``device`` then only picks the dtype.
     """
-    folder = Path(path).expanduser()
-    geometry = read_geometry(folder, trust_remote_code=trust_remote_code)
+    source = ModelSource.of(path)
+    geometry = read_geometry(path, trust_remote_code=trust_remote_code)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch_dtype, attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code, device_map=device_map,
-    )
+    model = source.model(trust_remote_code, dtype=torch_dtype,
+                         attn_implementation=attn_implementation, device_map=device_map)
     model = (model if device_map is not None else model.to(dev)).eval()
     find_rotary_embedding(model)  # refuse per-layer or missing RoPE before any scoring
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    return LoadedModel(model=model, tokenizer=tokenizer, geometry=geometry, path=folder)
+    return LoadedModel(model=model, tokenizer=source.tokenizer(trust_remote_code),
+                       geometry=geometry, path=source.path)

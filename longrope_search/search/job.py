@@ -15,7 +15,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from longrope_search.defaults import EMBEDDED_HELDOUT_DOCS, EMBEDDED_MODEL, EMBEDDED_SEARCH_DOCS
+from longrope_search.defaults import (
+    EMBEDDED,
+    EMBEDDED_HELDOUT_DOCS,
+    EMBEDDED_SEARCH_DOCS,
+    model_location,
+)
 from longrope_search.errors import ConfigError
 from longrope_search.rope.attention import POLICIES
 from longrope_search.rope.seeds import SEED_NAMES
@@ -24,7 +29,6 @@ from longrope_search.search.strategies import strategy_names
 from longrope_search.search.strategies.settings import EvolutionConfig
 from longrope_search.validation import AtMost, SpecModel, config_error, spec_error
 
-EMBEDDED = "embedded"
 PATH_FIELDS = ("model", "documents", "heldout_documents")  # the spec's paths (seed_files aside)
 JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_PATH = 4096
@@ -178,7 +182,8 @@ class _JobFields(SpecModel):
     name: str = Field(pattern=JOB_NAME, description="the job's name and its folder under the "
                       "results folder: up to 64 letters, digits, '.', '_' or '-', starting with "
                       "a letter or digit")
-    model: PathText = Field(EMBEDDED, description="Hugging Face model folder, or embedded")
+    model: PathText = Field(EMBEDDED, description="Hugging Face model folder, a .gguf file, "
+                          "package:NAME/FILE (a file in an installed package), or embedded")
     documents: PathText = Field(EMBEDDED, description="search documents (a .jsonl/.parquet file "
                                 "or folder), or embedded")
     heldout_documents: PathText | None = Field(None, description="held-out documents for the "
@@ -294,7 +299,7 @@ class JobSpec(_JobFields):
     # -- resolved paths -----------------------------------------------------------------------
     @property
     def model_path(self) -> Path:
-        return EMBEDDED_MODEL if self.model == EMBEDDED else Path(self.model).expanduser()
+        return model_location(self.model)
 
     @property
     def documents_path(self) -> Path:

@@ -108,11 +108,10 @@ def comparison_documents(spec: JobSpec) -> Path:
 def check_documents(plan: Plan) -> None:
     """Tokenize the search and held-out documents (tokenizer only, no weights): refuse a job
     whose documents are missing or too short before it is accepted."""
-    from transformers import AutoTokenizer
+    from longrope_search.model.source import ModelSource
 
     spec = plan.spec
-    tokenizer = AutoTokenizer.from_pretrained(spec.model_path,
-                                              trust_remote_code=spec.trust_remote_code)
+    tokenizer = ModelSource.of(spec.model_path).tokenizer(spec.trust_remote_code)
     for field, path in (("documents", spec.documents_path),
                         ("heldout_documents", comparison_documents(spec))):
         try:
@@ -185,12 +184,10 @@ def baselines(plan: Plan) -> list[Candidate]:
 def best_record(plan: Plan, best: Candidate, ev: Evaluation) -> dict[str, Any]:
     """The searched factors in longrope-search's own format (``longrope-search eval --factors``
     reads it)."""
-    from transformers import AutoConfig
-
     from longrope_search.export import model_fingerprint, versions
+    from longrope_search.model.source import ModelSource
 
-    config = AutoConfig.from_pretrained(plan.spec.model_path,
-                                        trust_remote_code=plan.spec.trust_remote_code)
+    config = ModelSource.of(plan.spec.model_path).config(plan.spec.trust_remote_code)
     return {
         "lambdas": best.lambdas.tolist(), "n_hat": best.n_hat,
         "attention_factor": best.attention_factor,

@@ -61,7 +61,8 @@ def _spec_for_server(config: Path, name: str | None = None) -> dict[str, Any]:
     (they are relative to where the command runs, as for ``run``), renamed if asked."""
     import yaml
 
-    from longrope_search.search.job import EMBEDDED, PATH_FIELDS, job_from_dict, load_job
+    from longrope_search.defaults import is_named_location
+    from longrope_search.search.job import PATH_FIELDS, job_from_dict, load_job
 
     load_job(config)  # the same errors as `run`, before anything is sent
     data = yaml.safe_load(config.read_text())
@@ -69,7 +70,7 @@ def _spec_for_server(config: Path, name: str | None = None) -> dict[str, Any]:
         data["name"] = name
         job_from_dict(data)  # the name is checked here too
     for name in PATH_FIELDS:
-        if data.get(name) not in (None, EMBEDDED):
+        if data.get(name) is not None and not is_named_location(str(data[name])):
             data[name] = str(Path(data[name]).expanduser().resolve())
     data["seed_files"] = [str(Path(f).expanduser().resolve())
                           for f in data.get("seed_files") or []]

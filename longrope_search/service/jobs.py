@@ -20,16 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longrope_search.defaults import is_named_location
 from longrope_search.errors import ConfigError
 from longrope_search.io import write_json
 from longrope_search.search.chain import check_job
-from longrope_search.search.job import (
-    EMBEDDED,
-    PATH_FIELDS,
-    JobSpec,
-    job_from_dict,
-    load_job,
-)
+from longrope_search.search.job import PATH_FIELDS, JobSpec, job_from_dict, load_job
 from longrope_search.search.jobdir import JobDir, claim
 
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", \
@@ -113,7 +108,7 @@ def check_paths(data: dict[str, Any], data_roots: list[Path]) -> None:
     """Refuse a request whose model or documents lie outside the server's data roots."""
     for name in PATH_FIELDS:
         value = data.get(name)
-        if value is None or value == EMBEDDED:
+        if value is None or is_named_location(str(value)):
             continue
         path = Path(str(value)).expanduser().resolve()
         if not any(path.is_relative_to(root) for root in data_roots):
