@@ -290,3 +290,23 @@ def test_a_worker_killed_at_any_moment_still_completes_the_job(
     assert best["search_ppl_without_n_hat"] > 0  # the end-of-job re-score ran
     rows = json.loads((s.job_dir / "comparison.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["best", "pi", "ntk", "yarn"]
+
+
+def test_a_gguf_model_on_ray_workers(cluster, tmp_path: Path) -> None:
+    """Workers load a .gguf model as the coordinator would: the same search as in-process."""
+    from longrope_search.defaults import EMBEDDED_MODEL
+    from longrope_search.llamacpp.convert import convert_to_gguf
+
+    model = str(convert_to_gguf(EMBEDDED_MODEL, tmp_path / "embedded.gguf"))
+    small = {"model": model, "k_documents": 2, **FP32,
+             "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+                           "generations": 1}}
+    s = spec(tmp_path / "ray", name="job", **small)
+    pool = RayEvaluator(s, 2, gpus_per_worker=1)
+    try:
+        on_ray = run_search(s, evaluator=pool, progress=False)
+    finally:
+        pool.shutdown()
+    local = run_search(spec(tmp_path / "local", name="job", **small), progress=False)
+    same_best(on_ray, local)
+    assert json.loads((s.job_dir / "best.json").read_text())["model"] == model

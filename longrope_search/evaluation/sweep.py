@@ -22,7 +22,8 @@ def perplexity_by_length(
     """One row per (method, length).
 
     Seeds are rebuilt at each length ℓ for s = max(1, ℓ/L) (dynamic NTK at ℓ itself); the given
-    candidates are fixed factors and are scored as they are at every length.
+    candidates are fixed factors and are scored as they are at every length. Candidates that
+    rotate alike (every seed at ℓ ≤ L is the unmodified model) are scored once.
     """
     rows = []
     bar = tqdm(total=len(lengths) * len(documents), desc="perplexity", unit="doc",
@@ -30,11 +31,14 @@ def perplexity_by_length(
     for length in lengths:
         s = max(1.0, length / geometry.original_length)
         cands = [seed_candidate(m, geometry, s, length=length) for m in methods] + list(candidates)
+        unique = {_same_rotation(c): c for c in reversed(cands)}
         scorer = PerplexityScorer(model, geometry, documents, length=length, mode=mode,
                                   stride=stride, batch_size=batch_size)
         bar.set_postfix(length=length)
-        for res in scorer.score(cands, on_document=lambda _: bar.update()):
-            c = res.candidate
+        scored = {_same_rotation(r.candidate): r for r in
+                  scorer.score(list(unique.values()), on_document=lambda _: bar.update())}
+        for c in cands:
+            res = scored[_same_rotation(c)]
             rows.append({
                 "method": c.name, "length": length, "extension_ratio": s, "ppl": res.ppl,
                 "mean_nll": res.mean_nll, "documents": len(res.nll),
@@ -44,3 +48,7 @@ def perplexity_by_length(
             })
     bar.close()
     return rows
+
+
+def _same_rotation(c: Candidate) -> tuple[bytes, int, float]:
+    return c.lambdas.tobytes(), c.n_hat, c.attention_factor

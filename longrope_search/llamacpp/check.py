@@ -8,7 +8,7 @@ On the job's own search documents at L' (truncated, as the search scored them):
   applies: it rescales every position).
 
 The gain over YaRN, ppl(YaRN)/ppl(factors) − 1, must agree between the two within ``tolerance``
-percentage points. Measured on the embedded model at 8× (results/llamacpp_check.md): 0.00 pp with
+percentage points. Measured on the embedded model at 8× (results/llamacpp/README.md): 0.00 pp with
 a float32 GGUF, 0.01 pp with Q8_0; the default 1 pp leaves room for coarser quantizations.
 """
 
