@@ -38,16 +38,16 @@ NOTES = {
 }
 
 
-def export_gguf(job_dir: str | Path, gguf_in: str | Path, gguf_out: str | Path,
+def export_gguf(job_dir: str | Path, gguf_in: str | Path | None, gguf_out: str | Path,
                 short_factors: str | Path | None = None) -> list[str]:
-    """Write ``gguf_out``: ``gguf_in`` with the job's factors; returns notes on what the engine
-    will do differently from the search."""
+    """Write ``gguf_out``: ``gguf_in`` (default: the job's model, when it is a GGUF) with the
+    job's factors; returns notes on what the engine will do differently from the search."""
     import gguf
 
     job_dir = Path(job_dir)
     best = JobDir(job_dir).finished_best()
     short = short_factors_for(job_dir, best, Path(short_factors) if short_factors else None)
-    reader = _reader(Path(gguf_in))
+    reader = _reader(Path(gguf_in) if gguf_in is not None else job_model_gguf(job_dir))
     arch = reader.fields["general.architecture"].contents()
     _check_pairs(reader, arch, len(best["lambdas"]))
     tables = {ONE_TABLE: best["lambdas"]}
@@ -61,6 +61,18 @@ def export_gguf(job_dir: str | Path, gguf_in: str | Path, gguf_out: str | Path,
                                                              gguf.GGUFValueType.UINT32)}
     atomic_write(Path(gguf_out), lambda tmp: _write(reader, arch, keys, tables, tmp))
     return _notes(best, short.job is not None and arch not in TWO_TABLE_ARCHITECTURES)
+
+
+def job_model_gguf(job_dir: Path) -> Path:
+    """The job's model file, when the job searched a GGUF model."""
+    from longrope_search.model.source import GGUF_SUFFIX
+    from longrope_search.search.job import load_job
+
+    model = load_job(JobDir(job_dir).spec).model_path
+    if model.suffix.lower() != GGUF_SUFFIX:
+        raise ConfigError("gguf", f"job {job_dir.name} searched a model folder, not a GGUF file",
+                          "give the GGUF of that model: export --format gguf --gguf IN.gguf")
+    return model
 
 
 def _reader(path: Path) -> Any:
@@ -134,4 +146,4 @@ def _notes(best: dict[str, Any], short_dropped: bool) -> list[str]:
     return notes
 
 
-__all__ = ["export_gguf"]
+__all__ = ["export_gguf", "job_model_gguf"]

@@ -306,4 +306,8 @@ def test_the_cli_writes_a_gguf_export(jobs, tmp_path, capsys):
     data = np.frombuffer(tensors(out)["rope_freqs.weight"][1], dtype=np.float32)
     assert data == pytest.approx(best(job)["lambdas"], rel=1e-6)
     assert main(["export", job.name, "--results-dir", str(job.parent), "--format", "gguf"]) != 0
-    assert "--gguf IN.gguf -o OUT.gguf" in capsys.readouterr().err
+    assert "-o OUT.gguf" in capsys.readouterr().err
+    assert main(["export", job.name, "--results-dir", str(job.parent), "--format", "gguf",
+                 "-o", str(tmp_path / "x.gguf")]) != 0  # its model is a folder: which GGUF?
+    assert "--gguf IN.gguf" in capsys.readouterr().err
+    assert not (tmp_path / "x.gguf").exists()

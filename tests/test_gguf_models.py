@@ -50,21 +50,54 @@ def test_the_gguf_loads_as_the_folder_does(embedded_gguf, embedded):
     assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
-def test_a_search_on_a_gguf_model_and_its_exports(embedded_gguf, embedded, tmp_path):
-    gguf_job = run_job(job_from_dict(tiny(tmp_path / "a", embedded_gguf)), progress=False)
-    folder_job = run_job(job_from_dict(tiny(tmp_path / "b", EMBEDDED_MODEL)), loaded=embedded,
-                         progress=False)
-    a = json.loads((tmp_path / "a" / "g" / "best.json").read_text())
-    b = json.loads((tmp_path / "b" / "g" / "best.json").read_text())
+@pytest.fixture(scope="module")
+def gguf_job(embedded_gguf, tmp_path_factory) -> Path:
+    """A finished search whose model is the GGUF."""
+    root = tmp_path_factory.mktemp("results")
+    run_job(job_from_dict(tiny(root, embedded_gguf)), progress=False)
+    return root / "g"
+
+
+def test_a_search_on_a_gguf_model_and_its_exports(gguf_job, embedded_gguf, embedded, tmp_path):
+    run_job(job_from_dict(tiny(tmp_path, EMBEDDED_MODEL)), loaded=embedded, progress=False)
+    a = json.loads((gguf_job / "best.json").read_text())
+    b = json.loads((tmp_path / "g" / "best.json").read_text())
     assert a["model"] == str(embedded_gguf)
     assert a["lambdas"] == b["lambdas"] and a["search_ppl"] == pytest.approx(b["search_ppl"],
                                                                              rel=1e-3)
-    assert gguf_job is not None and folder_job is not None
-    config = export_job(tmp_path / "a" / "g", "hf", with_config=True)
+    config = export_job(gguf_job, "hf", with_config=True)
     assert config["model_type"] == "llama" and config["rope_parameters"]["rope_type"] == \
         "longrope"
-    record = export_job(tmp_path / "a" / "g", "longrope")
+    record = export_job(gguf_job, "longrope")
     assert record["model"]["path"] == str(embedded_gguf)
+
+
+def factor_table(path: Path) -> np.ndarray:
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    return np.asarray(tensors["rope_freqs.weight"].data)
+
+
+def test_a_gguf_job_exports_into_its_own_model_by_cli_and_api(gguf_job, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from longrope_search.cli import main
+    from longrope_search.service.app import create_app
+    from longrope_search.service.jobs import JobManager
+    from longrope_search.service.runners import local_runner
+
+    lambdas = json.loads((gguf_job / "best.json").read_text())["lambdas"]
+    out = tmp_path / "cli.gguf"
+    assert main(["export", "g", "--format", "gguf", "--results-dir", str(gguf_job.parent),
+                 "-o", str(out)]) == 0  # no --gguf: the job's model is the input
+    assert factor_table(out) == pytest.approx(lambdas, rel=1e-6)
+    manager = JobManager(gguf_job.parent, local_runner())
+    try:
+        r = TestClient(create_app(manager)).get("/api/jobs/g/export?format=gguf")
+    finally:
+        manager.close()
+    assert r.status_code == 200 and 'filename="g.gguf"' in r.headers["content-disposition"]
+    (tmp_path / "api.gguf").write_bytes(r.content)
+    assert r.content == out.read_bytes()  # the same file, whichever way it was asked for
 
 
 def test_cli_eval_on_a_gguf_model(embedded_gguf, tmp_path, capsys):

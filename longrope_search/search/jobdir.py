@@ -107,6 +107,11 @@ class JobDir:
     def state(self) -> Path:
         return self.path / "state.json"
 
+    @property
+    def gguf_export(self) -> Path:
+        """The service's GGUF export of a job whose model is a GGUF file."""
+        return self.path / "export.gguf"
+
     def remove_temporary(self) -> list[Path]:
         """Delete the temporary files of writes cut off by a kill (``.<name>.*.tmp``, see
         :func:`longrope_search.io.atomic_write`); return them."""

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from longrope_search import __version__
@@ -82,6 +82,22 @@ class LimitBody:
         refusal = JSONResponse({"detail": f"request body over {self.limit} bytes"},
                                status_code=413)
         await refusal({"type": "http"}, None, send)
+
+
+def _gguf_file(job_dir: Path, short: Path | None) -> FileResponse:
+    """The job's GGUF model with its factors, written once into the job folder (again when the
+    job's best is newer), then served as a file."""
+    from longrope_search.gguf_export import export_gguf
+    from longrope_search.search.jobdir import JobDir
+
+    files = JobDir(job_dir)
+    files.finished_best()  # an unfinished job is refused before anything is written
+    out = files.gguf_export
+    stale = not out.is_file() or out.stat().st_mtime < files.best.stat().st_mtime
+    if stale or short is not None:
+        export_gguf(job_dir, None, out, short_factors=short)
+    return FileResponse(out, media_type="application/octet-stream",
+                        filename=f"{job_dir.name}.gguf")
 
 
 def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
@@ -182,15 +198,19 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
         return manager.resume(name).summary()
 
     @app.get("/api/jobs/{name}/export", dependencies=api)
-    def export(name: str, format: str = Query("hf", pattern="^(hf|vllm|longrope)$"),
+    def export(name: str, format: str = Query("hf", pattern="^(hf|vllm|longrope|gguf)$",
+                                              description="gguf: the job's GGUF model with the "
+                                              "factors (jobs whose model is a GGUF file)"),
                config: bool = Query(False, description="hf: the whole patched config.json"),
                short_from: str | None = Query(None, pattern=JOB_NAME,
                                               description="job whose λ become short_factor"),
-               ) -> JSONResponse:
+               ) -> Response:
         from longrope_search.export import export_job
 
         job = job_of(name)
         short = job_of(short_from).dir if short_from else None
+        if format == "gguf":
+            return _gguf_file(job.dir, short)
         data = export_job(job.dir, format, with_config=config, short_factors=short)
         suffix = "config" if config and format == "hf" else format
         return JSONResponse(data, headers={

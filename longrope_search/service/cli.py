@@ -196,9 +196,9 @@ def _export_gguf(args: argparse.Namespace) -> int:
     from longrope_search.errors import ConfigError
     from longrope_search.gguf_export import export_gguf
 
-    if args.gguf is None or args.output is None:
-        raise ConfigError("gguf", "a GGUF export reads a model file and writes another",
-                          "give --gguf IN.gguf -o OUT.gguf")
+    if args.output is None:
+        raise ConfigError("output", "a GGUF export writes a model file",
+                          "give -o OUT.gguf (and --gguf IN.gguf unless the job's model is one)")
     results = args.results_dir or Path("results")
     short = results / args.short_from if args.short_from else None
     for note in export_gguf(results / args.job, args.gguf, args.output, short_factors=short):
@@ -268,7 +268,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("job")
     p.add_argument("--format", choices=["hf", "vllm", "longrope", "gguf"], default="hf")
     p.add_argument("--gguf", type=Path, default=None,
-                   help="gguf: the model's GGUF file to copy with the factors (-o: the new one)")
+                   help="gguf: the model's GGUF file to copy with the factors (-o: the new one); "
+                        "default the job's model when it is a GGUF")
     p.add_argument("--config", action="store_true",
                    help="hf: the model's whole config.json, patched (drop-in)")
     p.add_argument("--short-from", default=None,
