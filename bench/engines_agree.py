@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("eval_json", type=Path)
     ap.add_argument("--out", type=Path, required=True, help="a .md table (and .json beside it)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--methods", default=",".join(ENGINE_METHODS),
+                    help="of none, pi, yarn (none is also measured at L)")
     args = ap.parse_args()
     ev = json.loads(args.eval_json.read_text())
     source = ModelSource.of(ev["model"])
@@ -42,7 +44,7 @@ def main() -> None:
     for length in lengths:
         ids = [d[:length].tolist() for d in docs]
         s = max(1.0, length / L)
-        for method in ENGINE_METHODS if s > 1 else ("none",):
+        for method in args.methods.split(",") if s > 1 else ("none",):
             t0 = time.time()
             ppl, _ = llamacpp_ppl(source.path, ids, rope=method, extension_ratio=s,
                                   original_length=L, threads=args.threads)
