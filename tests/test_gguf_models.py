@@ -197,3 +197,30 @@ def test_package_models_are_found_inside_installed_packages(model, match):
 def test_smollm2_is_read_from_its_package():
     g = read_geometry(SMOLLM2)
     assert (g.model_type, g.base, g.original_length, g.num_pairs) == ("llama", 1e5, 8192, 32)
+
+
+def test_a_qwen2_folder_converts_too(tmp_path, embedded):
+    """Qwen2 keeps transformers' row order (llama.cpp runs it in NeoX mode) and its q/k/v biases."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=embedded.model.config.vocab_size, hidden_size=64,
+                         intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=True, rope_parameters={"rope_type": "default",
+                                                                    "rope_theta": 5e4})
+    folder = tmp_path / "qwen2"
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:  # biases are zero at init: make them count
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    embedded.tokenizer.save_pretrained(folder)
+    out = convert_to_gguf(folder, tmp_path / "qwen2.gguf")
+    assert read_geometry(out) == read_geometry(folder)
+    loaded = load_model(out, dtype="float32", device="cpu")
+    ids = torch.arange(100)[None] % config.vocab_size
+    with torch.no_grad():
+        a, b = model(ids).logits, loaded.model(ids).logits
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
