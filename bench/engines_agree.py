@@ -33,11 +33,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--methods", default=",".join(ENGINE_METHODS),
                     help="of none, pi, yarn (none is also measured at L)")
+    ap.add_argument("--lengths", default=None, help="a subset of the eval's (default all)")
     args = ap.parse_args()
     ev = json.loads(args.eval_json.read_text())
     source = ModelSource.of(ev["model"])
     L, lengths = ev["original_length"], ev["lengths"]
-    docs = load_documents(ev["documents"], source.tokenizer(), min_tokens=max(lengths),
+    if args.lengths:
+        lengths = [n for n in lengths if str(n) in args.lengths.split(",")]
+    docs = load_documents(ev["documents"], source.tokenizer(), min_tokens=max(ev["lengths"]),
                           k=ev["k"], seed=ev["seed"], max_tokens=max(lengths))
     ours = {(r["method"], r["length"]): r["ppl"] for r in ev["rows"]}
     rows = []
