@@ -65,11 +65,11 @@ def export_gguf(job_dir: str | Path, gguf_in: str | Path | None, gguf_out: str |
 
 def job_model_gguf(job_dir: Path) -> Path:
     """The job's model file, when the job searched a GGUF model."""
-    from longrope_search.model.source import GGUF_SUFFIX
+    from longrope_search.model.source import ModelSource
     from longrope_search.search.job import load_job
 
     model = load_job(JobDir(job_dir).spec).model_path
-    if model.suffix.lower() != GGUF_SUFFIX:
+    if not ModelSource(model).is_gguf:
         raise ConfigError("gguf", f"job {job_dir.name} searched a model folder, not a GGUF file",
                           "give the GGUF of that model: export --format gguf --gguf IN.gguf")
     return model

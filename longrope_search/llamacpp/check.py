@@ -59,13 +59,14 @@ def check_gguf_export(job_dir: str | Path, gguf_in: str | Path, gguf_out: str | 
               "factors": llamacpp_ppl(gguf_out, ids, threads=threads)[0]}
     gain = {"llama.cpp": 100 * (engine["yarn"] / engine["factors"] - 1),
             "search": 100 * (search["yarn"] / search["factors"] - 1)}
+    difference = abs(gain["llama.cpp"] - gain["search"])
     return {
         "job": job.path.name, "gguf_in": str(gguf_in), "gguf_out": str(gguf_out),
         "documents": len(docs), "target_length": target, "extension_ratio": s,
         "search_ppl_without_n_hat": best.get("search_ppl_without_n_hat", best["search_ppl"]),
         "llama.cpp": engine, "transformers": search, "gain_over_yarn_pct": gain,
-        "difference_pp": abs(gain["llama.cpp"] - gain["search"]), "tolerance_pp": tolerance,
-        "agrees": abs(gain["llama.cpp"] - gain["search"]) <= tolerance, "notes": notes,
+        "difference_pp": difference, "tolerance_pp": tolerance,
+        "agrees": difference <= tolerance, "notes": notes,
     }
 
 

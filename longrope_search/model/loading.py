@@ -94,7 +94,7 @@ def load_model(path: str | Path, *, dtype: str = "auto", device: str = "auto",
     that fit no single one; ``device`` then only picks the dtype.
     """
     source = ModelSource.of(path)
-    geometry = read_geometry(path, trust_remote_code=trust_remote_code)
+    geometry = RopeGeometry.from_config(source.config(trust_remote_code))
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     model = source.model(trust_remote_code, dtype=torch_dtype,

@@ -36,7 +36,7 @@ class ModelSource:
         """The source that ``model`` names (a folder, a ``.gguf`` file, ``embedded``, or
         ``package:NAME/FILE``), checked to exist and be readable without loading weights."""
         path = model_location(str(model))
-        if path.suffix.lower() == GGUF_SUFFIX:
+        if cls(path).is_gguf:
             if not path.is_file():
                 raise ConfigError("model", f"{path} does not exist",
                                   "point model at a local .gguf file or model folder")
