@@ -352,6 +352,18 @@ def test_memetic_polishes_its_best_every_g_generations_and_breeds_from_them(tmp_
     assert best_polish in set(nxt.candidate_id)  # the next top-k keeps it
 
 
+def test_memetic_at_start_polishes_the_first_generation_too(tmp_path: Path) -> None:
+    options = {"every": 3, "polish": 1, "steps": 3, "lr": 0.1, "at_start": True}
+    driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
+                            budget={"evaluations": 60})
+    driver.run()
+    t = tables(tmp_path).astype({"generation": int})
+    polished = t[t.operator == "gradient:polish"]
+    assert {0, 3} <= set(polished.generation)  # after the seeds' generation, then every 3
+    first = t[(t.generation == 0) & ~t.operator.str.startswith("gradient")]
+    assert polished[polished.generation == 0].mean_nll.min() < first.mean_nll.min()
+
+
 def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"strategy_options\.step"):
         make_driver(tmp_path, "gradient", strategy_options={"step": 3})

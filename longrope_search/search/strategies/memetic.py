@@ -1,8 +1,8 @@
 """Memetic search: Algorithm 1 whose best candidates are polished by gradient steps.
 
 Between polishes the search is Algorithm 1, generation for generation (:mod:`.evolution`).
-After every ``every``-th generation, and once more when the budget left would only just pay
-for it, the ``polish`` best candidates not polished before each take ``steps`` steps of the
+After every ``every``-th generation (and after the first, generation 0, with ``at_start``), and
+once more when the budget left would only just pay for it, the ``polish`` best candidates not polished before each take ``steps`` steps of the
 gradient strategy's projected Adam on x = log λ (:class:`~.gradient.LogLambda`):
 
     x ← Π(x − lr · Adam(λ ∘ ∂L/∂λ))
@@ -13,7 +13,8 @@ joins the generation that was polished, so the next generation's top-k keeps it 
 usual. One polish costs about ``polish × (3·steps + 1)`` complete evaluations in forward
 tokens (a gradient step is a forward and a backward, counted as three forwards).
 
-Options (``strategy_options``): ``every`` (10), ``polish`` (2), ``steps`` (8), ``lr`` (0.05).
+Options (``strategy_options``): ``every`` (10), ``polish`` (2), ``steps`` (8), ``lr`` (0.05),
+``at_start`` (false: the first polish comes after generation ``every``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ STEP_COST = 3  # a gradient step's forward tokens, in forwards (one forward, one
 class Memetic(Evolution):
     # a polish's descents take turns in the order their results arrive
     order_dependent = True
-    DEFAULTS: ClassVar[dict[str, int | float]] = {"every": 10, "polish": 2, "steps": 8,
-                                                  "lr": 0.05}
+    DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 10, "polish": 2, "steps": 8,
+                                                         "lr": 0.05, "at_start": False}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
@@ -77,12 +78,13 @@ class Memetic(Evolution):
 
     # -- when to polish -------------------------------------------------------------------------
     def _polish_due(self) -> bool:
-        """At a generation's end (all of it told), every ``every`` generations, and once when
-        another generation would leave too little budget for a polish after it."""
+        """At a generation's end (all of it told), every ``every`` generations (from generation
+        0 with ``at_start``), and once when another generation would leave too little budget
+        for a polish after it."""
         g = self.generation
         if self.to_ask or self.untold or g in self.polished_at:
             return False
-        if g > 0 and g % self.options["every"] == 0:
+        if g % self.options["every"] == 0 and (g > 0 or self.options["at_start"]):
             return True
         return not self.final_done and self._last_chance()
 
