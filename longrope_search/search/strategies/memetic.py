@@ -2,8 +2,9 @@
 
 Between polishes the search is Algorithm 1, generation for generation (:mod:`.evolution`).
 After every ``every``-th generation (and after the first, generation 0, with ``at_start``), and
-once more when the budget left would only just pay for it, the ``polish`` best candidates not polished before each take ``steps`` steps of the
-gradient strategy's projected Adam on x = log λ (:class:`~.gradient.LogLambda`):
+once more when the budget left would only just pay for it, the ``polish`` best candidates not
+polished before each take ``steps`` steps of the gradient strategy's projected Adam on
+x = log λ (:class:`~.gradient.LogLambda`):
 
     x ← Π(x − lr · Adam(λ ∘ ∂L/∂λ))
 
