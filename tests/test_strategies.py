@@ -319,19 +319,6 @@ def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
     assert best.operator == "gradient:n_hat" and best.lambdas is None  # a grid candidate
 
 
-def test_adam_with_a_shared_scale_moves_pairs_in_proportion_to_their_gradients(tmp_path: Path
-                                                                               ) -> None:
-    from longrope_search.search.strategies.gradient import Start
-
-    grad = np.array([1.0, 0.01])
-    per_pair = Start("a", np.zeros(2), 0).adam(grad, 0.1)
-    shared = Start("b", np.zeros(2), 0).adam(grad, 0.1, shared=True)
-    assert np.allclose(per_pair, 0.1)  # Adam's first step: lr on every pair
-    assert np.isclose(shared[1] / shared[0], 0.01)
-    with pytest.raises(ConfigError, match=r"strategy_options\.scale"):
-        make_driver(tmp_path, "gradient", strategy_options={"scale": "layer"})
-
-
 def test_memetic_polishes_its_best_every_g_generations_and_breeds_from_them(tmp_path: Path
                                                                             ) -> None:
     options = {"every": 2, "polish": 2, "steps": 5, "lr": 0.1}

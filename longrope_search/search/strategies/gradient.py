@@ -17,9 +17,7 @@ the sweep), the best λ found is put on the grid and scored with every n̂ of
 the space (n̂ is discrete: it is chosen by scoring, not by gradient); those grid candidates are
 the strategy's results. The attention factor stays the job's.
 
-Options (``strategy_options``): ``steps`` per start (30), ``lr`` (0.05), ``scale`` (``pair``:
-Adam's second moment per pair; ``shared``: one for all pairs, so pairs move in proportion to
-their gradients).
+Options (``strategy_options``): ``steps`` per start (30), ``lr`` (0.05).
 """
 
 from __future__ import annotations
@@ -30,13 +28,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from longrope_search.errors import ConfigError
 from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.strategies.base import SearchProblem, Strategy
 from longrope_search.search.trial import GRADIENT, OK, Evaluation, Individual
 
 BETAS, EPS = (0.9, 0.999), 1e-8
-SCALES = ("pair", "shared")  # Adam's second moment: per pair, or one for all pairs
 
 
 def isotonic(x: np.ndarray) -> np.ndarray:
@@ -66,13 +62,10 @@ class Start:
     def __post_init__(self) -> None:
         self.m1, self.m2 = np.zeros_like(self.x), np.zeros_like(self.x)
 
-    def adam(self, grad: np.ndarray, lr: float, shared: bool = False) -> np.ndarray:
-        """Adam's step; ``shared``: one second moment for all pairs (their mean), so a pair the
-        loss hardly feels moves less than one it feels strongly."""
+    def adam(self, grad: np.ndarray, lr: float) -> np.ndarray:
         self.t += 1
         self.m1 = BETAS[0] * self.m1 + (1 - BETAS[0]) * grad
-        square = np.full_like(grad, np.mean(grad**2)) if shared else grad**2
-        self.m2 = BETAS[1] * self.m2 + (1 - BETAS[1]) * square
+        self.m2 = BETAS[1] * self.m2 + (1 - BETAS[1]) * grad**2
         m1 = self.m1 / (1 - BETAS[0] ** self.t)
         m2 = self.m2 / (1 - BETAS[1] ** self.t)
         return lr * m1 / (np.sqrt(m2) + EPS)
@@ -81,12 +74,8 @@ class Start:
 class LogLambda:
     """A space's descent coordinates: x = log λ of its searched pairs, and the projection Π."""
 
-    def __init__(self, space: SearchSpace, scale: str = "pair") -> None:
-        if scale not in SCALES:
-            raise ConfigError("strategy_options.scale", f"is {scale!r}",
-                              f"use one of {list(SCALES)}")
+    def __init__(self, space: SearchSpace) -> None:
         self.space = space
-        self.shared = scale == "shared"
         lo, hi = space.bounds()
         self.bounds = lo[0] * space.step, hi[0] * space.step  # λ's, on the grid's ends
         self.low, self.high = np.log(self.bounds[0]), np.log(self.bounds[1])
@@ -126,8 +115,7 @@ class LogLambda:
         if start.best is None or evaluation.mean_nll < start.best[0]:
             start.best = (evaluation.mean_nll, x.copy())
         grad = self.searched_gradient(np.asarray(evaluation.extra["gradient"]), x)
-        move = start.adam(grad * np.exp(x), lr, self.shared)
-        start.x = np.clip(isotonic(x - move), self.low, self.high)
+        start.x = np.clip(isotonic(x - start.adam(grad * np.exp(x), lr)), self.low, self.high)
 
     def searched_gradient(self, full: np.ndarray, x: np.ndarray) -> np.ndarray:
         """∂L/∂λ of the searched pairs; in LongRoPE2 mode λ_cd also moves the pairs below it
@@ -145,13 +133,12 @@ class LogLambda:
 class GradientDescent(Strategy):
     # each descent is deterministic, but the starts take turns in the order results arrive
     order_dependent = True
-    DEFAULTS: ClassVar[dict[str, int | float | str]] = {"steps": 30, "lr": 0.05,
-                                                        "scale": "pair"}
+    DEFAULTS: ClassVar[dict[str, int | float]] = {"steps": 30, "lr": 0.05}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
         self.options = self.settings(self.DEFAULTS)
-        self.coords = LogLambda(problem.space, self.options["scale"])
+        self.coords = LogLambda(problem.space)
         self.starts = [self.coords.start(name, g) for name, g in problem.seed_candidates]
         if problem.budget is not None:  # leave room for the n̂ sweep within the budget
             room = (problem.budget - len(problem.space.n_hat_choices)) // max(1, len(self.starts))

@@ -15,8 +15,7 @@ usual. One polish costs about ``polish × (3·steps + 1)`` complete evaluations 
 tokens (a gradient step is a forward and a backward, counted as three forwards).
 
 Options (``strategy_options``): ``every`` (10), ``polish`` (2), ``steps`` (8), ``lr`` (0.05),
-``at_start`` (false: the first polish comes after generation ``every``), ``scale`` (``pair``;
-as for ``gradient``).
+``at_start`` (false: the first polish comes after generation ``every``).
 """
 
 from __future__ import annotations
@@ -36,8 +35,8 @@ STEP_COST = 3  # a gradient step's forward tokens, in forwards (one forward, one
 class Memetic(Evolution):
     # a polish's descents take turns in the order their results arrive
     order_dependent = True
-    DEFAULTS: ClassVar[dict[str, int | float | bool | str]] = {
-        "every": 10, "polish": 2, "steps": 8, "lr": 0.05, "at_start": False, "scale": "pair"}
+    DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 10, "polish": 2, "steps": 8,
+                                                         "lr": 0.05, "at_start": False}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
@@ -46,7 +45,7 @@ class Memetic(Evolution):
             if self.options[key] < 1:
                 raise ConfigError(f"strategy_options.{key}", f"is {self.options[key]}",
                                   "give a whole number ≥ 1")
-        self.coords = LogLambda(problem.space, self.options["scale"])
+        self.coords = LogLambda(problem.space)
         self.descents: list[Start] = []
         self.turns: deque[int] = deque()  # descents whose next step can be asked
         self.of: dict[str, int] = {}  # key of a step in flight → its descent
