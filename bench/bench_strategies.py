@@ -130,11 +130,11 @@ def summarize(runs: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def markdown(command: str, runs: list[dict[str, Any]], summary: pd.DataFrame,
-             base: dict[str, float], spec: JobSpec) -> str:
+             base: dict[str, float], spec: JobSpec, notes: str = "") -> str:
     lines = ["# Search strategies at equal cost", "", f"Command: `{command}`", "",
              f"Budget: {spec.budget.tokens / 1e6:.2f}M forward tokens per run (the cost of "
              f"{spec.evolution.budget} complete evaluations); curves in the PNG beside this.",
-             "",
+             "", *([notes.strip(), ""] if notes.strip() else []),
              "Held-out perplexity of the hand-made methods: "
              + ", ".join(f"{k} {v:.2f}" for k, v in base.items()) + ".", "",
              "| strategy | budget | runs | search ppl mean (min–max) | held-out ppl mean "
@@ -206,6 +206,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--report-only", action="store_true",
                     help="report the runs that finished; run nothing")
+    ap.add_argument("--notes", type=Path, default=None,
+                    help="a markdown file whose text goes into the report, above the tables")
     ap.add_argument("--partial", action="store_true",
                     help="with --report-only: also runs still going, up to the cost they reached")
     args = ap.parse_args()
@@ -242,7 +244,8 @@ def main() -> None:
     base = baselines(specs[0], loaded)
     summary = summarize(runs)
     atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text(
-        markdown(command, runs, summary, base, specs[0])))
+        markdown(command, runs, summary, base, specs[0],
+                 args.notes.read_text() if args.notes else "")))
     write_json(args.out.with_suffix(".json"), {"command": command, "baselines": base,
                                                "runs": runs})
     plot(runs, base, args.out.with_suffix(".png"))
