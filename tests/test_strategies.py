@@ -321,7 +321,7 @@ def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
 
 def test_memetic_polishes_its_best_every_g_generations_and_breeds_from_them(tmp_path: Path
                                                                             ) -> None:
-    options = {"every": 2, "polish": 2, "steps": 5, "lr": 0.1}
+    options = {"every": 2, "polish": 2, "steps": 5, "lr": 0.1, "at_start": False}
     driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
                             budget={"evaluations": 90})
     driver.run()

@@ -1,10 +1,10 @@
 """Memetic search: Algorithm 1 whose best candidates are polished by gradient steps.
 
 Between polishes the search is Algorithm 1, generation for generation (:mod:`.evolution`).
-After every ``every``-th generation (and after the first, generation 0, with ``at_start``), and
-once more when the budget left would only just pay for it, the ``polish`` best candidates not
-polished before each take ``steps`` steps of the gradient strategy's projected Adam on
-x = log λ (:class:`~.gradient.LogLambda`):
+After the first generation (generation 0, unless ``at_start`` is false), after every
+``every``-th generation, and once more when the budget left would only just pay for it, the
+``polish`` best candidates not polished before each take ``steps`` steps of the gradient
+strategy's projected Adam on x = log λ (:class:`~.gradient.LogLambda`):
 
     x ← Π(x − lr · Adam(λ ∘ ∂L/∂λ))
 
@@ -14,8 +14,8 @@ joins the generation that was polished, so the next generation's top-k keeps it 
 usual. One polish costs about ``polish × (3·steps + 1)`` complete evaluations in forward
 tokens (a gradient step is a forward and a backward, counted as three forwards).
 
-Options (``strategy_options``): ``every`` (10), ``polish`` (2), ``steps`` (8), ``lr`` (0.05),
-``at_start`` (false: the first polish comes after generation ``every``).
+Options (``strategy_options``): ``every`` (3), ``polish`` (2), ``steps`` (8), ``lr`` (0.05),
+``at_start`` (true; false: the first polish comes after generation ``every``).
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ STEP_COST = 3  # a gradient step's forward tokens, in forwards (one forward, one
 class Memetic(Evolution):
     # a polish's descents take turns in the order their results arrive
     order_dependent = True
-    DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 10, "polish": 2, "steps": 8,
-                                                         "lr": 0.05, "at_start": False}
+    # measured best on the embedded model at 8× (results/bench_strategies.md): polishing from
+    # generation 0 and every 3 generations reached at half the budget what every 10 reached
+    # with all of it
+    DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 3, "polish": 2, "steps": 8,
+                                                         "lr": 0.05, "at_start": True}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
