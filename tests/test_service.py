@@ -172,7 +172,8 @@ def test_concurrent_submissions_queue(service):
 @pytest.mark.parametrize("strategy", ["evolution", "steady", "tpe", "cmaes", "random", "memetic"])
 def test_cancel_then_resume_repeats_no_evaluation(service, strategy):
     manager, client = service
-    spec = tiny("cr", strategy=strategy,
+    options = {"steps": 2} if strategy == "memetic" else {}  # short polishes: a quick job
+    spec = tiny("cr", strategy=strategy, strategy_options=options,
                 evolution={"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
                            "generations": 3})
     assert client.post("/api/jobs", json=spec).status_code == 201
