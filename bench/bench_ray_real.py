@@ -32,7 +32,9 @@ BUDGET = {"population": 16, "mutations": 8, "crossovers": 8, "top_k": 8, "genera
 
 def job(config: Path, workers: int) -> JobSpec:
     data = yaml.safe_load(config.read_text())
-    data.update(name=f"{data['name']}-ray-{workers}w", results_dir=tempfile.mkdtemp(prefix="real-"),
+    data.pop("budget", None)  # Algorithm 1 with the small budget below, whatever the config runs
+    data.update(name=f"{data['name']}-ray-{workers}w", strategy="evolution",
+                results_dir=tempfile.mkdtemp(prefix="real-"),
                 evolution={**data.get("evolution", {}), **BUDGET},
                 scoring={**data.get("scoring", {}), "dtype": "bfloat16", "device": "cpu"})
     return job_from_dict(data)
