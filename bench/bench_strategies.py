@@ -39,7 +39,7 @@ from longrope_search.search.job import JobSpec, job_from_dict
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.plan import comparison_documents, plan_job, scorer_for
 
-CHECKPOINTS = (0.125, 0.25, 0.5, 0.75, 1.0)  # fractions of the full budget reported
+CHECKPOINTS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)  # fractions of the full budget reported
 
 
 def job(config: Path, strategy: str, seed: int, runs_dir: Path) -> JobSpec:
