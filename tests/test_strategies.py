@@ -364,6 +364,16 @@ def test_memetic_at_start_polishes_the_first_generation_too(tmp_path: Path) -> N
     assert polished[polished.generation == 0].mean_nll.min() < first.mean_nll.min()
 
 
+def test_memetic_first_steps_lengthens_the_first_polish_only(tmp_path: Path) -> None:
+    options = {"every": 3, "polish": 1, "steps": 2, "lr": 0.1, "first_steps": 5}
+    driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
+                            budget={"evaluations": 60})
+    driver.run()
+    t = tables(tmp_path).astype({"generation": int})
+    steps = t[t.operator == "gradient"].groupby("generation").size().to_dict()
+    assert steps[0] == 5 and all(n == 2 for g, n in steps.items() if g > 0), steps
+
+
 def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"strategy_options\.step"):
         make_driver(tmp_path, "gradient", strategy_options={"step": 3})

@@ -15,7 +15,8 @@ usual. One polish costs about ``polish × (3·steps + 1)`` complete evaluations 
 tokens (a gradient step is a forward and a backward, counted as three forwards).
 
 Options (``strategy_options``): ``every`` (3), ``polish`` (2), ``steps`` (8), ``lr`` (0.05),
-``at_start`` (true; false: the first polish comes after generation ``every``).
+``at_start`` (true; false: the first polish comes after generation ``every``), ``first_steps``
+(0: as ``steps``; more makes the polish after generation 0 a longer descent from the seeds).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Memetic(Evolution):
     # generation 0 and every 3 generations reached at half the budget what every 10 reached
     # with all of it
     DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 3, "polish": 2, "steps": 8,
-                                                         "lr": 0.05, "at_start": True}
+                                                         "lr": 0.05, "at_start": True,
+                                                         "first_steps": 0}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
@@ -50,6 +52,7 @@ class Memetic(Evolution):
                                   "give a whole number ≥ 1")
         self.coords = LogLambda(problem.space)
         self.descents: list[Start] = []
+        self.steps = self.options["steps"]  # steps of the current polish
         self.turns: deque[int] = deque()  # descents whose next step can be asked
         self.of: dict[str, int] = {}  # key of a step in flight → its descent
         self.polishing = False
@@ -77,7 +80,7 @@ class Memetic(Evolution):
             super().tell(individual, evaluation)
             return
         self.coords.tell(self.descents[i], individual, evaluation, self.options["lr"],
-                         self.options["steps"])
+                         self.steps)
         self.turns.append(i)
 
     # -- when to polish -------------------------------------------------------------------------
@@ -111,6 +114,8 @@ class Memetic(Evolution):
             self.started_from.add(ind.key)
             self.descents.append(self.coords.start(ind.key, ind.genome, last=ind.key))
         self.turns = deque(range(len(self.descents)))
+        first = self.generation == 0 and self.options["first_steps"] > 0
+        self.steps = self.options["first_steps"] if first else self.options["steps"]
         self.polished_at.add(self.generation)
         self.final_done = self.final_done or self._last_chance()
         self.polishing = True
@@ -119,7 +124,7 @@ class Memetic(Evolution):
         while self.turns:
             i = self.turns.popleft()
             start = self.descents[i]
-            if start.t < self.options["steps"]:
+            if start.t < self.steps:
                 ind = self.coords.step(start, self.generation)
                 self.of[ind.key] = i
                 return ind
