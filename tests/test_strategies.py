@@ -383,3 +383,5 @@ def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
         make_driver(tmp_path, "steady", strategy_options={"refresh": -2})
     with pytest.raises(ConfigError, match=r"strategy_options\.steps"):
         make_driver(tmp_path, "memetic", strategy_options={"steps": 0})
+    with pytest.raises(ConfigError, match=r"strategy_options\.first_steps"):
+        make_driver(tmp_path, "memetic", strategy_options={"first_steps": -1})

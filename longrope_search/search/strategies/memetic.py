@@ -50,6 +50,9 @@ class Memetic(Evolution):
             if self.options[key] < 1:
                 raise ConfigError(f"strategy_options.{key}", f"is {self.options[key]}",
                                   "give a whole number ≥ 1")
+        if self.options["first_steps"] < 0:
+            raise ConfigError("strategy_options.first_steps", f"is {self.options['first_steps']}",
+                              "give 0 (as steps) or a whole number ≥ 1")
         self.coords = LogLambda(problem.space)
         self.descents: list[Start] = []
         self.steps = self.options["steps"]  # steps of the current polish
