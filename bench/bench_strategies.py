@@ -42,15 +42,21 @@ from longrope_search.search.plan import comparison_documents, plan_job, scorer_f
 CHECKPOINTS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)  # fractions of the full budget reported
 
 
-def job(config: Path, strategy: str, seed: int, runs_dir: Path) -> JobSpec:
+def full_budget(base: JobSpec) -> int:
+    """Forward tokens of the config's Algorithm 1 budget in complete evaluations."""
+    return base.evolution.budget * base.k_documents * plan_job(base).target_length
+
+
+def job(config: Path, strategy: str, seed: int, runs_dir: Path, fraction: float = 1.0) -> JobSpec:
+    """The bench's job for one strategy and seed, with ``fraction`` of the full budget (a run
+    with less than all of it is its own job: a strategy plans its end by its budget)."""
     data = yaml.safe_load(config.read_text())
     base = job_from_dict(data)
-    plan = plan_job(base)
-    full = base.evolution.budget
-    tokens = full * base.k_documents * plan.target_length
-    return job_from_dict({**data, "name": f"{base.name}-{strategy}-s{seed}", "seed": seed,
-                          "strategy": strategy, "results_dir": str(runs_dir),
-                          "budget": {"evaluations": 10 * full, "tokens": tokens}})
+    short = "" if fraction == 1 else f"-b{fraction:g}"
+    return job_from_dict({**data, "name": f"{base.name}-{strategy}{short}-s{seed}",
+                          "seed": seed, "strategy": strategy, "results_dir": str(runs_dir),
+                          "budget": {"evaluations": 10 * base.evolution.budget,
+                                     "tokens": int(fraction * full_budget(base))}})
 
 
 def run(spec: JobSpec, loaded: LoadedModel) -> float:
@@ -61,16 +67,19 @@ def run(spec: JobSpec, loaded: LoadedModel) -> float:
     return time.time() - t0
 
 
-def best_so_far(tables: pd.DataFrame, budget: float, finished: bool = True) -> pd.DataFrame:
-    """Per checkpoint: the best complete candidate recorded by that cost (none for a
-    checkpoint an unfinished run has not reached)."""
+def best_so_far(tables: pd.DataFrame, budget: float, finished: bool = True,
+                limit: float | None = None) -> pd.DataFrame:
+    """Per checkpoint (a fraction of ``budget``): the best complete candidate recorded by that
+    cost; none for a checkpoint an unfinished run has not reached or past the run's own budget
+    ``limit``."""
     new = tables[(tables.operator != "parent") & (tables.status == "ok")]
     new = new.sort_values("cost_spent_tokens")
     reached = tables.cost_spent_tokens.max()
     rows = []
     for frac in CHECKPOINTS:
         seen = new[new.cost_spent_tokens <= frac * budget + 1e-9]
-        if not finished and frac * budget > reached:
+        beyond = limit is not None and frac * budget > limit + 1e-9
+        if beyond or (not finished and frac * budget > reached):
             seen = seen.iloc[:0]
         top = seen.loc[seen.mean_nll.idxmin()] if len(seen) else None
         rows.append({"fraction": frac, "cost_tokens": int(frac * budget),
@@ -130,9 +139,9 @@ def summarize(runs: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def markdown(command: str, runs: list[dict[str, Any]], summary: pd.DataFrame,
-             base: dict[str, float], spec: JobSpec, notes: str = "") -> str:
+             base: dict[str, float], spec: JobSpec, full: int, notes: str = "") -> str:
     lines = ["# Search strategies at equal cost", "", f"Command: `{command}`", "",
-             f"Budget: {spec.budget.tokens / 1e6:.2f}M forward tokens per run (the cost of "
+             f"Full budget: {full / 1e6:.2f}M forward tokens (the cost of "
              f"{spec.evolution.budget} complete evaluations); curves in the PNG beside this.",
              "", *([notes.strip(), ""] if notes.strip() else []),
              "Held-out perplexity of the hand-made methods: "
@@ -204,6 +213,9 @@ def main() -> None:
                     help="job folders (their ledgers are not committed; finished runs are)")
     ap.add_argument("--out", type=Path, default=Path("results/bench_strategies"))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ap.add_argument("--budget-fractions", default="1",
+                    help="run with these fractions of the full budget (0 < f ≤ 1); one below 1 "
+                         "makes jobs of their own, NAME-STRATEGY-bF-sSEED")
     ap.add_argument("--report-only", action="store_true",
                     help="report the runs that finished; run nothing")
     ap.add_argument("--notes", type=Path, default=None,
@@ -211,12 +223,20 @@ def main() -> None:
     ap.add_argument("--partial", action="store_true",
                     help="with --report-only: also runs still going, up to the cost they reached")
     args = ap.parse_args()
+    fractions = [float(f) for f in args.budget_fractions.split(",")]
+    if not all(0 < f <= 1 for f in fractions):
+        ap.error(f"--budget-fractions is {args.budget_fractions}: give numbers in (0, 1]")
     if args.threads:
         torch.set_num_threads(args.threads)
     command = shlex.join(["python", "bench/bench_strategies.py", *sys.argv[1:]])
     strategies = args.strategies.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    specs = [job(args.config, st, sd, args.runs_dir) for st in strategies for sd in seeds]
+    labelled = {f"{st}" + ("" if f == 1 else f" ({f:g} budget)"):
+                [job(args.config, st, sd, args.runs_dir, f) for sd in seeds]
+                for st in strategies for f in fractions}
+    specs = [spec for group in labelled.values() for spec in group]
+    label = {spec.name: lab for lab, group in labelled.items() for spec in group}
+    full = full_budget(specs[0])
     loaded = load_model(specs[0].model_path, dtype=specs[0].scoring.dtype,
                         device=specs[0].scoring.device)
     cache_path = args.runs_dir / f"{args.config.stem}.heldout.json"  # ppl by candidate
@@ -230,11 +250,11 @@ def main() -> None:
             print(f"{spec.name}: not finished, left out", file=sys.stderr)
             continue
         tables = pd.read_parquet(job_dir.generations)
-        points = best_so_far(tables, spec.budget.tokens, finished)
+        points = best_so_far(tables, full, finished, limit=spec.budget.tokens)
         points["heldout_ppl"] = heldout(spec, loaded, points, cache)
         write_json(cache_path, cache)
         new = tables[tables.operator != "parent"]
-        runs.append({"strategy": spec.strategy, "seed": spec.seed, "seconds": seconds,
+        runs.append({"strategy": label[spec.name], "seed": spec.seed, "seconds": seconds,
                      "finished": finished, "cost_spent_tokens": int(tables.cost_spent_tokens.max()),
                      "evaluations": len(new), "pruned": int((new.status == "pruned").sum()),
                      "curve": curve(tables),
@@ -244,7 +264,7 @@ def main() -> None:
     base = baselines(specs[0], loaded)
     summary = summarize(runs)
     atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text(
-        markdown(command, runs, summary, base, specs[0],
+        markdown(command, runs, summary, base, specs[0], full,
                  args.notes.read_text() if args.notes else "")))
     write_json(args.out.with_suffix(".json"), {"command": command, "baselines": base,
                                                "runs": runs})

@@ -23,12 +23,11 @@ from fastapi.staticfiles import StaticFiles
 
 from longrope_search import __version__
 from longrope_search.errors import ConfigError
-from longrope_search.search.job import JobRequest
+from longrope_search.search.job import JOB_NAME, JobRequest
 from longrope_search.service import reports
 from longrope_search.service.jobs import Job, JobConflict, JobManager
 from longrope_search.validation import config_error
 
-JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_BODY_BYTES = 1 << 20  # a job spec is a few KB; anything over 1 MiB is refused with 413
 STATIC = Path(str(files("longrope_search.service") / "static"))
 
