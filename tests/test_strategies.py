@@ -385,26 +385,3 @@ def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
         make_driver(tmp_path, "memetic", strategy_options={"steps": 0})
     with pytest.raises(ConfigError, match=r"strategy_options\.first_steps"):
         make_driver(tmp_path, "memetic", strategy_options={"first_steps": -1})
-    with pytest.raises(ConfigError, match=r"strategy_options\.decay"):
-        make_driver(tmp_path, "memetic", strategy_options={"decay": 0})
-
-
-def test_memetic_decay_shrinks_each_polish_step(tmp_path: Path) -> None:
-    options = {"every": 2, "polish": 1, "steps": 2, "lr": 0.2, "decay": 0.5}
-    driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
-                            budget={"evaluations": 60})
-    driver.run()
-    t = tables(tmp_path).astype({"generation": int})
-    steps = t[t.operator == "gradient"]  # exact λ, off the grid
-    x = {r.candidate_id: np.log(np.asarray(r.lambdas)) for r in steps.itertuples()}
-    moves = {}  # polish → the largest move of log λ in its descent's first step
-    for k, (_, rows) in enumerate(steps.groupby("generation")):
-        first = rows[~rows.parents.map(lambda p, ids=set(rows.candidate_id): p[0] in ids)]
-        second = rows[rows.parents.map(lambda p, c=first.candidate_id.iloc[0]: p[0] == c)]
-        if second.empty:  # a last polish cut to one step by the budget
-            continue
-        moves[k] = np.abs(x[second.candidate_id.iloc[0]] - x[first.candidate_id.iloc[0]]).max()
-    assert len(moves) >= 3, moves
-    for k, move in moves.items():  # Adam's first step moves each coordinate by at most lr
-        assert move <= 0.2 * 0.5**k + 1e-5, moves  # λ is stored in float32
-    assert moves[0] > 0.2 * 0.5, moves  # …and polish 0 moved more than polish 1 could

@@ -16,9 +16,7 @@ tokens (a gradient step is a forward and a backward, counted as three forwards).
 
 Options (``strategy_options``): ``every`` (3), ``polish`` (2), ``steps`` (8), ``lr`` (0.05),
 ``at_start`` (true; false: the first polish comes after generation ``every``), ``first_steps``
-(0: as ``steps``; more makes the polish after generation 0 a longer descent from the seeds),
-``decay`` (1: every polish steps at ``lr``; below 1, the k-th polish (from 0) at lr·decayᵏ, for
-smaller steps once the population is near an optimum).
+(0: as ``steps``; more makes the polish after generation 0 a longer descent from the seeds).
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ class Memetic(Evolution):
     # with all of it
     DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 3, "polish": 2, "steps": 8,
                                                          "lr": 0.05, "at_start": True,
-                                                         "first_steps": 0, "decay": 1.0}
+                                                         "first_steps": 0}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
@@ -55,13 +53,9 @@ class Memetic(Evolution):
         if self.options["first_steps"] < 0:
             raise ConfigError("strategy_options.first_steps", f"is {self.options['first_steps']}",
                               "give 0 (as steps) or a whole number ≥ 1")
-        if not 0 < self.options["decay"] <= 1:
-            raise ConfigError("strategy_options.decay", f"is {self.options['decay']}",
-                              "give a number in (0, 1]; 1 keeps lr for every polish")
         self.coords = LogLambda(problem.space)
         self.descents: list[Start] = []
         self.steps = self.options["steps"]  # steps of the current polish
-        self.lr = self.options["lr"]  # step size of the current polish
         self.turns: deque[int] = deque()  # descents whose next step can be asked
         self.of: dict[str, int] = {}  # key of a step in flight → its descent
         self.polishing = False
@@ -88,7 +82,8 @@ class Memetic(Evolution):
                 self.evaluation_tokens = max(self.evaluation_tokens, evaluation.cost_tokens)
             super().tell(individual, evaluation)
             return
-        self.coords.tell(self.descents[i], individual, evaluation, self.lr, self.steps)
+        self.coords.tell(self.descents[i], individual, evaluation, self.options["lr"],
+                         self.steps)
         self.turns.append(i)
 
     # -- when to polish -------------------------------------------------------------------------
@@ -124,7 +119,6 @@ class Memetic(Evolution):
         self.turns = deque(range(len(self.descents)))
         first = self.generation == 0 and self.options["first_steps"] > 0
         self.steps = self.options["first_steps"] if first else self.options["steps"]
-        self.lr = self.options["lr"] * self.options["decay"] ** len(self.polished_at)
         self.polished_at.add(self.generation)
         self.final_done = self.final_done or self._last_chance()
         self.polishing = True
