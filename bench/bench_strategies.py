@@ -231,7 +231,7 @@ def main() -> None:
     command = shlex.join(["python", "bench/bench_strategies.py", *sys.argv[1:]])
     strategies = args.strategies.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    labelled = {f"{st}" + ("" if f == 1 else f" ({f:g} budget)"):
+    labelled = {st + ("" if f == 1 else f" ({f:g} budget)"):
                 [job(args.config, st, sd, args.runs_dir, f) for sd in seeds]
                 for st in strategies for f in fractions}
     specs = [spec for group in labelled.values() for spec in group]
