@@ -374,20 +374,6 @@ def test_memetic_first_steps_lengthens_the_first_polish_only(tmp_path: Path) -> 
     assert steps[0] == 5 and all(n == 2 for g, n in steps.items() if g > 0), steps
 
 
-def test_memetic_spend_rest_lengthens_the_last_polish_to_the_budget(tmp_path: Path) -> None:
-    options = {"every": 2, "polish": 2, "steps": 5, "lr": 0.1, "at_start": False,
-               "spend_rest": True}
-    driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
-                            budget={"evaluations": 90})
-    driver.run()
-    t = tables(tmp_path).astype({"generation": int})
-    steps = t[t.operator == "gradient"].groupby("generation").size().to_dict()
-    # as without the option up to generation 5, where 90 − 74 evaluations remain: 2 descents
-    # of 7 steps and 2 polished points spend all 16, none is left to a cut-short generation
-    assert steps == {2: 10, 4: 10, 5: 14}, steps
-    assert len(t[t.operator != "parent"]) == 90 and t.generation.max() == 5
-
-
 def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"strategy_options\.step"):
         make_driver(tmp_path, "gradient", strategy_options={"step": 3})

@@ -16,9 +16,7 @@ tokens (a gradient step is a forward and a backward, counted as three forwards).
 
 Options (``strategy_options``): ``every`` (3), ``polish`` (2), ``steps`` (8), ``lr`` (0.05),
 ``at_start`` (true; false: the first polish comes after generation ``every``), ``first_steps``
-(0: as ``steps``; more makes the polish after generation 0 a longer descent from the seeds),
-``spend_rest`` (false; true: the last polish takes more steps, as many as the budget left pays
-for, instead of leaving it to a generation the budget cuts short).
+(0: as ``steps``; more makes the polish after generation 0 a longer descent from the seeds).
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ class Memetic(Evolution):
     # with all of it
     DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 3, "polish": 2, "steps": 8,
                                                          "lr": 0.05, "at_start": True,
-                                                         "first_steps": 0, "spend_rest": False}
+                                                         "first_steps": 0}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
@@ -122,24 +120,8 @@ class Memetic(Evolution):
         first = self.generation == 0 and self.options["first_steps"] > 0
         self.steps = self.options["first_steps"] if first else self.options["steps"]
         self.polished_at.add(self.generation)
-        if not self.final_done and self._last_chance():
-            self.final_done = True
-            if self.options["spend_rest"]:
-                self.steps = max(self.steps, self._steps_left(len(self.descents)))
+        self.final_done = self.final_done or self._last_chance()
         self.polishing = True
-
-    def _steps_left(self, descents: int) -> int:
-        """The most steps each of ``descents`` descents can take, and its polished point be
-        scored, within the budget left (evaluations, and forward tokens when counted)."""
-        if not descents:
-            return 0
-        steps = []
-        if self.problem.budget is not None:
-            steps.append((self.problem.budget - self.asked) // descents - 1)
-        if self.problem.budget_tokens is not None and self.evaluation_tokens:
-            evaluations = (self.problem.budget_tokens - self.spent) // self.evaluation_tokens
-            steps.append((evaluations // descents - 1) // STEP_COST)
-        return min(steps, default=0)
 
     def _ask_step(self) -> Individual | None:
         while self.turns:
