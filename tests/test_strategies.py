@@ -374,6 +374,19 @@ def test_memetic_first_steps_lengthens_the_first_polish_only(tmp_path: Path) -> 
     assert steps[0] == 5 and all(n == 2 for g, n in steps.items() if g > 0), steps
 
 
+def test_memetic_shortens_a_polish_the_budget_would_cut(tmp_path: Path) -> None:
+    options = {"every": 1, "polish": 1, "steps": 5, "lr": 0.1, "at_start": False}
+    driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
+                            budget={"evaluations": 50})
+    driver.run()
+    t = tables(tmp_path).astype({"generation": int})
+    steps = t[t.operator == "gradient"].groupby("generation").size().to_dict()
+    # 4 evaluations are left when generation 3's polish begins: 3 steps and its polished point
+    assert steps == {1: 5, 2: 5, 3: 3}, steps
+    assert sorted(t[t.operator == "gradient:polish"].generation) == [1, 2, 3]
+    assert len(t[t.operator != "parent"]) == 50
+
+
 def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"strategy_options\.step"):
         make_driver(tmp_path, "gradient", strategy_options={"step": 3})

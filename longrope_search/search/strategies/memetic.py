@@ -12,7 +12,8 @@ from their own λ, with their own n̂. Each descent's best point goes back on th
 scored like any child (operator ``gradient:polish``, parent = the descent's last step). It
 joins the generation that was polished, so the next generation's top-k keeps it or not as
 usual. One polish costs about ``polish × (3·steps + 1)`` complete evaluations in forward
-tokens (a gradient step is a forward and a backward, counted as three forwards).
+tokens (a gradient step is a forward and a backward, counted as three forwards). A polish takes
+fewer steps where the budget left would otherwise end it before its polished points are scored.
 
 Options (``strategy_options``): ``every`` (3), ``polish`` (2), ``steps`` (8), ``lr`` (0.05),
 ``at_start`` (true; false: the first polish comes after generation ``every``), ``first_steps``
@@ -118,10 +119,24 @@ class Memetic(Evolution):
             self.descents.append(self.coords.start(ind.key, ind.genome, last=ind.key))
         self.turns = deque(range(len(self.descents)))
         first = self.generation == 0 and self.options["first_steps"] > 0
-        self.steps = self.options["first_steps"] if first else self.options["steps"]
+        steps = self.options["first_steps"] if first else self.options["steps"]
+        # a descent the budget would cut short would never see its best point scored
+        left = self._steps_left(max(1, len(self.descents)))
+        self.steps = steps if left is None else min(steps, left)
         self.polished_at.add(self.generation)
         self.final_done = self.final_done or self._last_chance()
         self.polishing = True
+
+    def _steps_left(self, descents: int) -> int | None:
+        """The most steps each of ``descents`` descents can take with its polished point scored
+        within the budget left (evaluations, and forward tokens when counted); None: no bound."""
+        bounds = []
+        if self.problem.budget is not None:
+            bounds.append((self.problem.budget - self.asked) // descents - 1)
+        if self.problem.budget_tokens is not None and self.evaluation_tokens:
+            evaluations = (self.problem.budget_tokens - self.spent) // self.evaluation_tokens
+            bounds.append((evaluations // descents - 1) // STEP_COST)
+        return max(0, min(bounds)) if bounds else None
 
     def _ask_step(self) -> Individual | None:
         while self.turns:
