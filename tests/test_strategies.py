@@ -319,13 +319,17 @@ def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
     assert best.operator == "gradient:n_hat" and best.lambdas is None  # a grid candidate
 
 
+def memetic_tables(tmp_path: Path, evaluations: int, **options: float) -> pd.DataFrame:
+    """The tables of a memetic run (lr 0.1) on the stand-in, ``evaluations`` its budget."""
+    driver, _ = make_driver(tmp_path, "memetic", strategy_options={"lr": 0.1, **options},
+                            budget={"evaluations": evaluations})
+    driver.run()
+    return tables(tmp_path).astype({"generation": int})
+
+
 def test_memetic_polishes_its_best_every_g_generations_and_breeds_from_them(tmp_path: Path
                                                                             ) -> None:
-    options = {"every": 2, "polish": 2, "steps": 5, "lr": 0.1, "at_start": False}
-    driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
-                            budget={"evaluations": 90})
-    driver.run()
-    t = tables(tmp_path).astype({"generation": int})
+    t = memetic_tables(tmp_path, 90, every=2, polish=2, steps=5, at_start=False)
     ok = t.set_index("candidate_id").mean_nll.to_dict()
     steps = t[t.operator == "gradient"]
     polished = t[t.operator == "gradient:polish"]
@@ -353,11 +357,7 @@ def test_memetic_polishes_its_best_every_g_generations_and_breeds_from_them(tmp_
 
 
 def test_memetic_at_start_polishes_the_first_generation_too(tmp_path: Path) -> None:
-    options = {"every": 3, "polish": 1, "steps": 3, "lr": 0.1, "at_start": True}
-    driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
-                            budget={"evaluations": 60})
-    driver.run()
-    t = tables(tmp_path).astype({"generation": int})
+    t = memetic_tables(tmp_path, 60, every=3, polish=1, steps=3, at_start=True)
     polished = t[t.operator == "gradient:polish"]
     assert {0, 3} <= set(polished.generation)  # after the seeds' generation, then every 3
     first = t[(t.generation == 0) & ~t.operator.str.startswith("gradient")]
@@ -365,21 +365,13 @@ def test_memetic_at_start_polishes_the_first_generation_too(tmp_path: Path) -> N
 
 
 def test_memetic_first_steps_lengthens_the_first_polish_only(tmp_path: Path) -> None:
-    options = {"every": 3, "polish": 1, "steps": 2, "lr": 0.1, "first_steps": 5}
-    driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
-                            budget={"evaluations": 60})
-    driver.run()
-    t = tables(tmp_path).astype({"generation": int})
+    t = memetic_tables(tmp_path, 60, every=3, polish=1, steps=2, first_steps=5)
     steps = t[t.operator == "gradient"].groupby("generation").size().to_dict()
     assert steps[0] == 5 and all(n == 2 for g, n in steps.items() if g > 0), steps
 
 
 def test_memetic_shortens_a_polish_the_budget_would_cut(tmp_path: Path) -> None:
-    options = {"every": 1, "polish": 1, "steps": 5, "lr": 0.1, "at_start": False}
-    driver, _ = make_driver(tmp_path, "memetic", strategy_options=options,
-                            budget={"evaluations": 50})
-    driver.run()
-    t = tables(tmp_path).astype({"generation": int})
+    t = memetic_tables(tmp_path, 50, every=1, polish=1, steps=5, at_start=False)
     steps = t[t.operator == "gradient"].groupby("generation").size().to_dict()
     # 4 evaluations are left when generation 3's polish begins: 3 steps and its polished point
     assert steps == {1: 5, 2: 5, 3: 3}, steps
