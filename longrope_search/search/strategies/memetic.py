@@ -100,15 +100,9 @@ class Memetic(Evolution):
         return not self.final_done and self._last_chance()
 
     def _last_chance(self) -> bool:
-        cfg, o = self.problem.evolution, self.options
-        children = cfg.mutations + cfg.crossovers
-        polish = o["polish"] * (o["steps"] + 1)
-        budget = self.problem.budget
-        if budget is not None and budget - self.asked < children + polish:
-            return True
-        tokens = self.problem.budget_tokens
-        cost = (children + o["polish"] * (STEP_COST * o["steps"] + 1)) * self.evaluation_tokens
-        return tokens is not None and tokens - self.spent < cost
+        """True when another generation would leave too little budget for a whole polish."""
+        left = self._steps_left(self.options["polish"], reserve=self.problem.evolution.children)
+        return left is not None and left < self.options["steps"]
 
     # -- a polish -------------------------------------------------------------------------------
     def _begin_polish(self) -> None:
@@ -127,15 +121,16 @@ class Memetic(Evolution):
         self.final_done = self.final_done or self._last_chance()
         self.polishing = True
 
-    def _steps_left(self, descents: int) -> int | None:
-        """The most steps each of ``descents`` descents can take with its polished point scored
-        within the budget left (evaluations, and forward tokens when counted); None: no bound."""
+    def _steps_left(self, descents: int, reserve: int = 0) -> int | None:
+        """The most steps each of ``descents`` descents can take with its polished point scored,
+        within the budget left after ``reserve`` more evaluations (evaluations, and forward
+        tokens when counted); None: no bound."""
         bounds = []
         if self.problem.budget is not None:
-            bounds.append((self.problem.budget - self.asked) // descents - 1)
+            bounds.append((self.problem.budget - self.asked - reserve) // descents - 1)
         if self.problem.budget_tokens is not None and self.evaluation_tokens:
             evaluations = (self.problem.budget_tokens - self.spent) // self.evaluation_tokens
-            bounds.append((evaluations // descents - 1) // STEP_COST)
+            bounds.append(((evaluations - reserve) // descents - 1) // STEP_COST)
         return max(0, min(bounds)) if bounds else None
 
     def _ask_step(self) -> Individual | None:
