@@ -20,6 +20,7 @@ import argparse
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +49,29 @@ def windows(plan: Plan, loaded: LoadedModel) -> list[torch.Tensor]:
     return out
 
 
-def descend(arm: str, plan: Plan, loaded: LoadedModel, steps: int, report: int
-            ) -> list[dict]:
+@dataclass
+class Setting:
+    """What both arms share, built once: the model, its two scorers, the window pool."""
+
+    plan: Plan
+    loaded: LoadedModel
+    search: PerplexityScorer
+    heldout: PerplexityScorer
+    pool: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, plan: Plan) -> Setting:
+        spec = plan.spec
+        loaded = load_model(spec.model_path, dtype=spec.scoring.dtype,
+                            device=spec.scoring.device)
+        return cls(plan, loaded, scorer_for(plan, loaded),
+                   scorer_for(plan, loaded, comparison_documents(spec)), windows(plan, loaded))
+
+
+def descend(arm: str, setting: Setting, steps: int, report: int) -> list[dict]:
     """``steps`` steps of one arm; its search and held-out ppl every ``report`` steps."""
-    search = scorer_for(plan, loaded)
-    heldout = scorer_for(plan, loaded, comparison_documents(plan.spec))
-    pool, rng = windows(plan, loaded), np.random.default_rng(0)
+    plan, loaded, search, heldout = setting.plan, setting.loaded, setting.search, setting.heldout
+    pool, rng = setting.pool, np.random.default_rng(0)
     yarn = seed_candidate("yarn", plan.geometry, plan.extension_ratio)
     start = Start(arm, np.log(np.asarray(yarn.lambdas, dtype=np.float64)), 0)
     low, high = np.log(plan.space.lambda_min), np.log(plan.space.lambda_max)
@@ -86,10 +104,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    plan = plan_job(load_job(args.config))
-    spec = plan.spec
-    loaded = load_model(spec.model_path, dtype=spec.scoring.dtype, device=spec.scoring.device)
-    rows = [r for arm in ("fixed", "pool") for r in descend(arm, plan, loaded, args.steps,
+    setting = Setting.of(plan_job(load_job(args.config)))
+    rows = [r for arm in ("fixed", "pool") for r in descend(arm, setting, args.steps,
                                                            args.report)]
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     write_json(args.out.with_suffix(".json"), {"command": command, "rows": rows})
