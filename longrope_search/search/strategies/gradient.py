@@ -55,7 +55,8 @@ class Start:
     n_hat: int
     m1: np.ndarray = field(init=False)
     m2: np.ndarray = field(init=False)
-    t: int = 0
+    t: int = 0  # steps taken
+    age: int = 0  # Adam's step count: t, plus that of a descent whose moments it took over
     last: str = ""  # key of its previous step
     best: tuple[float, np.ndarray] | None = None
 
@@ -64,11 +65,16 @@ class Start:
 
     def adam(self, grad: np.ndarray, lr: float) -> np.ndarray:
         self.t += 1
+        self.age += 1
         self.m1 = BETAS[0] * self.m1 + (1 - BETAS[0]) * grad
         self.m2 = BETAS[1] * self.m2 + (1 - BETAS[1]) * grad**2
-        m1 = self.m1 / (1 - BETAS[0] ** self.t)
-        m2 = self.m2 / (1 - BETAS[1] ** self.t)
+        m1 = self.m1 / (1 - BETAS[0] ** self.age)
+        m2 = self.m2 / (1 - BETAS[1] ** self.age)
         return lr * m1 / (np.sqrt(m2) + EPS)
+
+    def take_moments(self, other: Start) -> None:
+        """Go on with ``other``'s Adam moments, as if its descent continued from here."""
+        self.m1, self.m2, self.age = other.m1.copy(), other.m2.copy(), other.age
 
 
 class LogLambda:
@@ -80,9 +86,12 @@ class LogLambda:
         self.bounds = lo[0] * space.step, hi[0] * space.step  # λ's, on the grid's ends
         self.low, self.high = np.log(self.bounds[0]), np.log(self.bounds[1])
 
+    def position(self, genome: Genome) -> np.ndarray:
+        """x = log λ of the searched pairs."""
+        return np.log(self.space.lambdas(genome)[self.space.searched])
+
     def start(self, name: str, genome: Genome, last: str = "") -> Start:
-        return Start(name, np.log(self.space.lambdas(genome)[self.space.searched]),
-                     genome.n_hat, last=last)
+        return Start(name, self.position(genome), genome.n_hat, last=last)
 
     def lambdas(self, x: np.ndarray) -> np.ndarray:
         # exp(log b) may miss b by an ulp

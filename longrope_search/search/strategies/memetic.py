@@ -17,13 +17,19 @@ fewer steps where the budget left would otherwise end it before its polished poi
 
 Options (``strategy_options``): ``every`` (3), ``polish`` (2), ``steps`` (8), ``lr`` (0.05),
 ``at_start`` (true; false: the first polish comes after generation ``every``), ``first_steps``
-(0: as ``steps``; more makes the polish after generation 0 a longer descent from the seeds).
+(0: as ``steps``; more makes the polish after generation 0 a longer descent from the seeds),
+``diverse`` (0: a polish starts from its best candidates; n ≥ 2: from the best, then each time
+from the one of the n best farthest in x from the starts chosen, max-min), ``resume`` (false;
+true: a descent from a polished point takes over its descent's Adam moments instead of
+starting them at zero, so its first step is not a step of lr on every pair).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from typing import ClassVar
+
+import numpy as np
 
 from longrope_search.errors import ConfigError
 from longrope_search.search.strategies.base import SearchProblem
@@ -42,7 +48,8 @@ class Memetic(Evolution):
     # with all of it
     DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 3, "polish": 2, "steps": 8,
                                                          "lr": 0.05, "at_start": True,
-                                                         "first_steps": 0}
+                                                         "first_steps": 0, "diverse": 0,
+                                                         "resume": False}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
@@ -51,9 +58,10 @@ class Memetic(Evolution):
             if self.options[key] < 1:
                 raise ConfigError(f"strategy_options.{key}", f"is {self.options[key]}",
                                   "give a whole number ≥ 1")
-        if self.options["first_steps"] < 0:
-            raise ConfigError("strategy_options.first_steps", f"is {self.options['first_steps']}",
-                              "give 0 (as steps) or a whole number ≥ 1")
+        for key, off in (("first_steps", "0 (as steps)"), ("diverse", "0 (by rank)")):
+            if self.options[key] < 0:
+                raise ConfigError(f"strategy_options.{key}", f"is {self.options[key]}",
+                                  f"give {off} or a whole number ≥ 1")
         self.coords = LogLambda(problem.space)
         self.descents: list[Start] = []
         self.steps = self.options["steps"]  # steps of the current polish
@@ -62,6 +70,7 @@ class Memetic(Evolution):
         self.polishing = False
         self.polished_at: set[int] = set()  # generations after which a polish ran
         self.started_from: set[str] = set()  # keys a descent started from
+        self.polished_by: dict[str, Start] = {}  # key of a polished point → its descent
         self.final_done = False
         self.asked = 0  # new candidates asked
         self.spent = 0  # forward tokens told
@@ -108,9 +117,12 @@ class Memetic(Evolution):
     def _begin_polish(self) -> None:
         top = [i for i in ranked(self.members, self.results) if i.key not in self.started_from]
         self.descents = []
-        for ind in top[: self.options["polish"]]:
+        for ind in self._starts(top):
             self.started_from.add(ind.key)
-            self.descents.append(self.coords.start(ind.key, ind.genome, last=ind.key))
+            start = self.coords.start(ind.key, ind.genome, last=ind.key)
+            if self.options["resume"] and ind.key in self.polished_by:
+                start.take_moments(self.polished_by[ind.key])
+            self.descents.append(start)
         self.turns = deque(range(len(self.descents)))
         first = self.generation == 0 and self.options["first_steps"] > 0
         steps = self.options["first_steps"] if first else self.options["steps"]
@@ -120,6 +132,22 @@ class Memetic(Evolution):
         self.polished_at.add(self.generation)
         self.final_done = self.final_done or self._last_chance()
         self.polishing = True
+
+    def _starts(self, top: list[Individual]) -> list[Individual]:
+        """The ``polish`` best of ``top`` (ranked), or with ``diverse`` = n the best, then each
+        time the one of the n best whose nearest chosen start is farthest (L2 in x = log λ)."""
+        n = self.options["polish"]
+        pool = top[: max(n, self.options["diverse"])]
+        if not self.options["diverse"]:
+            return pool[:n]
+        x = {ind.key: self.coords.position(ind.genome) for ind in pool}
+        chosen, rest = pool[:1], pool[1:]
+        while rest and len(chosen) < n:
+            far = max(rest, key=lambda c: min(float(np.linalg.norm(x[c.key] - x[s.key]))
+                                              for s in chosen))
+            chosen.append(far)
+            rest.remove(far)
+        return chosen
 
     def _steps_left(self, descents: int, reserve: int = 0) -> int | None:
         """The most steps each of ``descents`` descents can take with its polished point scored,
@@ -158,5 +186,6 @@ class Memetic(Evolution):
             genome = self.coords.on_grid(start.best[1], start.n_hat)
             if genome.key not in self.seen:
                 self.seen.add(genome.key)
+                self.polished_by[genome.key] = start
                 out.append(Individual(genome, self.generation, "gradient:polish", (start.last,)))
         return out
