@@ -319,7 +319,7 @@ def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
     assert best.operator == "gradient:n_hat" and best.lambdas is None  # a grid candidate
 
 
-def memetic_tables(tmp_path: Path, evaluations: int, **options: float | bool) -> pd.DataFrame:
+def memetic_tables(tmp_path: Path, evaluations: int, **options: float) -> pd.DataFrame:
     """The tables of a memetic run (lr 0.1) on the stand-in, ``evaluations`` its budget."""
     driver, _ = make_driver(tmp_path, "memetic", strategy_options={"lr": 0.1, **options},
                             budget={"evaluations": evaluations})
@@ -400,33 +400,6 @@ def test_memetic_diverse_starts_from_the_best_then_the_farthest_of_the_n_best(tm
         far = max(pool[1:], key=lambda k, b=pool[0]: float(np.linalg.norm(x[k] - x[b])))
         assert starts == {pool[0], far} and far != pool[1], g
         started |= starts
-
-
-def test_memetic_resume_carries_a_descents_adam_moments_on(tmp_path: Path) -> None:
-    from longrope_search.search.strategies.gradient import Start
-
-    rng = np.random.default_rng(0)
-    grads = rng.normal(size=(4, 6))
-    whole, first = Start("a", np.zeros(6), 0), Start("b", np.zeros(6), 0)
-    moves = [whole.adam(g, 0.1) for g in grads]
-    for g in grads[:3]:
-        first.adam(g, 0.1)
-    later = Start("c", np.ones(6), 0)
-    later.take_moments(first)
-    assert np.allclose(later.adam(grads[3], 0.1), moves[3]) and later.t == 1
-    runs = {}
-    for resume in (False, True):
-        t = memetic_tables(tmp_path / str(resume), 40, every=2, polish=1, steps=3, resume=resume)
-        rows = t[(t.operator == "gradient") & (t.generation == 2)]
-        start = rows[~rows.parents.str[0].isin(set(rows.candidate_id))]
-        assert start.parents.str[0].isin(set(t[t.operator == "gradient:polish"].candidate_id)
-                                         ).all()  # generation 2 descends from a polished point
-        path = [start.iloc[0]]
-        while len(nxt := rows[rows.parents.str[0] == path[-1].candidate_id]):
-            path.append(nxt.iloc[0])
-        runs[resume] = [np.asarray(r.lambdas) for r in path]
-    assert np.array_equal(runs[False][0], runs[True][0])  # the same start…
-    assert not np.allclose(runs[False][1], runs[True][1])  # …a first step of other moments
 
 
 def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:

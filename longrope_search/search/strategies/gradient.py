@@ -55,8 +55,7 @@ class Start:
     n_hat: int
     m1: np.ndarray = field(init=False)
     m2: np.ndarray = field(init=False)
-    t: int = 0  # steps taken
-    age: int = 0  # Adam's step count: t, plus that of a descent whose moments it took over
+    t: int = 0
     last: str = ""  # key of its previous step
     best: tuple[float, np.ndarray] | None = None
 
@@ -65,16 +64,11 @@ class Start:
 
     def adam(self, grad: np.ndarray, lr: float) -> np.ndarray:
         self.t += 1
-        self.age += 1
         self.m1 = BETAS[0] * self.m1 + (1 - BETAS[0]) * grad
         self.m2 = BETAS[1] * self.m2 + (1 - BETAS[1]) * grad**2
-        m1 = self.m1 / (1 - BETAS[0] ** self.age)
-        m2 = self.m2 / (1 - BETAS[1] ** self.age)
+        m1 = self.m1 / (1 - BETAS[0] ** self.t)
+        m2 = self.m2 / (1 - BETAS[1] ** self.t)
         return lr * m1 / (np.sqrt(m2) + EPS)
-
-    def take_moments(self, other: Start) -> None:
-        """Go on with ``other``'s Adam moments, as if its descent continued from here."""
-        self.m1, self.m2, self.age = other.m1.copy(), other.m2.copy(), other.age
 
 
 class LogLambda:

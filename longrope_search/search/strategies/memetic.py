@@ -19,9 +19,7 @@ Options (``strategy_options``): ``every`` (3), ``polish`` (2), ``steps`` (8), ``
 ``at_start`` (true; false: the first polish comes after generation ``every``), ``first_steps``
 (0: as ``steps``; more makes the polish after generation 0 a longer descent from the seeds),
 ``diverse`` (0: a polish starts from its best candidates; n ≥ 2: from the best, then each time
-from the one of the n best farthest in x from the starts chosen, max-min), ``resume`` (false;
-true: a descent from a polished point takes over its descent's Adam moments instead of
-starting them at zero, so its first step is not a step of lr on every pair).
+from the one of the n best farthest in x from the starts chosen, max-min).
 """
 
 from __future__ import annotations
@@ -48,8 +46,7 @@ class Memetic(Evolution):
     # with all of it
     DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 3, "polish": 2, "steps": 8,
                                                          "lr": 0.05, "at_start": True,
-                                                         "first_steps": 0, "diverse": 0,
-                                                         "resume": False}
+                                                         "first_steps": 0, "diverse": 0}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
@@ -70,7 +67,6 @@ class Memetic(Evolution):
         self.polishing = False
         self.polished_at: set[int] = set()  # generations after which a polish ran
         self.started_from: set[str] = set()  # keys a descent started from
-        self.polished_by: dict[str, Start] = {}  # key of a polished point → its descent
         self.final_done = False
         self.asked = 0  # new candidates asked
         self.spent = 0  # forward tokens told
@@ -119,10 +115,7 @@ class Memetic(Evolution):
         self.descents = []
         for ind in self._starts(top):
             self.started_from.add(ind.key)
-            start = self.coords.start(ind.key, ind.genome, last=ind.key)
-            if self.options["resume"] and ind.key in self.polished_by:
-                start.take_moments(self.polished_by[ind.key])
-            self.descents.append(start)
+            self.descents.append(self.coords.start(ind.key, ind.genome, last=ind.key))
         self.turns = deque(range(len(self.descents)))
         first = self.generation == 0 and self.options["first_steps"] > 0
         steps = self.options["first_steps"] if first else self.options["steps"]
@@ -186,6 +179,5 @@ class Memetic(Evolution):
             genome = self.coords.on_grid(start.best[1], start.n_hat)
             if genome.key not in self.seen:
                 self.seen.add(genome.key)
-                self.polished_by[genome.key] = start
                 out.append(Individual(genome, self.generation, "gradient:polish", (start.last,)))
         return out
