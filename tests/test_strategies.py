@@ -319,11 +319,17 @@ def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
     assert best.operator == "gradient:n_hat" and best.lambdas is None  # a grid candidate
 
 
-def memetic_tables(tmp_path: Path, evaluations: int, **options: float) -> pd.DataFrame:
-    """The tables of a memetic run (lr 0.1) on the stand-in, ``evaluations`` its budget."""
+def memetic_run(tmp_path: Path, evaluations: int, **options: float) -> Driver:
+    """A finished memetic run (lr 0.1) on the stand-in, ``evaluations`` its budget."""
     driver, _ = make_driver(tmp_path, "memetic", strategy_options={"lr": 0.1, **options},
                             budget={"evaluations": evaluations})
     driver.run()
+    return driver
+
+
+def memetic_tables(tmp_path: Path, evaluations: int, **options: float) -> pd.DataFrame:
+    """The tables of :func:`memetic_run`."""
+    memetic_run(tmp_path, evaluations, **options)
     return tables(tmp_path).astype({"generation": int})
 
 
@@ -381,10 +387,7 @@ def test_memetic_shortens_a_polish_the_budget_would_cut(tmp_path: Path) -> None:
 
 def test_memetic_diverse_starts_from_the_best_then_the_farthest_of_the_n_best(tmp_path: Path
                                                                             ) -> None:
-    driver, _ = make_driver(tmp_path, "memetic", budget={"evaluations": 60},
-                            strategy_options={"lr": 0.1, "every": 2, "polish": 2, "steps": 2,
-                                              "diverse": 5})
-    driver.run()
+    driver = memetic_run(tmp_path, 60, every=2, polish=2, steps=2, diverse=5)
     t = tables(tmp_path).astype({"generation": int})
     searched = driver.plan.space.searched
     x = {k: np.log(np.asarray(lam)[searched]) for k, lam in zip(t.candidate_id, t.lambdas,

@@ -130,9 +130,9 @@ class Memetic(Evolution):
         """The ``polish`` best of ``top`` (ranked), or with ``diverse`` = n the best, then each
         time the one of the n best whose nearest chosen start is farthest (L2 in x = log λ)."""
         n = self.options["polish"]
-        pool = top[: max(n, self.options["diverse"])]
         if not self.options["diverse"]:
-            return pool[:n]
+            return top[:n]
+        pool = top[: max(n, self.options["diverse"])]
         x = {ind.key: self.coords.position(ind.genome) for ind in pool}
         chosen, rest = pool[:1], pool[1:]
         while rest and len(chosen) < n:
