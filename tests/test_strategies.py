@@ -319,7 +319,7 @@ def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
     assert best.operator == "gradient:n_hat" and best.lambdas is None  # a grid candidate
 
 
-def memetic_run(tmp_path: Path, evaluations: int, **options: float) -> Driver:
+def memetic_run(tmp_path: Path, evaluations: int, **options: float | bool) -> Driver:
     """A finished memetic run (lr 0.1) on the stand-in, ``evaluations`` its budget."""
     driver, _ = make_driver(tmp_path, "memetic", strategy_options={"lr": 0.1, **options},
                             budget={"evaluations": evaluations})
@@ -327,7 +327,8 @@ def memetic_run(tmp_path: Path, evaluations: int, **options: float) -> Driver:
     return driver
 
 
-def memetic_tables(tmp_path: Path, evaluations: int, **options: float) -> pd.DataFrame:
+def memetic_tables(tmp_path: Path, evaluations: int, **options: float | bool
+                   ) -> pd.DataFrame:
     """The tables of :func:`memetic_run`."""
     memetic_run(tmp_path, evaluations, **options)
     return tables(tmp_path).astype({"generation": int})

@@ -55,7 +55,7 @@ class Start:
     n_hat: int
     m1: np.ndarray = field(init=False)
     m2: np.ndarray = field(init=False)
-    t: int = 0
+    t: int = 0  # steps taken
     last: str = ""  # key of its previous step
     best: tuple[float, np.ndarray] | None = None
 
