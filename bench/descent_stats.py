@@ -9,6 +9,11 @@ given, the mean of:
 * snap:   exp(NLL of its polished point − its lowest NLL) − 1, over polished points that were
   scored in full (none where the grid point had been seen before, or was pruned).
 
+With ``--rescore``, points built from each descent's iterates x = log λ are scored on the job's
+search documents and compared with its best iterate x_b (exp(NLL − lowest NLL) − 1): the mean
+of its last 3 and last 5 iterates, an exponential average (weights ½ per step back), and the
+extrapolations Π(x_b + α·(x_b − x_0)), α = ½ and 1, past its best along its whole move.
+
     python bench/descent_stats.py results/bench_strategies/embedded-8x-memetic-b0.25-s* \
         results/bench_strategies/embedded-8x-memetic-s? --paths
 """
@@ -20,8 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+import yaml
 
+from longrope_search.model import load_model
+from longrope_search.rope import Candidate
+from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
+from longrope_search.search.plan import plan_job, scorer_for
+from longrope_search.search.strategies.gradient import isotonic
 
 
 def descents(tables: pd.DataFrame) -> list[pd.DataFrame]:
@@ -49,11 +61,48 @@ def describe(path: pd.DataFrame, tables: pd.DataFrame) -> dict[str, float]:
             "polished": " ".join(f"{v:.2f}" for v in np.exp(polished.mean_nll))}
 
 
+def iterate_points(path: pd.DataFrame) -> dict[str, np.ndarray]:
+    """λ of the points built from one descent's iterates (see the module)."""
+    x = np.log(np.stack([np.asarray(lam) for lam in path.lambdas]))  # (steps, pairs)
+    weights = 0.5 ** np.arange(len(x))[::-1]
+    best = x[int(np.argmin(path.mean_nll.to_numpy()))]
+    points = {"mean of last 3": x[-3:].mean(0), "mean of last 5": x[-5:].mean(0),
+              "exponential average": weights @ x / weights.sum()}
+    points |= {f"extrapolated α={a:g}": isotonic(best + a * (best - x[0])) for a in (0.5, 1)}
+    return {name: np.exp(v) for name, v in points.items()}
+
+
+def rescore(jobs: list[Path]) -> pd.DataFrame:
+    """Each descent's iterate points against its best iterate, scored on its job's documents."""
+    rows = []
+    for job in jobs:
+        spec = job_from_dict(yaml.safe_load(JobDir(job).spec.read_text()))
+        plan = plan_job(spec)
+        loaded = load_model(spec.model_path, dtype=spec.scoring.dtype,
+                            device=spec.scoring.device)
+        scorer = scorer_for(plan, loaded)
+        for path in descents(pd.read_parquet(JobDir(job).generations)):
+            if len(path) < 5:
+                continue
+            first = path.iloc[0]
+            cands = [Candidate(lam, int(first.n_hat), float(first.attention_factor), name)
+                     for name, lam in iterate_points(path).items()]
+            lowest = path.mean_nll.min()
+            rows += [{"job": job.name, "point": r.candidate.name,
+                      "vs best": np.exp(r.mean_nll - lowest) - 1} for r in scorer.score(cands)]
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("jobs", nargs="+", type=Path, help="job folders")
     ap.add_argument("--paths", action="store_true", help="also each descent's search ppl")
+    ap.add_argument("--rescore", action="store_true",
+                    help="also score averages and extrapolations of each descent's iterates")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     for job in args.jobs:
         tables = pd.read_parquet(JobDir(job).generations)
@@ -65,6 +114,11 @@ def main() -> None:
           f"first step uphill {table.uphill.mean():.0%}, snap {table.snap.mean():+.2%} "
           f"({table.snap.min():+.2%} to {table.snap.max():+.2%}, "
           f"{table.snap.notna().sum()} polished points)")
+    if args.rescore:
+        points = rescore(args.jobs).groupby("point", sort=False)["vs best"]
+        print(pd.DataFrame({"mean": points.mean(), "median": points.median(),
+                            "below best": points.apply(lambda d: f"{(d < 0).sum()}/{len(d)}")
+                            }).to_string(float_format=lambda v: f"{v:+.2%}"))
 
 
 if __name__ == "__main__":
