@@ -1,17 +1,21 @@
-"""Would gradient steps on more text generalise better? A descent's held-out perplexity when
-each step's gradient comes from the search documents (as `gradient` and `memetic` do) or from
-8 random windows of the search files that the fitness never reads.
+"""Would gradient steps on other text, or on less of it, do better? A descent's search and
+held-out perplexity when each step's gradient comes from the search documents (as `gradient`
+and `memetic` do), from 8 random windows of the search files that the fitness never reads, or
+from half of the search documents at a time (twice the steps for the same cost).
 
 Both arms start at YaRN (n̂ = 0, the job's attention factor) and take the strategies' projected
 Adam on x = log λ (lr 0.05, isotonic projection, clipped to the space's bounds):
 
 * ``fixed``: every step's gradient on the job's search documents (its first L' tokens of each);
 * ``pool``:  every step's gradient on 8 windows of L' tokens drawn at random from the search
-  files past their first L' tokens (a fresh draw each step).
+  files past their first L' tokens (a fresh draw each step);
+* ``half``:  the search documents' even and odd halves in turn (a minibatch of the fitness
+  itself: each step costs half of a ``fixed`` step, so it takes twice the steps).
 
-Every ``--report`` steps both arms' current λ are scored on the search and held-out documents.
+Costs are in ``fixed`` steps (one forward and one backward of every search document). Every
+``--report`` of them each arm's current λ is scored on the search and held-out documents.
 
-    python bench/bench_gradient_documents.py --steps 60 --threads 1
+    python bench/bench_gradient_documents.py --steps 60 --report 5 --threads 2
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from longrope_search.search.plan import Plan, comparison_documents, plan_job, sc
 from longrope_search.search.strategies.gradient import Start, isotonic
 
 LR, BATCH = 0.05, 8
+ARMS = {"fixed": 1.0, "pool": 1.0, "half": 0.5}  # arm → a step's cost, in fixed steps
 
 
 def windows(plan: Plan, loaded: LoadedModel) -> list[torch.Tensor]:
@@ -68,26 +73,37 @@ class Setting:
                    scorer_for(plan, loaded, comparison_documents(spec)), windows(plan, loaded))
 
 
-def descend(arm: str, setting: Setting, steps: int, report: int) -> list[dict]:
-    """``steps`` steps of one arm; its search and held-out ppl every ``report`` steps."""
-    plan, loaded, search, heldout = setting.plan, setting.loaded, setting.search, setting.heldout
-    pool, rng = setting.pool, np.random.default_rng(0)
+def step_scorer(arm: str, setting: Setting, t: int, rng: np.random.Generator
+                ) -> PerplexityScorer:
+    """The documents step ``t`` of ``arm`` takes its gradient on."""
+    plan, search = setting.plan, setting.search
+    if arm == "fixed":
+        return search
+    if arm == "pool":
+        docs = [setting.pool[i] for i in rng.choice(len(setting.pool), BATCH, replace=False)]
+    else:
+        docs = list(search.documents[t % 2::2])
+    return PerplexityScorer(setting.loaded.model, plan.geometry, docs, length=plan.target_length)
+
+
+def descend(arm: str, setting: Setting, cost: int, report: int) -> list[dict]:
+    """Steps of one arm for ``cost`` fixed steps; its search and held-out ppl every ``report``
+    of them."""
+    plan, search, heldout = setting.plan, setting.search, setting.heldout
+    rng = np.random.default_rng(0)
     yarn = seed_candidate("yarn", plan.geometry, plan.extension_ratio)
     start = Start(arm, np.log(np.asarray(yarn.lambdas, dtype=np.float64)), 0)
     low, high = np.log(plan.space.lambda_min), np.log(plan.space.lambda_max)
-    rows, t0 = [], time.time()
-    for t in range(1, steps + 1):
-        scorer = search
-        if arm == "pool":
-            batch = [pool[i] for i in rng.choice(len(pool), BATCH, replace=False)]
-            scorer = PerplexityScorer(loaded.model, plan.geometry, batch,
-                                      length=plan.target_length)
+    rows, t0, per_report = [], time.time(), round(report / ARMS[arm])
+    for t in range(1, round(cost / ARMS[arm]) + 1):
+        scorer = step_scorer(arm, setting, t, rng)
         here = Candidate(np.exp(start.x), 0, yarn.attention_factor, arm)
         grad = gradient(scorer, here).lambdas * np.exp(start.x)  # ∂L/∂x = λ ∘ ∂L/∂λ
         start.x = np.clip(isotonic(start.x - start.adam(grad, LR)), low, high)
-        if t % report == 0:
+        if t % per_report == 0:
             now = Candidate(np.exp(start.x), 0, yarn.attention_factor, arm)
-            rows.append({"arm": arm, "step": t, "search_ppl": search.score([now])[0].ppl,
+            rows.append({"arm": arm, "step": t, "cost": t * ARMS[arm],
+                         "search_ppl": search.score([now])[0].ppl,
                          "heldout_ppl": heldout.score([now])[0].ppl,
                          "seconds": round(time.time() - t0, 1)})
             print(rows[-1], flush=True)
@@ -97,23 +113,24 @@ def descend(arm: str, setting: Setting, steps: int, report: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=Path("configs/embedded-8x.yaml"))
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--report", type=int, default=15, help="score both arms every N steps")
+    ap.add_argument("--steps", type=int, default=60, help="each arm's cost, in fixed steps")
+    ap.add_argument("--report", type=int, default=15,
+                    help="score every arm every N fixed steps' cost")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--out", type=Path, default=Path("results/bench_gradient_documents"))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     setting = Setting.of(plan_job(load_job(args.config)))
-    rows = [r for arm in ("fixed", "pool") for r in descend(arm, setting, args.steps,
-                                                           args.report)]
+    rows = [r for arm in ARMS for r in descend(arm, setting, args.steps, args.report)]
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     write_json(args.out.with_suffix(".json"), {"command": command, "rows": rows})
-    lines = ["# Gradient steps on the search documents or on a pool of other windows", "",
-             f"Command: `{command}`", "", "| arm | step | search ppl | held-out ppl |",
-             "|---|---|---|---|"]
-    lines += [f"| {r['arm']} | {r['step']} | {r['search_ppl']:.3f} | {r['heldout_ppl']:.3f} |"
-              for r in rows]
+    lines = ["# Gradient steps on the search documents, on other windows, or on half of them", "",
+             f"Command: `{command}`", "",
+             "| arm | cost (fixed steps) | steps | search ppl | held-out ppl |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['arm']} | {r['cost']:g} | {r['step']} | {r['search_ppl']:.3f} "
+              f"| {r['heldout_ppl']:.3f} |" for r in rows]
     atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text("\n".join(lines) + "\n"))
 
 

@@ -1,0 +1,125 @@
+"""Would a memetic polish's descents go further on half of the documents a step?
+
+A descent of ``memetic`` takes 8 steps of projected Adam on x = log λ, each a forward and a
+backward of every search document. This bench redoes the recorded descents of finished memetic
+jobs from the same starts (λ, n̂, m) at the same cost with 16 steps, each on one half of the
+search documents in turn (even, then odd): a minibatch of the fitness itself. Its best point is
+chosen without another evaluation, by the mean of two consecutive steps' half losses (both
+halves, so every document), credited to the later point; that point and the last one are then
+scored on all the search documents and compared with the recorded descent's best step
+(exp(NLL − its lowest NLL) − 1; below zero: the half-document descent found a better point).
+
+    python bench/bench_descent_halves.py results/bench_strategies/embedded-8x-memetic-b0.25-s* \
+        --out results/bench_descent_halves --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from descent_stats import descents
+
+from longrope_search.evaluation.gradient import gradient
+from longrope_search.evaluation.perplexity import PerplexityScorer
+from longrope_search.io import atomic_write, write_json
+from longrope_search.model import load_model
+from longrope_search.rope import Candidate
+from longrope_search.search.job import job_from_dict
+from longrope_search.search.jobdir import JobDir
+from longrope_search.search.plan import plan_job, scorer_for
+from longrope_search.search.strategies.gradient import LogLambda, Start, isotonic
+
+LR = 0.05  # memetic's default
+
+
+def half_descent(halves: list[PerplexityScorer], coords: LogLambda, first: pd.Series,
+                 steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``steps`` half-document steps from a recorded descent's first point; (the point with
+    the lowest two-step mean loss, the last point), as x = log λ."""
+    n_hat, m = int(first.n_hat), float(first.attention_factor)
+    start = Start("half", np.log(np.asarray(first.lambdas))[coords.space.searched], n_hat)
+    losses, points = [], []
+    for t in range(steps):
+        g = gradient(halves[t % 2], Candidate(coords.lambdas(start.x), n_hat, m, "half"))
+        losses.append(g.mean_nll)
+        points.append(start.x.copy())
+        grad = coords.searched_gradient(g.lambdas, start.x) * np.exp(start.x)  # ∂L/∂x
+        start.x = np.clip(isotonic(start.x - start.adam(grad, LR)), coords.low, coords.high)
+    pairs = np.add(losses[1:], losses[:-1]) / 2
+    return points[1 + int(np.argmin(pairs))], points[-1]
+
+
+def redo(job: Path, min_generation: int) -> list[dict]:
+    """Every recorded descent of ``job`` from ``min_generation`` on, against its redo."""
+    spec = job_from_dict(yaml.safe_load(JobDir(job).spec.read_text()))
+    plan = plan_job(spec)
+    loaded = load_model(spec.model_path, dtype=spec.scoring.dtype, device=spec.scoring.device)
+    search = scorer_for(plan, loaded)
+    halves = [PerplexityScorer(loaded.model, plan.geometry, search.documents[h::2],
+                               length=plan.target_length) for h in (0, 1)]
+    coords = LogLambda(plan.space)
+    rows = []
+    for path in descents(pd.read_parquet(JobDir(job).generations)):
+        first = path.iloc[0]
+        if first.generation < min_generation:
+            continue
+        chosen, last = half_descent(halves, coords, first, 2 * len(path))
+        scored = search.score([Candidate(coords.lambdas(x), int(first.n_hat),
+                                         float(first.attention_factor), name)
+                               for name, x in (("chosen", chosen), ("last", last))])
+        nll = path.mean_nll.to_numpy()
+        rows.append({"job": job.name, "generation": int(first.generation),
+                     "steps": len(path), "start_ppl": float(np.exp(nll[0])),
+                     "best_ppl": float(np.exp(nll.min())),
+                     **{f"half_{r.candidate.name}_ppl": r.ppl for r in scored}})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def markdown(command: str, table: pd.DataFrame) -> str:
+    lines = ["# Memetic's descents redone on half of the documents a step, at the same cost", "",
+             f"Command: `{command}`", "",
+             f"{len(table)} descents. Search ppl; \"vs best\": exp(NLL − the recorded descent's "
+             "lowest NLL) − 1, mean (median), and how many descents it beat.", "",
+             "| point | vs best | below best | gain on its start |", "|---|---|---|---|"]
+    for col, name in (("best_ppl", "recorded descent, best of its steps"),
+                      ("half_chosen_ppl", "half-document descent, chosen point"),
+                      ("half_last_ppl", "half-document descent, last point")):
+        d = table[col] / table.best_ppl - 1
+        gain = 1 - table[col] / table.start_ppl
+        lines.append(f"| {name} | {d.mean():+.2%} ({d.median():+.2%}) | {(d < 0).sum()}"
+                     f"/{len(d)} | {gain.mean():.2%} |")
+    lines += ["", "| job | generation | steps | start | recorded best | half: chosen "
+              "| half: last |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.job} | {r.generation} | {r.steps} | {r.start_ppl:.3f} | {r.best_ppl:.3f} "
+              f"| {r.half_chosen_ppl:.3f} | {r.half_last_ppl:.3f} |" for r in table.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("jobs", nargs="+", type=Path, help="finished memetic job folders")
+    ap.add_argument("--min-generation", type=int, default=3,
+                    help="redo the descents of this generation's polish and later ones")
+    ap.add_argument("--out", type=Path, default=Path("results/bench_descent_halves"))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = shlex.join(["python", "bench/bench_descent_halves.py", *sys.argv[1:]])
+    table = pd.DataFrame([r for job in args.jobs for r in redo(job, args.min_generation)])
+    write_json(args.out.with_suffix(".json"), {"command": command,
+                                               "rows": table.to_dict("records")})
+    atomic_write(args.out.with_suffix(".md"),
+                 lambda p: p.write_text(markdown(command, table)))
+
+
+if __name__ == "__main__":
+    main()
