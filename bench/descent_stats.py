@@ -37,10 +37,8 @@ from longrope_search.search.strategies.gradient import isotonic
 
 
 def descents(tables: pd.DataFrame) -> list[pd.DataFrame]:
-    """Each descent's steps in order, from a job's tables (but descents on minibatches, whose
-    steps' losses are each on other documents)."""
-    steps = tables[(tables.operator == "gradient") & (tables.status != "minibatch")]
-    steps = steps.set_index("candidate_id")
+    """Each descent's steps in order, from a job's tables."""
+    steps = tables[tables.operator == "gradient"].set_index("candidate_id")
     after = {row.parents[0]: key for key, row in steps.iterrows()}
     out = []
     for key in [k for k, row in steps.iterrows() if row.parents[0] not in steps.index]:

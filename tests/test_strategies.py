@@ -30,7 +30,7 @@ from longrope_search.search.strategies import (
     strategy_names,
 )
 from longrope_search.search.strategies.evolution import breed
-from longrope_search.search.trial import GRADIENT, MINIBATCH, OK, Evaluation, Individual, ranked
+from longrope_search.search.trial import GRADIENT, OK, Evaluation, Individual, ranked
 
 BUILT_IN = ("evolution", "steady", "tpe", "cmaes", "random", "gradient", "memetic")
 SMALL = {"extension_ratio": 8, "k_documents": 2, "seed": 0,
@@ -46,7 +46,6 @@ class StandInEvaluator:
         self.target, self.capacity, self.step = target, capacity, step
         self.queue: list = []
         self.scored: list[str] = []
-        self.minibatch: dict[str, tuple[int, int]] = {}  # of each key scored
 
     def free_slots(self) -> int:
         return self.capacity - len(self.queue)
@@ -65,10 +64,6 @@ class StandInEvaluator:
         d = float(np.mean(diff**2)) + 0.001 * cand.n_hat
         self.scored.append(ind.key)
         extra = {"gradient": (2 * diff / diff.size).tolist()} if ind.task == GRADIENT else {}
-        index, count = self.minibatch[ind.key] = ind.minibatch
-        if count > 1:  # one of the 2 documents, which reads 0.01 lower or higher than the mean
-            nll = (d + 0.01 * (2 * index - 1),)
-            return [(ind, Evaluation(ind.key, nll, MINIBATCH, 1, 1024, extra))]
         return [(ind, Evaluation(ind.key, (d, d), OK, 2, 2 * 1024, extra))]
 
     def cancel(self) -> None:
@@ -411,35 +406,6 @@ def test_memetic_diverse_starts_from_the_best_then_the_farthest_of_the_n_best(tm
         started |= starts
 
 
-def test_memetic_minibatch_steps_take_turns_cost_a_share_and_rank_nowhere(tmp_path: Path
-                                                                          ) -> None:
-    driver, evaluator = make_driver(tmp_path, "memetic", budget={"evaluations": 60},
-                                    strategy_options={"lr": 0.1, "every": 2, "polish": 1,
-                                                      "steps": 5, "minibatches": 2})
-    driver.run()
-    t = tables(tmp_path).astype({"generation": int})
-    steps = t[t.operator == "gradient"]
-    assert set(steps.status) == {"minibatch"} and set(steps.documents_scored) == {1}
-    assert set(steps.cost_tokens) == {1024}  # half of a complete evaluation's 2 × 1024
-    for _, row in t[t.operator == "gradient:polish"].iterrows():
-        path = [row.parents[0]]  # back along the descent, from its last step
-        while (up := steps[steps.candidate_id == path[-1]].parents.iloc[0][0]) in set(
-                steps.candidate_id):
-            path.append(up)
-        path = steps.set_index("candidate_id").loc[path[::-1]]
-        assert len(path) == 4  # whole rounds of the 2 minibatches: 5 steps asked, 4 taken
-        assert [evaluator.minibatch[k] for k in path.index] == [(0, 2), (1, 2)] * 2
-        nll = path.mean_nll.to_numpy()
-        # its best point: the lowest mean of two consecutive steps, at the later of the two
-        chosen = 1 + int(np.argmin((nll[1:] + nll[:-1]) / 2))
-        grid = np.round(np.asarray(path.lambdas.iloc[chosen]) / 0.01) * 0.01
-        assert np.asarray(row.lambdas) == pytest.approx(grid, abs=0.011)
-        assert row.status == "ok" and row.documents_scored == 2
-    best, ev = driver.best()
-    assert best.lambdas is None and ev.status == "ok"  # a grid candidate, scored in full
-    assert driver.best_ppl == pytest.approx(t[t.status == "ok"].ppl.min())
-
-
 def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"strategy_options\.step"):
         make_driver(tmp_path, "gradient", strategy_options={"step": 3})
@@ -453,5 +419,3 @@ def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
         make_driver(tmp_path, "memetic", strategy_options={"first_steps": -1})
     with pytest.raises(ConfigError, match=r"strategy_options\.diverse"):
         make_driver(tmp_path, "memetic", strategy_options={"diverse": -3})
-    with pytest.raises(ConfigError, match=r"strategy_options\.minibatches.*k_documents 2"):
-        make_driver(tmp_path, "memetic", strategy_options={"minibatches": 3})
