@@ -23,18 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from descent_stats import descents
+from descent_stats import descents, job_scorer
 
 from longrope_search.evaluation.gradient import gradient
 from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.io import atomic_write, write_json
-from longrope_search.model import load_model
 from longrope_search.rope import Candidate
-from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import plan_job, scorer_for
-from longrope_search.search.strategies.gradient import LogLambda, Start, isotonic
+from longrope_search.search.strategies.gradient import LogLambda, Start
 
 LR = 0.05  # memetic's default
 
@@ -50,18 +46,14 @@ def half_descent(halves: list[PerplexityScorer], coords: LogLambda, first: pd.Se
         g = gradient(halves[t % 2], Candidate(coords.lambdas(start.x), n_hat, m, "half"))
         losses.append(g.mean_nll)
         points.append(start.x.copy())
-        grad = coords.searched_gradient(g.lambdas, start.x) * np.exp(start.x)  # ∂L/∂x
-        start.x = np.clip(isotonic(start.x - start.adam(grad, LR)), coords.low, coords.high)
+        coords.move(start, g.lambdas, LR)
     pairs = np.add(losses[1:], losses[:-1]) / 2
     return points[1 + int(np.argmin(pairs))], points[-1]
 
 
 def redo(job: Path, min_generation: int) -> list[dict]:
     """Every recorded descent of ``job`` from ``min_generation`` on, against its redo."""
-    spec = job_from_dict(yaml.safe_load(JobDir(job).spec.read_text()))
-    plan = plan_job(spec)
-    loaded = load_model(spec.model_path, dtype=spec.scoring.dtype, device=spec.scoring.device)
-    search = scorer_for(plan, loaded)
+    plan, loaded, search = job_scorer(job)
     halves = [PerplexityScorer(loaded.model, plan.geometry, search.documents[h::2],
                                length=plan.target_length) for h in (0, 1)]
     coords = LogLambda(plan.space)

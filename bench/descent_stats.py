@@ -21,6 +21,7 @@ extrapolations Π(x_b + α·(x_b − x_0)), α = ½ and 1, past its best along i
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,12 @@ import pandas as pd
 import torch
 import yaml
 
-from longrope_search.model import load_model
+from longrope_search.evaluation.perplexity import PerplexityScorer
+from longrope_search.model import LoadedModel, load_model
 from longrope_search.rope import Candidate
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import plan_job, scorer_for
+from longrope_search.search.plan import Plan, plan_job, scorer_for
 from longrope_search.search.strategies.gradient import isotonic
 
 
@@ -72,15 +74,24 @@ def iterate_points(path: pd.DataFrame) -> dict[str, np.ndarray]:
     return {name: np.exp(v) for name, v in points.items()}
 
 
+@functools.cache
+def _model(path: Path, dtype: str, device: str) -> LoadedModel:
+    return load_model(path, dtype=dtype, device=device)
+
+
+def job_scorer(job: Path) -> tuple[Plan, LoadedModel, PerplexityScorer]:
+    """A finished job's plan, its model (loaded once per model) and its search scorer."""
+    spec = job_from_dict(yaml.safe_load(JobDir(job).spec.read_text()))
+    plan = plan_job(spec)
+    loaded = _model(spec.model_path, spec.scoring.dtype, spec.scoring.device)
+    return plan, loaded, scorer_for(plan, loaded)
+
+
 def rescore(jobs: list[Path]) -> pd.DataFrame:
     """Each descent's iterate points against its best iterate, scored on its job's documents."""
     rows = []
     for job in jobs:
-        spec = job_from_dict(yaml.safe_load(JobDir(job).spec.read_text()))
-        plan = plan_job(spec)
-        loaded = load_model(spec.model_path, dtype=spec.scoring.dtype,
-                            device=spec.scoring.device)
-        scorer = scorer_for(plan, loaded)
+        _, _, scorer = job_scorer(job)
         for path in descents(pd.read_parquet(JobDir(job).generations)):
             if len(path) < 5:
                 continue

@@ -114,10 +114,14 @@ class LogLambda:
                 lr: float) -> None:
         """Record ``start``'s step result, then move it: x ← Π(x − lr · Adam(λ ∘ ∂L/∂λ))."""
         start.last = individual.key
-        x = start.x
         if start.best is None or evaluation.mean_nll < start.best[0]:
-            start.best = (evaluation.mean_nll, x.copy())
-        grad = self.searched_gradient(np.asarray(evaluation.extra["gradient"]), x)
+            start.best = (evaluation.mean_nll, start.x.copy())
+        self.move(start, np.asarray(evaluation.extra["gradient"]), lr)
+
+    def move(self, start: Start, full: np.ndarray, lr: float) -> None:
+        """One projected Adam step from ∂L/∂λ of every pair: x ← Π(x − lr · Adam(λ ∘ ∂L/∂λ))."""
+        x = start.x
+        grad = self.searched_gradient(full, x)
         start.x = np.clip(isotonic(x - start.adam(grad * np.exp(x), lr)), self.low, self.high)
 
     def searched_gradient(self, full: np.ndarray, x: np.ndarray) -> np.ndarray:
