@@ -7,6 +7,7 @@ results in a scrambled but reproducible order, as a Ray pool would. The model-ba
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -78,7 +79,10 @@ class Stop(Exception):
 
 
 def make_driver(tmp_path: Path, strategy: str, *, stop_after: int | None = None,
-                capacity: int = 4, **changes) -> tuple[Driver, StandInEvaluator]:
+                capacity: int = 4, target: float | None = None, **changes
+                ) -> tuple[Driver, StandInEvaluator]:
+    """A driver on the stand-in, whose best λ is ``target`` on every pair if given, else a line
+    from 1 to 9."""
     spec = job_from_dict({"name": "job", **SMALL, "strategy": strategy,
                           "early_stopping": {"enabled": False}, "results_dir": str(tmp_path),
                           **changes})
@@ -91,8 +95,9 @@ def make_driver(tmp_path: Path, strategy: str, *, stop_after: int | None = None,
         if stop_after is not None and p["evaluations"] >= stop_after:
             raise Stop
 
-    target = np.linspace(1.0, 9.0, plan.space.num_pairs)
-    evaluator = StandInEvaluator(target, capacity)
+    curve = (np.linspace(1.0, 9.0, plan.space.num_pairs) if target is None
+             else np.full(plan.space.num_pairs, target))
+    evaluator = StandInEvaluator(curve, capacity)
     driver = Driver(plan, make_strategy(plan), evaluator,
                     Ledger(job.ledger, spec.name, plan.space), job, progress)
     return driver, evaluator
@@ -315,8 +320,26 @@ def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
         assert len(path) == 12 and path[-1] < 0.5 * path[0], (seed, path)
     sweep = t[t.operator == "gradient:n_hat"]
     assert sorted(sweep.n_hat) == sorted(driver.plan.space.n_hat_choices)
-    best, _ = driver.best()
-    assert best.operator == "gradient:n_hat" and best.lambdas is None  # a grid candidate
+    _, ev = driver.best()
+    assert ev.mean_nll == t[t.status == OK].mean_nll.min()  # a step or a grid candidate
+
+
+def test_a_gradient_step_that_beats_the_grid_is_the_result(tmp_path: Path) -> None:
+    """λ = 8.005 lies halfway between grid points, so only a step's exact λ gets near it."""
+    driver, _ = make_driver(tmp_path, "gradient", target=8.005, seeds=["pi"],
+                            strategy_options={"steps": 4, "lr": 0.001},
+                            budget={"evaluations": 100})
+    driver.run()
+    ind, ev = driver.best()
+    t = tables(tmp_path)
+    assert ind.task == GRADIENT and ind.lambdas is not None
+    assert ev.mean_nll < t[(t.status == OK) & (t.task != GRADIENT)].mean_nll.min()
+    driver.finish()
+    record = json.loads(JobDir(tmp_path / "job").best.read_text())
+    assert record["lambdas"] == list(ind.lambdas)  # exact, off the grid
+    assert not np.allclose(np.round(np.array(record["lambdas"]) / 0.01) * 0.01,
+                           record["lambdas"], rtol=0, atol=1e-6)
+    assert record["search_ppl"] == ev.ppl
 
 
 def memetic_run(tmp_path: Path, evaluations: int, **options: float | bool) -> Driver:

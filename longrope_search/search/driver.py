@@ -13,8 +13,9 @@ owns everything else:
 * **the budget** in evaluations and, optionally, forward tokens;
 * **the tables**: a generation's Parquet table is written once all its candidates are back;
 * **progress and cancel**: ``on_progress`` after each evaluation (raise in it to stop);
-* **the end of the job**: ``best.json``, the best λ re-scored with n̂ = 0 when n̂ > 0, and the
-  held-out comparison (``comparison.json``).
+* **the end of the job**: ``best.json`` (the lowest complete evaluation, on the grid or a gradient
+  step's exact λ), the best λ re-scored with n̂ = 0 when n̂ > 0, and the held-out comparison
+  (``comparison.json``).
 """
 
 from __future__ import annotations
@@ -188,11 +189,14 @@ class Driver:
                 self._submit(ind)
         return ind
 
+    def candidate(self, ind: Individual, name: str = "") -> Candidate:
+        """What an individual is scored as: its λ (exact, or its genome's), n̂ and the job's m."""
+        return Candidate(lambdas_of(ind, self.plan.space), ind.genome.n_hat,
+                         self.plan.attention_factor, name)
+
     def _submit(self, ind: Individual) -> None:
-        cand = Candidate(lambdas_of(ind, self.plan.space), ind.genome.n_hat,
-                         self.plan.attention_factor)
         rule = self.rules[ind.generation] if ind.task == SCORE else None  # a gradient: all docs
-        self.evaluator.submit(ind, cand, rule)
+        self.evaluator.submit(ind, self.candidate(ind), rule)
 
     def _rule(self, generation: int) -> PruneRule | None:
         """Early stopping for a generation, from the complete results of earlier ones."""
@@ -250,24 +254,19 @@ class Driver:
 
     # -- the end of the job ---------------------------------------------------------------------
     def best(self) -> tuple[Individual, Evaluation]:
-        """The best candidate on the grid. A gradient step's exact λ is not a result: if the
-        search ended before any grid candidate was scored, the best step is put on the grid
-        and scored (outside the ledger, like the n̂ = 0 re-score)."""
-        top = ranked([i for i in self.history if i.lambdas is None], self.evals)
-        if top:
-            return top[0], self.evals[top[0].key]
-        steps = ranked(self.history, self.evals)
-        if not steps:
+        """The lowest complete evaluation: a grid candidate, or a gradient step at its exact λ
+        (scored on every document like any candidate, so as much a result as one on the grid;
+        the progress bar, the tables' best so far and the benchmarks rank it the same way)."""
+        top = ranked(self.history, self.evals)
+        if not top:
             raise RuntimeError("no candidate was scored completely: see the failed ones in "
                                f"{self.job_dir.generations}")
-        genome = steps[0].genome
-        return Individual(genome, -1, "on the grid"), self.score_alone(genome, "on the grid")
+        return top[0], self.evals[top[0].key]
 
-    def score_alone(self, genome: Genome, operator: str) -> Evaluation:
-        """Score one genome outside the search (not in the ledger, not told to the strategy)."""
-        ind = Individual(genome, -1, operator)
-        self.evaluator.submit(ind, self.plan.space.candidate(genome, self.plan.attention_factor),
-                              None)
+    def score_alone(self, ind: Individual) -> Evaluation:
+        """Score one individual outside the search (not in the ledger, not told to the
+        strategy)."""
+        self.evaluator.submit(ind, self.candidate(ind), None)
         while True:
             for done, ev in self.evaluator.wait():
                 if done is ind:
@@ -277,15 +276,15 @@ class Driver:
         """best.json, the n̂ = 0 re-score, and the held-out comparison."""
         ind, ev = self.best()
         plan = self.plan
-        best = plan.space.candidate(ind.genome, plan.attention_factor, name="best")
+        best = self.candidate(ind, "best")
         record = best_record(plan, best, ev)
         record["seed_ppl"] = {name: self.evals[g.key].ppl for name, g in plan.seeds
                               if g.key in self.evals and self.evals[g.key].status == OK}
         if best.n_hat:  # what an inference engine (none supports n̂) will actually get
-            zero = Genome(ind.genome.grid, 0)
+            zero = Individual(Genome(ind.genome.grid, 0), -1, "n_hat=0", lambdas=ind.lambdas)
             known = self.evals.get(zero.key)
             record["search_ppl_without_n_hat"] = (
-                known if known and known.status == OK else self.score_alone(zero, "n_hat=0")).ppl
+                known if known and known.status == OK else self.score_alone(zero)).ppl
         docs = comparison_documents(self.spec)
         rows = self.evaluator.compare(best, docs)
         write_json(self.job_dir.comparison, {"documents": str(docs), "rows": rows})
