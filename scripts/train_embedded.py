@@ -158,6 +158,7 @@ def main() -> None:
         splits[name] = splits[name][: args.docs_per_split]
     print({k: len(v) for k, v in splits.items()})
 
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="embedded-", dir=args.out.parent))
     tokenizer = train_tokenizer([t for _, t in splits["train"]], args.vocab_size)
     tokenizer.save_pretrained(work)
