@@ -90,3 +90,20 @@ def test_gradient_leaves_the_model_as_it_was(scorer: PerplexityScorer) -> None:
     assert [p.requires_grad for p in scorer.model.parameters()] == flags
     assert np.array_equal(scorer.score([cand])[0].nll, before)  # plain buffers again
     assert grad.forward_tokens == 3 * scorer.num_documents * LENGTH  # backward = 2 forwards
+
+
+def test_a_minibatch_is_every_nth_document_and_the_halves_make_the_whole(scorer: PerplexityScorer
+                                                                          ) -> None:
+    from longrope_search.errors import ConfigError
+
+    cand = seed_candidate("yarn", scorer.geometry, 3.0)
+    whole = gradient(scorer, cand)
+    halves = [gradient(scorer.minibatch(i, 2), cand) for i in (0, 1)]
+    assert [h.nll[0] for h in halves] == pytest.approx(whole.nll, rel=1e-9)
+    # documents of equal length: the whole's gradient is the mean of the halves'
+    assert np.mean([h.lambdas for h in halves], axis=0) == pytest.approx(whole.lambdas,
+                                                                         rel=1e-6, abs=1e-12)
+    assert all(h.forward_tokens == whole.forward_tokens // 2 for h in halves)
+    assert scorer.minibatch(0, 1) is scorer and scorer.minibatch(1, 2) is scorer.minibatch(1, 2)
+    with pytest.raises(ConfigError, match=r"strategy_options\.minibatches"):
+        scorer.minibatch(0, 3)  # 2 documents

@@ -63,6 +63,8 @@ def bad_specs(paths: dict[str, str]) -> list[tuple[dict, str]]:
         ({"seed_files": [paths["missing"]]}, "seed_files[0]"),
         ({"seeds": ["pi"] * 20_000}, "seeds"),
         ({"strategy": "annealing"}, "strategy"),
+        ({"strategy": "memetic", "strategy_options": {"minibatches": 3}},
+         "strategy_options.minibatches"),
         ({"budget": {"tokens": 0}}, "budget.tokens"),
     ]
 

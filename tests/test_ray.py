@@ -86,7 +86,7 @@ def kill_mid_run(s, cluster: str, after: int) -> int:
                              "--ray", "--workers", "2", "--gpus-per-worker", "1",
                              "--no-progress"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # a liveness bound: a loaded machine takes minutes
     while time.time() < deadline and proc.poll() is None:
         if (s.job_dir / "ledger.journal").exists() and len(ledger_keys(s.job_dir, s.name)) >= after:
             break
@@ -96,13 +96,18 @@ def kill_mid_run(s, cluster: str, after: int) -> int:
     return len(ledger_keys(s.job_dir, s.name))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+# memetic again, its descents' steps on minibatches of the 3 documents (0 and 2, then 1)
+OPTIONS = {"memetic-minibatches": ("memetic", {"minibatches": 2})}
+
+
+@pytest.mark.parametrize("strategy", [*STRATEGIES, *OPTIONS])
 def test_each_strategy_on_ray_reports_cancels_and_resumes(cluster, embedded, strategy: str,
                                                           tmp_path: Path) -> None:
     """A coordinator killed mid-search, resumed and cancelled, resumed again: every candidate
     scored once, progress reported, and (but for strategies whose asks follow the completion
     order: steady-state evolution, gradient descent, memetic) the same tables as in-process."""
-    s = spec(tmp_path / "ray", name="job", strategy=strategy, **FP32)
+    strategy, options = OPTIONS.get(strategy, (strategy, {}))
+    s = spec(tmp_path / "ray", name="job", strategy=strategy, strategy_options=options, **FP32)
     before = kill_mid_run(s, cluster, after=14)
     assert 14 <= before < s.evaluation_budget
 
@@ -120,6 +125,10 @@ def test_each_strategy_on_ray_reports_cancels_and_resumes(cluster, embedded, str
     assert len(keys) == len(set(keys)) == len(read_tables(s).query("operator != 'parent'")
                                               .candidate_id.unique())
     assert result.reused == before + 3
+    if options.get("minibatches"):  # the steps came back from the workers on their minibatch
+        steps = read_tables(s).query("operator == 'gradient'")
+        assert len(steps) and set(steps.status) == {"minibatch"}
+        assert set(steps.documents_scored) == {1, 2}
     if get_strategy(strategy).order_dependent:  # its asks follow the completion order
         return
     local = run_search(spec(tmp_path / "local", name="job", strategy=strategy, **FP32),

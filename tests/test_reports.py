@@ -182,24 +182,28 @@ def test_api_and_summary_show_cost(tmp_path):
 
 def test_descents_follow_gradient_steps_and_kinds_tell_operators_apart(tmp_path):
     """Two descents whose steps interleave in the tables (a seed's, and a memetic polish of a
-    mutation), a polished child, and an ordinary mutation: each descent is one line of its own
-    steps in order; every candidate's kind says how it was made."""
+    mutation on minibatches of the documents), a polished child, and an ordinary mutation: each
+    descent is one line of its own steps in order, a minibatch step's loss included though it
+    is no result; every candidate's kind says how it was made."""
     job = JobDir(tmp_path / "memetic")
     job.path.mkdir()
     mutation = Individual(_genome(0), 0, "mutation")
     inds, evals, spent = [mutation], {}, {}
 
-    def step(i: int, operator: str, parent: Individual, nll: float) -> Individual:
+    def step(i: int, operator: str, parent: Individual, nll: float, minibatch: int = 0
+             ) -> Individual:
+        """A step on all 4 documents, or on minibatch ``minibatch`` − 1 of 2."""
         ind = Individual(_genome(i), 1, operator, (parent.key,), (1.0, 1.5 + i, 2.0 + i, 3.0),
-                         GRADIENT)
+                         GRADIENT, (minibatch - 1, 2) if minibatch else (0, 1))
         inds.append(ind)
-        evals[ind.key] = Evaluation(ind.key, (nll,) * 4, "ok", 4, 3 * 4 * TARGET)
+        docs, status = (2, "minibatch") if minibatch else (4, "ok")
+        evals[ind.key] = Evaluation(ind.key, (nll,) * docs, status, docs, 3 * docs * TARGET)
         return ind
 
     evals[mutation.key] = Evaluation(mutation.key, (4.0,) * 4, "ok", 4, 4 * TARGET)
     a0 = step(1, "seed:yarn", mutation, 3.9)  # a descent from a seed (gradient strategy)
-    b0 = step(2, "gradient", mutation, 3.8)  # a polish of the mutation (memetic)
-    a1, b1 = step(3, "gradient", a0, 3.7), step(4, "gradient", b0, 3.6)
+    b0 = step(2, "gradient", mutation, 3.3, minibatch=1)  # a polish of the mutation (memetic)
+    a1, b1 = step(3, "gradient", a0, 3.7), step(4, "gradient", b0, 3.2, minibatch=2)
     a2 = step(5, "gradient", a1, 3.5)
     polished = Individual(_genome(6), 1, "gradient:polish", (b1.key,))
     inds.append(polished)
@@ -217,7 +221,8 @@ def test_descents_follow_gradient_steps_and_kinds_tell_operators_apart(tmp_path)
     assert lines["seed:yarn"]["ppl"] == pytest.approx([math.exp(v) for v in (3.9, 3.7, 3.5)])
     assert lines["seed:yarn"]["cost_spent_tokens"] == [spent[k.key] for k in (a0, a1, a2)]
     assert lines[f"polish of {mutation.key[:8]}"]["ppl"] == pytest.approx(
-        [math.exp(3.8), math.exp(3.6)])
+        [math.exp(3.3), math.exp(3.2)])
+    assert min(curve["best_ppl"]) == pytest.approx(math.exp(3.5))  # a2: minibatch steps rank not
     kinds = dict(zip(*(reports.candidates(job.path)[k] for k in ("candidate_id", "kind")),
                      strict=True))
     assert kinds[mutation.key] == "mutation" and kinds[polished.key] == "polished"

@@ -18,6 +18,7 @@ import pytest
 
 from longrope_search.errors import ConfigError
 from longrope_search.search.driver import Driver
+from longrope_search.search.early_stopping import minibatch_rounds, prune_rule
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.ledger import Ledger
@@ -31,7 +32,7 @@ from longrope_search.search.strategies import (
     strategy_names,
 )
 from longrope_search.search.strategies.evolution import breed
-from longrope_search.search.trial import GRADIENT, OK, Evaluation, Individual, ranked
+from longrope_search.search.trial import GRADIENT, MINIBATCH, OK, Evaluation, Individual, ranked
 
 BUILT_IN = ("evolution", "steady", "tpe", "cmaes", "random", "gradient", "memetic")
 SMALL = {"extension_ratio": 8, "k_documents": 2, "seed": 0,
@@ -47,6 +48,7 @@ class StandInEvaluator:
         self.target, self.capacity, self.step = target, capacity, step
         self.queue: list = []
         self.scored: list[str] = []
+        self.minibatch: dict[str, tuple[int, int]] = {}  # of each key scored
 
     def free_slots(self) -> int:
         return self.capacity - len(self.queue)
@@ -65,6 +67,10 @@ class StandInEvaluator:
         d = float(np.mean(diff**2)) + 0.001 * cand.n_hat
         self.scored.append(ind.key)
         extra = {"gradient": (2 * diff / diff.size).tolist()} if ind.task == GRADIENT else {}
+        index, count = self.minibatch[ind.key] = ind.minibatch
+        if count > 1:  # one of the 2 documents, which reads 0.01 lower or higher than the mean
+            nll = (d + 0.01 * (2 * index - 1),)
+            return [(ind, Evaluation(ind.key, nll, MINIBATCH, 1, 1024, extra))]
         return [(ind, Evaluation(ind.key, (d, d), OK, 2, 2 * 1024, extra))]
 
     def cancel(self) -> None:
@@ -429,6 +435,58 @@ def test_memetic_diverse_starts_from_the_best_then_the_farthest_of_the_n_best(tm
         started |= starts
 
 
+def test_memetic_minibatch_steps_take_turns_cost_a_share_and_rank_nowhere(tmp_path: Path
+                                                                          ) -> None:
+    driver, evaluator = make_driver(tmp_path, "memetic", budget={"evaluations": 60},
+                                    strategy_options={"lr": 0.1, "every": 2, "polish": 1,
+                                                      "steps": 5, "minibatches": 2})
+    driver.run()
+    t = tables(tmp_path).astype({"generation": int})
+    steps = t[t.operator == "gradient"]
+    assert set(steps.status) == {"minibatch"} and set(steps.documents_scored) == {1}
+    assert set(steps.cost_tokens) == {1024}  # half of a complete evaluation's 2 × 1024
+    for _, row in t[t.operator == "gradient:polish"].iterrows():
+        path = [row.parents[0]]  # back along the descent, from its last step
+        while (up := steps[steps.candidate_id == path[-1]].parents.iloc[0][0]) in set(
+                steps.candidate_id):
+            path.append(up)
+        path = steps.set_index("candidate_id").loc[path[::-1]]
+        assert len(path) == 4  # whole rounds of the 2 minibatches: 5 steps asked, 4 taken
+        assert [evaluator.minibatch[k] for k in path.index] == [(0, 2), (1, 2)] * 2
+        nll = path.mean_nll.to_numpy()
+        # its best point: the lowest mean of two consecutive steps, at the later of the two
+        chosen = 1 + int(np.argmin((nll[1:] + nll[:-1]) / 2))
+        grid = np.round(np.asarray(path.lambdas.iloc[chosen]) / 0.01) * 0.01
+        assert np.asarray(row.lambdas) == pytest.approx(grid, abs=0.011)
+        assert row.status == "ok" and row.documents_scored == 2
+    best, ev = driver.best()
+    assert best.lambdas is None and ev.status == "ok"  # a grid candidate, scored in full
+    assert driver.best_ppl == pytest.approx(t[t.status == "ok"].ppl.min())
+
+
+def test_minibatch_rounds_set_early_stoppings_bar(tmp_path: Path) -> None:
+    """Two consecutive minibatch steps of a descent read every document once: early stopping
+    takes them as one complete NLL vector, so the descents' low losses lower its bar."""
+    driver, _ = make_driver(tmp_path, "memetic", budget={"evaluations": 60},
+                            early_stopping={"enabled": True, "rule": "bound"},
+                            strategy_options={"lr": 0.1, "every": 2, "polish": 1, "steps": 4,
+                                              "minibatches": 2})
+    driver.run()
+    steps = {i.key: i for i in driver.history if driver.evals[i.key].status == MINIBATCH}
+    rounds = minibatch_rounds(driver.history, driver.evals)
+    assert len(rounds) == sum(1 for i in steps.values() if i.parents[0] in steps)
+    for r in rounds:
+        later = steps[r.key.removeprefix("round:")]
+        pair = {later.minibatch[0]: later, **{steps[later.parents[0]].minibatch[0]:
+                                              steps[later.parents[0]]}}
+        assert r.status == OK and r.nll == tuple(driver.evals[pair[d].key].nll[0]
+                                                  for d in (0, 1))
+    last = max(i.generation for i in driver.history)
+    complete = [driver.evals[i.key] for i in driver.history if i.generation < last]
+    without = prune_rule(complete, driver.spec.evolution.top_k)
+    assert driver._rule(last).threshold < without.threshold
+
+
 def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"strategy_options\.step"):
         make_driver(tmp_path, "gradient", strategy_options={"step": 3})
@@ -442,3 +500,5 @@ def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
         make_driver(tmp_path, "memetic", strategy_options={"first_steps": -1})
     with pytest.raises(ConfigError, match=r"strategy_options\.diverse"):
         make_driver(tmp_path, "memetic", strategy_options={"diverse": -3})
+    with pytest.raises(ConfigError, match=r"strategy_options\.minibatches.*k_documents 2"):
+        make_driver(tmp_path, "memetic", strategy_options={"minibatches": 3})

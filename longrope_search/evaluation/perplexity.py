@@ -171,6 +171,24 @@ class PerplexityScorer:
                               "document", "score needles in truncate mode")
         self.groups = None if groups is None else [[g.to(self.device) for g in gs]
                                                     for gs in groups]
+        self._minibatches: dict[tuple[int, int], PerplexityScorer] = {}
+
+    def minibatch(self, index: int, count: int) -> PerplexityScorer:
+        """The scorer of documents ``index``, ``index + count``, … (a gradient step's
+        minibatch), sharing the model; itself when ``count`` is 1."""
+        if count == 1:
+            return self
+        if not 0 <= index < count <= self.num_documents:
+            raise ConfigError("strategy_options.minibatches", f"minibatch {index} of {count} "
+                              f"with {self.num_documents} documents",
+                              "use at most as many minibatches as k_documents")
+        key = (index, count)
+        if key not in self._minibatches:
+            self._minibatches[key] = PerplexityScorer(
+                self.model, self.geometry, self.documents[index::count], length=self.length,
+                mode=self.mode, stride=self.stride, batch_size=self.batch_size,
+                groups=None if self.groups is None else self.groups[index::count])
+        return self._minibatches[key]
 
     def _forward_tokens(self, doc: torch.Tensor) -> int:
         """Tokens one candidate's forward passes process on a document (the search's unit of

@@ -35,7 +35,7 @@ from longrope_search.errors import ConfigError
 from longrope_search.io import write_json
 from longrope_search.model import LoadedModel
 from longrope_search.rope import Candidate
-from longrope_search.search.early_stopping import PruneRule, prune_rule
+from longrope_search.search.early_stopping import PruneRule, minibatch_rounds, prune_rule
 from longrope_search.search.evaluator import Evaluator, local_evaluators
 from longrope_search.search.job import JobSpec
 from longrope_search.search.jobdir import JobDir, claim
@@ -203,7 +203,9 @@ class Driver:
         es = self.spec.early_stopping
         if not es.enabled:
             return None
-        return prune_rule([self.evals[i.key] for i in self.history if i.generation < generation],
+        earlier = [i for i in self.history if i.generation < generation]
+        return prune_rule([*(self.evals[i.key] for i in earlier),
+                           *minibatch_rounds(earlier, self.evals)],
                           self.spec.evolution.top_k, es.rule, margin=es.margin, z=es.z)
 
     def _complete(self, key: str, ev: Evaluation, from_ledger: bool = False) -> None:

@@ -18,19 +18,20 @@ small chance, falling with z, of stopping a candidate that would have entered th
 chance would be Φ(−z) per look if the errors were normal; they have heavier tails. Hence the
 default z = 4. ``bench/early_stopping_rules.py`` measures both rules on a complete run.
 
-Both rules are fixed when a generation starts, from earlier generations only. What is pruned
+Both rules are fixed when a generation starts, from earlier generations only (a descent's
+minibatch steps count there by rounds: :func:`minibatch_rounds`). What is pruned
 therefore never depends on the order in which candidates are evaluated, or on which worker
 finished first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from longrope_search.search.trial import OK, Evaluation
+from longrope_search.search.trial import MINIBATCH, OK, Evaluation, Individual
 
 RULES = ("bound", "sequential")
 MIN_CALIBRATION = 16  # parents the sequential test measures its error on, at least
@@ -101,3 +102,23 @@ def prune_rule(evaluations: Iterable[Evaluation], top_k: int, rule: str = "bound
     if rule == "sequential":
         return sequential_test(nll, top_k, z)
     return floor_bound(nll, top_k, margin)
+
+
+def minibatch_rounds(individuals: Sequence[Individual], evaluations: Mapping[str, Evaluation]
+                     ) -> list[Evaluation]:
+    """Each n consecutive minibatch steps of a descent (a round: every document once, each at
+    one of the round's points) as one complete NLL vector, keyed by its last step. A descent on
+    minibatches then lowers the bar as a descent on all the documents does."""
+    steps = {i.key: i for i in individuals if evaluations[i.key].status == MINIBATCH}
+    out = []
+    for last in steps.values():
+        count, chain = last.minibatch[1], [last]
+        while len(chain) < count and chain[-1].parents and chain[-1].parents[0] in steps:
+            chain.append(steps[chain[-1].parents[0]])
+        if {step.minibatch[0] for step in chain} != set(range(count)):
+            continue  # a descent's first steps, before a whole round
+        nll = np.empty(sum(len(evaluations[step.key].nll) for step in chain))
+        for step in chain:
+            nll[step.minibatch[0]::count] = evaluations[step.key].nll
+        out.append(Evaluation(f"round:{last.key}", tuple(nll), OK, nll.size))
+    return out

@@ -29,6 +29,7 @@ from longrope_search.search.plan import Plan, compare_on_documents, plan_job, sc
 from longrope_search.search.trial import (
     FAILED,
     GRADIENT,
+    MINIBATCH,
     OK,
     PRUNED,
     SCORE,
@@ -102,15 +103,18 @@ def score_batch(scorer: PerplexityScorer, work: Sequence[Work], worker: str) -> 
 
 def gradient_step(scorer: PerplexityScorer, ind: Individual, cand: Candidate, worker: str
                   ) -> tuple[Individual, Evaluation]:
-    """Score on every document and differentiate the mean NLL in λ (never pruned)."""
+    """Score on every document of the step's minibatch (all of them, unless it names one) and
+    differentiate their mean NLL in λ (never pruned)."""
     t0 = time.time()
+    scorer = scorer.minibatch(*ind.minibatch)
     try:
         g = gradient(scorer, cand)
     except torch.OutOfMemoryError:
         return ind, Evaluation(ind.key, (), FAILED, scorer.num_documents,
                                extra={"worker": worker, "error": "OutOfMemoryError"})
     now = time.time()
-    return ind, Evaluation(ind.key, tuple(float(v) for v in g.nll), OK, scorer.num_documents,
+    status = OK if ind.minibatch == (0, 1) else MINIBATCH
+    return ind, Evaluation(ind.key, tuple(float(v) for v in g.nll), status, scorer.num_documents,
                           g.forward_tokens, {"worker": worker, "seconds": round(now - t0, 4),
                                              "timestamp": now, "gradient": g.lambdas.tolist()})
 

@@ -33,11 +33,21 @@ from optuna.trial import TrialState, create_trial
 
 from longrope_search.io import atomic_write
 from longrope_search.search.space import SearchSpace
-from longrope_search.search.trial import FAILED, OK, PRUNED, Evaluation, Individual, lambdas_of
+from longrope_search.search.trial import (
+    FAILED,
+    MINIBATCH,
+    OK,
+    PRUNED,
+    Evaluation,
+    Individual,
+    lambdas_of,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-_STATES = {OK: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL}
+# a minibatch step's NLL is no value of the objective: to Optuna it is a partial evaluation
+_STATES = {OK: TrialState.COMPLETE, PRUNED: TrialState.PRUNED, FAILED: TrialState.FAIL,
+           MINIBATCH: TrialState.PRUNED}
 log = logging.getLogger(__name__)
 # what an evaluation brings back beside its NLL
 EXTRA = ("worker", "seconds", "timestamp", "gradient", "needle_nll")

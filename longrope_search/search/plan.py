@@ -96,7 +96,8 @@ def make_strategy(plan: Plan) -> Strategy:
     """The job's strategy, ready to ask (cheap; refuses bad ``strategy_options``)."""
     spec = plan.spec
     problem = SearchProblem(plan.space, plan.seeds, spec.evolution, spec.seed,
-                            spec.strategy_options, spec.evaluation_budget, spec.budget.tokens)
+                            spec.strategy_options, spec.evaluation_budget, spec.budget.tokens,
+                            spec.k_documents)
     return get_strategy(spec.strategy)(problem)
 
 

@@ -18,9 +18,11 @@ import numpy as np
 
 from longrope_search.search.space import Genome, SearchSpace
 
-#: Evaluation statuses: complete, stopped early by the pruning rule, or failed.
-OK, PRUNED, FAILED = "ok", "pruned", "failed"
-STATUSES = (OK, PRUNED, FAILED)
+#: Evaluation statuses: complete, stopped early by the pruning rule, failed, or a gradient step
+#: on a minibatch of the documents (its NLL is over those documents only, so like a pruned one
+#: it is no result and ranks nowhere).
+OK, PRUNED, FAILED, MINIBATCH = "ok", "pruned", "failed", "minibatch"
+STATUSES = (OK, PRUNED, FAILED, MINIBATCH)
 
 #: The operator of an individual carried over unchanged into a new generation: it is not a new
 #: candidate, costs nothing and does not count against the budget.
@@ -37,7 +39,8 @@ class Individual:
     """A genome proposed by a strategy, with its provenance.
 
     ``lambdas`` holds exact λ off the grid (a gradient step's); the genome is then its nearest
-    grid point, for the tables, and the individual is told apart from it by its key.
+    grid point, for the tables, and the individual is told apart from it by its key. A gradient
+    step's ``minibatch`` (i, n) takes it on documents i, i + n, i + 2n, … only.
     """
 
     genome: Genome
@@ -46,6 +49,7 @@ class Individual:
     parents: tuple[str, ...] = ()
     lambdas: tuple[float, ...] | None = None
     task: str = SCORE
+    minibatch: tuple[int, int] = (0, 1)
 
     @cached_property
     def key(self) -> str:
@@ -55,6 +59,8 @@ class Individual:
         h = hashlib.blake2b(self.genome.key.encode(), digest_size=10)
         h.update(np.asarray(self.lambdas or (), dtype=np.float64).tobytes())
         h.update(self.task.encode())
+        if self.minibatch != (0, 1):
+            h.update(np.asarray(self.minibatch, dtype=np.int64).tobytes())
         return h.hexdigest()
 
     @property

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.trial import GRADIENT, OK, PARENT
+from longrope_search.search.trial import GRADIENT, MINIBATCH, OK, PARENT
 
 COST = ("cost_tokens", "cost_spent_tokens")
 CANDIDATE_COLUMNS = ("candidate_id", "operator", "status", "ppl", "n_hat", *COST)
@@ -217,7 +217,8 @@ def _descents(tables: list[_Table]) -> list[dict[str, Any]]:
                     f"polish of {parent[:8]}" if parent else "gradient")
                 chains[step] = {"start": start, "generation": t.generation,
                                 "cost_spent_tokens": [], "ppl": []}
-            ppl = _finite(c["ppl"][i]) if c["status"][i] == OK else None
+            # a minibatch step's ppl is on its documents only: the line zigzags between them
+            ppl = _finite(c["ppl"][i]) if c["status"][i] in (OK, MINIBATCH) else None
             chains[first]["cost_spent_tokens"].append(c["cost_spent_tokens"][i])
             chains[first]["ppl"].append(ppl)
     return list(chains.values())

@@ -58,6 +58,7 @@ class SearchProblem:
     options: Mapping[str, Any] = field(default_factory=dict)  # the spec's strategy_options
     budget: int | None = None  # the candidates the driver will ask for at most
     budget_tokens: int | None = None  # the forward tokens it will spend at most
+    k_documents: int | None = None  # the documents a candidate is scored on
 
 
 class Strategy(ABC):

@@ -30,7 +30,7 @@ import numpy as np
 
 from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.strategies.base import SearchProblem, Strategy
-from longrope_search.search.trial import GRADIENT, OK, Evaluation, Individual
+from longrope_search.search.trial import GRADIENT, MINIBATCH, OK, Evaluation, Individual
 
 BETAS, EPS = (0.9, 0.999), 1e-8
 
@@ -58,6 +58,7 @@ class Start:
     t: int = 0  # steps taken
     last: str = ""  # key of its previous step
     best: tuple[float, np.ndarray] | None = None
+    recent: list[float] = field(default_factory=list)  # its last steps' losses, one a minibatch
 
     def __post_init__(self) -> None:
         self.m1, self.m2 = np.zeros_like(self.x), np.zeros_like(self.x)
@@ -95,16 +96,18 @@ class LogLambda:
         grid = np.round(np.exp(x) / self.space.step).astype(np.int64)
         return self.space.complete(self.space.repair(grid), n_hat)
 
-    def step(self, start: Start, generation: int, operator: str = "gradient") -> Individual:
-        """The candidate that asks for ``start``'s loss and gradient at its position."""
+    def step(self, start: Start, generation: int, operator: str = "gradient",
+             minibatches: int = 1) -> Individual:
+        """The candidate that asks for ``start``'s loss and gradient at its position, on the
+        minibatch whose turn it is (step t: documents i ≡ t mod ``minibatches``)."""
         return Individual(self.on_grid(start.x, start.n_hat), generation, operator,
                           (start.last,) if start.last else (), tuple(self.lambdas(start.x)),
-                          GRADIENT)
+                          GRADIENT, (start.t % minibatches, minibatches))
 
     def tell(self, start: Start, individual: Individual, evaluation: Evaluation, lr: float,
              steps: int) -> None:
         """A step's result for its descent: a move on, or the end (a failed step)."""
-        if evaluation.status == OK:
+        if evaluation.status in (OK, MINIBATCH):
             self.advance(start, individual, evaluation, lr)
         else:
             start.last = individual.key
@@ -112,10 +115,16 @@ class LogLambda:
 
     def advance(self, start: Start, individual: Individual, evaluation: Evaluation,
                 lr: float) -> None:
-        """Record ``start``'s step result, then move it: x ← Π(x − lr · Adam(λ ∘ ∂L/∂λ))."""
+        """Record ``start``'s step result, then move it: x ← Π(x − lr · Adam(λ ∘ ∂L/∂λ)).
+
+        With n minibatches, a point's loss is the mean of the last n steps' (every document
+        once, the earlier ones at the points just before), so no step is spent on scoring."""
         start.last = individual.key
-        if start.best is None or evaluation.mean_nll < start.best[0]:
-            start.best = (evaluation.mean_nll, start.x.copy())
+        count = individual.minibatch[1]
+        start.recent = [*start.recent, evaluation.mean_nll][-count:]
+        loss = float(np.mean(start.recent))
+        if len(start.recent) == count and (start.best is None or loss < start.best[0]):
+            start.best = (loss, start.x.copy())
         self.move(start, np.asarray(evaluation.extra["gradient"]), lr)
 
     def move(self, start: Start, full: np.ndarray, lr: float) -> None:

@@ -19,7 +19,12 @@ Options (``strategy_options``): ``every`` (3), ``polish`` (2), ``steps`` (8), ``
 ``at_start`` (true; false: the first polish comes after generation ``every``), ``first_steps``
 (0: as ``steps``; more makes the polish after generation 0 a longer descent from the seeds),
 ``diverse`` (0: a polish starts from its best candidates; n ≥ 2: from the best, then each time
-from the one of the n best farthest in x from the starts chosen, max-min).
+from the one of the n best farthest in x from the starts chosen, max-min), ``minibatches`` (1:
+every step on all the search documents; n: step t on documents i ≡ t mod n only, at 1/n of the
+cost, so ``steps`` n-fold buys the same compute; a descent then takes whole rounds of n steps
+and its best point is the one whose last n steps' losses, every document once, average lowest;
+each such round counts in early stopping's bar as a complete result; with the steps' cost
+counted in evaluations, ``budget.evaluations``, a step counts as one).
 """
 
 from __future__ import annotations
@@ -46,12 +51,13 @@ class Memetic(Evolution):
     # with all of it
     DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 3, "polish": 2, "steps": 8,
                                                          "lr": 0.05, "at_start": True,
-                                                         "first_steps": 0, "diverse": 0}
+                                                         "first_steps": 0, "diverse": 0,
+                                                         "minibatches": 1}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
         self.options = self.settings(self.DEFAULTS)
-        for key in ("every", "polish", "steps"):
+        for key in ("every", "polish", "steps", "minibatches"):
             if self.options[key] < 1:
                 raise ConfigError(f"strategy_options.{key}", f"is {self.options[key]}",
                                   "give a whole number ≥ 1")
@@ -59,6 +65,11 @@ class Memetic(Evolution):
             if self.options[key] < 0:
                 raise ConfigError(f"strategy_options.{key}", f"is {self.options[key]}",
                                   f"give {off} or a whole number ≥ 1")
+        k = problem.k_documents
+        if k is not None and self.options["minibatches"] > k:
+            raise ConfigError("strategy_options.minibatches",
+                              f"is {self.options['minibatches']}, with k_documents {k}",
+                              f"give at most {k}: a minibatch needs a document")
         self.coords = LogLambda(problem.space)
         self.descents: list[Start] = []
         self.steps = self.options["steps"]  # steps of the current polish
@@ -121,7 +132,8 @@ class Memetic(Evolution):
         steps = self.options["first_steps"] if first else self.options["steps"]
         # a descent the budget would cut short would never see its best point scored
         left = self._steps_left(max(1, len(self.descents)))
-        self.steps = steps if left is None else min(steps, left)
+        steps = steps if left is None else min(steps, left)
+        self.steps = steps - steps % self.options["minibatches"]  # whole rounds of minibatches
         self.polished_at.add(self.generation)
         self.final_done = self.final_done or self._last_chance()
         self.polishing = True
@@ -151,7 +163,8 @@ class Memetic(Evolution):
             bounds.append((self.problem.budget - self.asked - reserve) // descents - 1)
         if self.problem.budget_tokens is not None and self.evaluation_tokens:
             evaluations = (self.problem.budget_tokens - self.spent) // self.evaluation_tokens
-            bounds.append(((evaluations - reserve) // descents - 1) // STEP_COST)
+            per_step = STEP_COST / self.options["minibatches"]  # in evaluations
+            bounds.append(int(((evaluations - reserve) // descents - 1) // per_step))
         return max(0, min(bounds)) if bounds else None
 
     def _ask_step(self) -> Individual | None:
@@ -159,7 +172,8 @@ class Memetic(Evolution):
             i = self.turns.popleft()
             start = self.descents[i]
             if start.t < self.steps:
-                ind = self.coords.step(start, self.generation)
+                ind = self.coords.step(start, self.generation,
+                                       minibatches=self.options["minibatches"])
                 self.of[ind.key] = i
                 return ind
         if self.of:

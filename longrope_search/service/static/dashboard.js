@@ -470,6 +470,7 @@
     const perKind = Object.fromEntries(kinds.map((k) => [k, 0]));
     c.status.forEach((status, i) => {
       if (status === "missing" || x.cands[i] === null) return;  // never evaluated
+      if (status === "minibatch") return;  // a step's loss on some documents: see the descents
       const kind = status === "ok" && c.ppl[i] !== null ? "ok"
         : status === "pruned" ? "pruned" : "failed";
       counts[kind] += 1;
