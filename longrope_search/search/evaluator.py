@@ -27,6 +27,7 @@ from longrope_search.search.early_stopping import PruneRule
 from longrope_search.search.job import JobSpec
 from longrope_search.search.plan import Plan, compare_on_documents, plan_job, scorer_for
 from longrope_search.search.trial import (
+    ALL_DOCUMENTS,
     FAILED,
     GRADIENT,
     MINIBATCH,
@@ -113,7 +114,7 @@ def gradient_step(scorer: PerplexityScorer, ind: Individual, cand: Candidate, wo
         return ind, Evaluation(ind.key, (), FAILED, scorer.num_documents,
                                extra={"worker": worker, "error": "OutOfMemoryError"})
     now = time.time()
-    status = OK if ind.minibatch == (0, 1) else MINIBATCH
+    status = OK if ind.minibatch == ALL_DOCUMENTS else MINIBATCH
     return ind, Evaluation(ind.key, tuple(float(v) for v in g.nll), status, scorer.num_documents,
                           g.forward_tokens, {"worker": worker, "seconds": round(now - t0, 4),
                                              "timestamp": now, "gradient": g.lambdas.tolist()})

@@ -24,6 +24,9 @@ from longrope_search.search.space import Genome, SearchSpace
 OK, PRUNED, FAILED, MINIBATCH = "ok", "pruned", "failed", "minibatch"
 STATUSES = (OK, PRUNED, FAILED, MINIBATCH)
 
+#: The ``minibatch`` (index, count) of a step on all the documents: every one, in one batch.
+ALL_DOCUMENTS = (0, 1)
+
 #: The operator of an individual carried over unchanged into a new generation: it is not a new
 #: candidate, costs nothing and does not count against the budget.
 PARENT = "parent"
@@ -49,7 +52,7 @@ class Individual:
     parents: tuple[str, ...] = ()
     lambdas: tuple[float, ...] | None = None
     task: str = SCORE
-    minibatch: tuple[int, int] = (0, 1)
+    minibatch: tuple[int, int] = ALL_DOCUMENTS
 
     @cached_property
     def key(self) -> str:
@@ -59,7 +62,7 @@ class Individual:
         h = hashlib.blake2b(self.genome.key.encode(), digest_size=10)
         h.update(np.asarray(self.lambdas or (), dtype=np.float64).tobytes())
         h.update(self.task.encode())
-        if self.minibatch != (0, 1):
+        if self.minibatch != ALL_DOCUMENTS:
             h.update(np.asarray(self.minibatch, dtype=np.int64).tobytes())
         return h.hexdigest()
 
