@@ -47,8 +47,23 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(default: the embedded model)")
     p.add_argument("--dtype", default="auto", help="auto (bf16), float32, bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--attn-implementation", default="sdpa",
+                   help="transformers' attention kernel: sdpa, flash_attention_2 (needs "
+                        "flash-attn), eager or flex_attention")
+    p.add_argument("--remove-sliding-window", action="store_true",
+                   help="score a sliding-window model (Mistral-7B-v0.1) with full attention")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model folder's own Python code (only for folders you trust)")
+
+
+def _load(args: argparse.Namespace):  # -> LoadedModel
+    """The model of ``eval`` and ``passkey``, as their common options say."""
+    from longrope_search.model import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device,
+                      attn_implementation=args.attn_implementation,
+                      remove_sliding_window=args.remove_sliding_window,
+                      trust_remote_code=args.trust_remote_code)
 
 
 def _print_table(rows: list[dict], value: str, fmt: str) -> None:
@@ -69,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from longrope_search.evaluation.sweep import perplexity_by_length
     from longrope_search.factor_file import load_factor_file
     from longrope_search.io import write_json, write_table
-    from longrope_search.model import load_model, read_geometry
+    from longrope_search.model import read_geometry
     from longrope_search.model.source import ModelSource
 
     # Everything cheap is checked before the model is loaded.
@@ -89,8 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     print(f"loading {args.model} …", file=sys.stderr)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device,
-                        trust_remote_code=args.trust_remote_code)
+    loaded = _load(args)
     docs = load_documents(documents_source, loaded.tokenizer, min_tokens=max(lengths), k=args.k,
                           seed=args.seed,
                           max_tokens=max(lengths) if args.mode == "truncate" else args.max_tokens,
@@ -118,15 +132,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_passkey(args: argparse.Namespace) -> int:
     """Passkey retrieval accuracy by length for the seeds."""
     from longrope_search.evaluation.passkey import passkey_accuracy
-    from longrope_search.model import load_model, read_geometry
+    from longrope_search.model import read_geometry
     from longrope_search.rope import seed_candidate
 
     geometry = read_geometry(args.model, trust_remote_code=args.trust_remote_code)
     L = geometry.original_length
     lengths = _int_list("lengths", args.lengths) if args.lengths else [L, 2 * L, 4 * L, 8 * L]
     methods = _methods(args.methods)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device,
-                        trust_remote_code=args.trust_remote_code)
+    loaded = _load(args)
     rows = []
     for method in methods:
         for length in lengths:
@@ -169,11 +182,19 @@ def _search(spec: JobSpec, args: argparse.Namespace) -> int:
     from longrope_search.search.chain import check_job, run_job
     from longrope_search.search.driver import summarize
     from longrope_search.search.jobdir import JobDir
+    from longrope_search.search.plan import window_note
 
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:  # before Ray starts
         raise ConfigError("workers", f"must be ≥ 1, got {args.workers}", "use --workers 1 or more")
+    if args.ray and args.gpus_per_worker:  # before Ray starts
+        from workers.scorer import check_placement  # imports Ray: only for a Ray run
+
+        check_placement(spec.scoring.device, args.gpus_per_worker)
     checked = check_job(spec)  # config, strategy and documents, before any weights load
     print(f"job {spec.name}: {_describe(spec)}", file=sys.stderr)
+    note = window_note(spec)
+    if note:
+        print(note, file=sys.stderr)
     result = run_job(spec, evaluators=_ray_evaluators(args) if args.ray else None,
                      progress=not args.no_progress, checked=checked)
     docs = result.comparison_documents
@@ -207,22 +228,22 @@ def _describe(spec: JobSpec) -> str:
 
 
 def _ray_evaluators(args: argparse.Namespace) -> Evaluators:
-    """A Ray pool per job (per stage of a chain) that reports its workers when it is done."""
+    """A Ray pool per job (per stage of a chain) that reports its workers when it is done;
+    refused here, before any weights load, when the cluster cannot hold it."""
     import ray
 
-    from longrope_search.distributed import RayEvaluator, connect, ray_evaluators
+    from longrope_search.distributed import RayEvaluator, connect, pool_size, ray_evaluators
 
     connect(args.address)
-    gpus = args.gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+    workers, gpus, note = pool_size(args.workers, args.gpus_per_worker, ray.cluster_resources())
+    print(note, file=sys.stderr)
 
     def report(pool: RayEvaluator) -> None:
         for t in pool.throughput():
             print(f"worker {t['worker']}: {t['candidates']} candidates, "
                   f"{t['candidates_per_second']:.2f}/s busy", file=sys.stderr)
 
-    return ray_evaluators(args.workers, gpus_per_worker=gpus, on_done=report)
+    return ray_evaluators(workers, gpus_per_worker=gpus, on_done=report)
 
 
 def _versions() -> dict[str, str]:
@@ -238,7 +259,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", action="store_true",
                    help="score on a pool of Ray workers (local Ray unless --address/RAY_ADDRESS)")
     p.add_argument("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001")
-    p.add_argument("--workers", type=int, default=1, help="Ray scorer actors (model replicas)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray scorer actors (model replicas; default one per GPU of the cluster)")
     p.add_argument("--gpus-per-worker", type=float, default=None,
                    help="GPUs per worker (default 1 when the cluster has GPUs, else 0)")
 

@@ -190,7 +190,8 @@ def fake_worker(task_seconds: float = 0.0, kills: frozenset[str] = frozenset(),
             time.sleep(task_seconds)  # dying at once could lose the previous task's reply
             if ind.key in kills:
                 os._exit(1)
-            return Evaluation(ind.key, (1.0,), OK, 1, extra={"start": start, "end": time.time()})
+            return Evaluation(ind.key, (1.0,), OK, 1, extra={"start": start, "end": time.time(),
+                                                             "pid": os.getpid()})
 
         def throughput(self) -> dict:
             return {}

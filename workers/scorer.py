@@ -2,9 +2,9 @@
 
 One actor per model replica (one GPU by default through ``num_gpus``; a model that fits no
 single GPU spreads its layers over the actor's GPUs with ``device_map="auto"`` when the actor has
-several, ``--gpus-per-worker 2``; CPU when the cluster has no GPU). It scores with the same
-:func:`~longrope_search.search.evaluator.score_batch` as an in-process run, document by
-document, so a candidate's pruning rule stops it on whichever worker scores it.
+several, ``--gpus-per-worker 2``, see :func:`placement`; CPU when the cluster has no GPU). It
+scores with the same :func:`~longrope_search.search.evaluator.score_batch` as an in-process run,
+document by document, so a candidate's pruning rule stops it on whichever worker scores it.
 """
 
 from __future__ import annotations
@@ -16,28 +16,45 @@ from typing import Any
 
 import ray
 
+from longrope_search.errors import ConfigError
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
 from longrope_search.search.trial import Evaluation, Individual
+
+SPREADABLE = ("auto", "cuda")  # scoring.device values that may mean several GPUs
+
+
+def check_placement(device: str, gpus_per_worker: float) -> None:
+    """Refuse, before any worker starts, a spec device that cannot use the GPUs each worker
+    is given: several GPUs are one model spread over them, which ``cpu`` or ``cuda:N`` deny."""
+    if gpus_per_worker > 1 and device not in SPREADABLE:
+        raise ConfigError("scoring.device", f"{device!r} puts the model on one device, but each "
+                          f"worker gets {gpus_per_worker:g} GPUs", "use device: cuda (or auto) "
+                          "to spread one model over a worker's GPUs, or --gpus-per-worker 1")
+
+
+def placement(device: str, gpu_ids: list[Any]) -> tuple[str, str | None]:
+    """``(device, device_map)`` for a worker that Ray gave ``gpu_ids``: a CPU-only replica when
+    it has none (even on a node with GPUs for others), the layers spread over them when it has
+    several (whatever ``device`` says among ``auto`` and ``cuda``)."""
+    if device == "auto" and not gpu_ids:
+        return "cpu", None
+    if len(gpu_ids) > 1:
+        check_placement(device, len(gpu_ids))
+        return device, "auto"
+    return device, None
 
 
 @ray.remote
 class ScorerWorker:
     def __init__(self, spec: dict[str, Any]) -> None:
-        from longrope_search.model import load_model
-        from longrope_search.search.evaluator import LocalEvaluator
+        from longrope_search.search.evaluator import LocalEvaluator, load_job_model
         from longrope_search.search.job import job_from_dict
         from longrope_search.search.plan import plan_job
 
         job = job_from_dict(spec)
-        device, device_map = job.scoring.device, None
-        gpus = ray.get_gpu_ids()
-        if device == "auto" and not gpus:
-            device = "cpu"  # a CPU-only replica even when the node has GPUs for others
-        elif device == "auto" and len(gpus) > 1:
-            device_map = "auto"  # a model too big for one GPU: layers spread over this actor's
-        loaded = load_model(job.model_path, dtype=job.scoring.dtype, device=device,
-                            device_map=device_map, trust_remote_code=job.trust_remote_code)
+        device, device_map = placement(job.scoring.device, ray.get_gpu_ids())
+        loaded = load_job_model(job, device=device, device_map=device_map)
         self.evaluator = LocalEvaluator(plan_job(job), loaded)
         self.scored = 0
         self.documents = 0

@@ -24,7 +24,8 @@ from longrope_search.evaluation.perplexity import IGNORE, PerplexityScorer, chun
 from longrope_search.model.patch import apply_candidates
 from longrope_search.rope import Candidate
 
-BACKWARD_FORWARDS = 2  # a backward pass costs about two forwards (cost accounting)
+CPU_STEP_FORWARDS = 3.0  # a step on a CPU, measured: 2.3–3.4 forwards (results/bench_gradient.md)
+FLASH_BACKWARD = 2.5  # attention's backward over its forward: 5 T×T matmuls (P recomputed) to 2
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Gradient:
     lambdas: np.ndarray  # ∂ mean NLL / ∂λ_i, (d/2,)
     attention_factor: float  # ∂ mean NLL / ∂m
     forward_tokens: int  # cost: forward + backward, in forward tokens
+    step_forwards: float  # that cost over the forward tokens of the same documents
 
     @property
     def mean_nll(self) -> float:
@@ -112,12 +114,36 @@ def _window_backward(scorer: PerplexityScorer, ids: torch.Tensor, labels: torch.
     return total
 
 
+def step_forwards(model: nn.Module, tokens: int, device: torch.device) -> float:
+    """What a gradient step over ``tokens`` costs, in forwards of the same tokens.
+
+    On a GPU, from the FLOP count. A forward is F = F_mm + F_att + F_head, with F_mm = 2·P·T
+    (P: the decoder layers' weights), F_att = 2·n_layers·d_attn·T² (QKᵀ and AV under a causal
+    mask) and F_head = 2·V·H·T. The step runs each layer forward without keeping activations,
+    again in the backward (checkpointing), then the backward itself, which computes input
+    gradients only (the weights are frozen): F_mm + FLASH_BACKWARD·F_att. The head runs forward
+    and backward once: step = 3·F_mm + (2 + FLASH_BACKWARD)·F_att + 2·F_head, 3.6 forwards for
+    Llama-2-7B at 32k, 3.8 at 64k. On a CPU, the measured figure.
+    """
+    if device.type != "cuda":
+        return CPU_STEP_FORWARDS
+    cfg = model.config
+    layers = model.get_decoder().layers
+    f_mm = 2 * sum(p.numel() for p in layers.parameters()) * tokens
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    f_att = 2 * len(layers) * cfg.num_attention_heads * head_dim * tokens**2
+    f_head = 2 * model.get_output_embeddings().weight.numel() * tokens
+    step = 3 * f_mm + (2 + FLASH_BACKWARD) * f_att + 2 * f_head
+    return step / (f_mm + f_att + f_head)
+
+
 def gradient(scorer: PerplexityScorer, candidate: Candidate) -> Gradient:
     """Mean NLL of ``candidate`` on the scorer's documents and its gradient (one forward and
     one backward per document window)."""
     model = scorer.model
     rope = apply_candidates(model, candidate, scorer.geometry)
-    like = {"dtype": rope.base_inv_freq.dtype, "device": scorer.device}  # the rope's precision
+    # beside the rotary buffers, which a model spread over GPUs keeps on its last one
+    like = {"dtype": rope.base_inv_freq.dtype, "device": rope.base_inv_freq.device}
     lambdas = torch.tensor(candidate.lambdas, **like, requires_grad=True)
     m = torch.tensor(candidate.attention_factor, **like, requires_grad=True)
     rope.set_trainable(lambdas, m)
@@ -128,8 +154,11 @@ def gradient(scorer: PerplexityScorer, candidate: Candidate) -> Gradient:
                 nll[i] = _document_backward(scorer, i, scale=1.0 / scorer.num_documents)
     finally:
         rope.set_candidates([candidate])  # back to plain buffers
-    tokens = sum(scorer.forward_tokens) * (1 + BACKWARD_FORWARDS)
-    return Gradient(nll, lambdas.grad.double().cpu().numpy(), float(m.grad), tokens)
+    forward = sum(scorer.forward_tokens)
+    cost = sum((end - begin) * step_forwards(model, end - begin, rope.base_inv_freq.device)
+               for doc in scorer.documents for begin, end, _ in scorer.spans(doc))
+    return Gradient(nll, lambdas.grad.cpu().double().numpy(), float(m.grad), round(cost),
+                    cost / forward)
 
 
 __all__ = ["Gradient", "activation_checkpointing", "frozen_weights", "gradient"]

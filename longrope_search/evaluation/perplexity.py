@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,11 @@ class ScoreResult:
         return math.exp(self.mean_nll)
 
 
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the sums of many per-token losses, but on Apple's MPS, which has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def chunked_nll(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
                 chunk_tokens: int, softcap: float | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,14 +70,14 @@ def chunked_nll(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module,
     flat_h = hidden.reshape(rows * steps, -1)[scored]  # logits only where a token is scored
     flat_y = labels.reshape(-1)[scored]
     row_of = torch.arange(rows, device=labels.device).repeat_interleave(steps)[scored]
-    total = torch.zeros(rows, dtype=torch.float64, device=labels.device)
+    total = torch.zeros(rows, dtype=accumulator_dtype(labels.device), device=labels.device)
     for start in range(0, flat_y.numel(), chunk_tokens):
         sl = slice(start, start + chunk_tokens)
         logits = lm_head(flat_h[sl]).float()
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         nll = nn.functional.cross_entropy(logits, flat_y[sl], reduction="none")
-        total.index_add_(0, row_of[sl], nll.double())
+        total.index_add_(0, row_of[sl], nll.to(total.dtype))
     count = (labels != IGNORE).sum(dim=1)
     return total, count
 
@@ -95,21 +101,32 @@ def window_labels(ids: torch.Tensor, scored: int) -> torch.Tensor:
     return labels
 
 
+FILLS_A_GPU = 8192  # tokens per forward from which more rows gain < 0.5% (7B, 32k-64k)
+
+
 def auto_batch_size(model: nn.Module, seq_len: int, max_batch: int = 16) -> int:
-    """Candidates per forward that fit in free GPU memory; 1 on CPU, where batching does not
-    pay (see results/bench_scorer.md)."""
+    """Candidates per forward for ``batch_size: auto`` on the model's device."""
     device = next(model.parameters()).device
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+    return batch_for(device, seq_len, free, model.config,
+                     next(model.parameters()).element_size(), max_batch)
+
+
+def batch_for(device: torch.device, seq_len: int, free_bytes: int, config: Any,
+              element_size: int, max_batch: int = 16) -> int:
+    """1 on CPU, where batching does not pay (results/bench_scorer.md), and on a GPU at long
+    lengths, where one row of ``FILLS_A_GPU`` tokens already fills it and more rows only widen
+    what an out-of-memory error costs; else as many rows as fill ``FILLS_A_GPU`` tokens and
+    fit in free memory."""
     if device.type != "cuda":
         return 1
-    cfg = model.config
-    free, _ = torch.cuda.mem_get_info(device)
-    elem = next(model.parameters()).element_size()
-    kv = 2 * getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * (
-        getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    kv = 2 * getattr(config, "num_key_value_heads", config.num_attention_heads) * (
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
     # one layer's activations alive at a time in a no-grad forward, doubled for allocator slack
-    per_row = 2 * seq_len * elem * (4 * cfg.hidden_size + 3 * cfg.intermediate_size + kv)
-    budget = free * 0.8 - LOGITS_BUDGET_BYTES * 3
-    return int(max(1, min(max_batch, budget // per_row)))
+    per_row = 2 * seq_len * element_size * (
+        4 * config.hidden_size + 3 * config.intermediate_size + kv)
+    fits = (free_bytes * 0.8 - LOGITS_BUDGET_BYTES * 3) // per_row
+    return int(max(1, min(max_batch, FILLS_A_GPU // seq_len, fits)))
 
 
 class PerplexityScorer:

@@ -122,19 +122,21 @@ class RescaledRotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = x.shape[0]  # position_ids may be (1, T) for the whole batch
+        """cos, sin (B, T, d) on ``position_ids``' device, whatever device the buffers are on
+        (a model spread over GPUs keeps them on the last one and its positions on the first)."""
+        rows, dev = x.shape[0], position_ids.device  # position_ids may be (1, T) for the batch
         pos = position_ids[..., None].float()  # (B|1, T, 1)
         inv_freq, m = self.inv_freq, self.attention_factor  # (C, d/2), (C,)
         if self.trainable is not None:  # θ_i/λ_i and m with their gradients
             lambdas, m = self.trainable
             inv_freq, m = (self.base_inv_freq / lambdas)[None], m.reshape(1)
-        inv_freq = self._per_row(inv_freq, rows)[:, None, :]  # (B|1, 1, d/2)
-        m = self._per_row(m, rows)[:, None, None]
+        inv_freq = self._per_row(inv_freq.to(dev), rows)[:, None, :]  # (B|1, 1, d/2)
+        m = self._per_row(m.to(dev), rows)[:, None, None]
         emb = (pos * inv_freq).repeat(1, 1, 2)  # cat(freqs, freqs), as transformers does
         cos, sin = emb.cos() * m, emb.sin() * m
         if self.any_n_hat:
-            emb0 = (pos * self.base_inv_freq).repeat(1, 1, 2)
-            keep = (position_ids < self._per_row(self.n_hat, rows)[:, None])[..., None]
+            emb0 = (pos * self.base_inv_freq.to(dev)).repeat(1, 1, 2)
+            keep = (position_ids < self._per_row(self.n_hat.to(dev), rows)[:, None])[..., None]
             cos = torch.where(keep, emb0.cos(), cos)
             sin = torch.where(keep, emb0.sin(), sin)
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
@@ -143,6 +145,25 @@ class RescaledRotaryEmbedding(nn.Module):
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
+
+
+def _keep_device_hook(original: nn.Module, rescaled: RescaledRotaryEmbedding) -> None:
+    """Give the new module the device placement accelerate gave the original.
+
+    With ``device_map`` (one model over several GPUs) accelerate hooks each module with an
+    ``AlignDevicesHook`` that moves its inputs to the module's GPU; a plain ``setattr`` would
+    drop it. Only placement is kept (never offload: the new buffers are not in its weights map).
+    """
+    hook = getattr(original, "_hf_hook", None)
+    if hook is None:
+        return
+    from accelerate.hooks import AlignDevicesHook, SequentialHook, add_hook_to_module
+
+    hooks = hook.hooks if isinstance(hook, SequentialHook) else [hook]
+    align = next((h for h in hooks if isinstance(h, AlignDevicesHook)), None)
+    if align is not None and align.execution_device is not None:
+        add_hook_to_module(rescaled, AlignDevicesHook(execution_device=align.execution_device,
+                                                      io_same_device=align.io_same_device))
 
 
 def apply_candidates(model: nn.Module, candidates: Candidate | Sequence[Candidate],
@@ -159,6 +180,7 @@ def apply_candidates(model: nn.Module, candidates: Candidate | Sequence[Candidat
         return module
     geometry = geometry or RopeGeometry.from_config(model.config)
     rescaled = RescaledRotaryEmbedding(module, geometry, cands)
+    _keep_device_hook(module, rescaled)
     _set_submodule(model, name, rescaled)
     return rescaled
 

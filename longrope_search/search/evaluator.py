@@ -63,9 +63,48 @@ class Evaluator(Protocol):
         """The best candidate against PI, NTK and YaRN on other (held-out) documents."""
 
 
+def release_memory() -> None:
+    """Give the memory of a forward that ran out back to the device before the next try."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def oom_message(err: torch.OutOfMemoryError) -> str:
+    """The ledger's record of an out-of-memory failure: the error's first line."""
+    return f"OutOfMemoryError: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+
+
 def score_batch(scorer: PerplexityScorer, work: Sequence[Work], worker: str) -> Finished:
     """Score candidates that share each forward, document by document; a candidate leaves the
-    batch when its rule prunes it. Out of memory fails the batch's remaining candidates."""
+    batch when its rule prunes it.
+
+    Out of memory with several candidates in a forward releases the memory and scores each
+    remaining one alone; only a candidate that runs out of memory alone is failed, with the
+    error in its record."""
+    try:
+        return _score_together(scorer, work, worker)
+    except _OutOfMemory as oom:
+        release_memory()
+        if len(oom.remaining) == 1:  # it ran alone: one row per forward, nothing to split
+            return [*oom.finished, _failed(oom.remaining[0][0], scorer, worker, oom.message)]
+        return oom.finished + [r for w in oom.remaining for r in score_batch(scorer, [w], worker)]
+
+
+class _OutOfMemory(Exception):
+    """A batch ran out of memory: what had finished before, and the work still to score."""
+
+    def __init__(self, finished: Finished, remaining: list[Work], message: str) -> None:
+        super().__init__(message)
+        self.finished, self.remaining, self.message = finished, remaining, message
+
+
+def _failed(ind: Individual, scorer: PerplexityScorer, worker: str, error: str
+            ) -> tuple[Individual, Evaluation]:
+    return ind, Evaluation(ind.key, (), FAILED, scorer.num_documents,
+                           extra={"worker": worker, "error": error})
+
+
+def _score_together(scorer: PerplexityScorer, work: Sequence[Work], worker: str) -> Finished:
     nll: dict[int, list[float]] = {i: [] for i in range(len(work))}
     groups: dict[int, list[list[float]]] = {i: [] for i in range(len(work))}  # needles
     active = list(range(len(work)))
@@ -82,23 +121,23 @@ def score_batch(scorer: PerplexityScorer, work: Sequence[Work], worker: str) -> 
         return ind, Evaluation(ind.key, tuple(nll[i]), status, scorer.num_documents, cost,
                                extra)
 
-    try:
-        for d in range(scorer.num_documents):
+    for d in range(scorer.num_documents):
+        try:
             per_group, count = scorer.score_groups([work[i][1] for i in active], d)
-            still = []
-            for i, v in zip(active, per_group, strict=True):
-                nll[i].append(float((v * count).sum() / count.sum()))
-                groups[i].append(v.tolist())
-                rule = work[i][2]
-                if rule is not None and rule.should_prune(nll[i]):
-                    out.append(result(i, PRUNED))
-                else:
-                    still.append(i)
-            active = still
-            if not active:
-                break
-    except torch.OutOfMemoryError:
-        return out + [result(i, FAILED) for i in active]
+        except torch.OutOfMemoryError as err:
+            raise _OutOfMemory(out, [work[i] for i in active], oom_message(err)) from None
+        still = []
+        for i, v in zip(active, per_group, strict=True):
+            nll[i].append(float((v * count).sum() / count.sum()))
+            groups[i].append(v.tolist())
+            rule = work[i][2]
+            if rule is not None and rule.should_prune(nll[i]):
+                out.append(result(i, PRUNED))
+            else:
+                still.append(i)
+        active = still
+        if not active:
+            break
     return out + [result(i, OK) for i in active]
 
 
@@ -110,14 +149,15 @@ def gradient_step(scorer: PerplexityScorer, ind: Individual, cand: Candidate, wo
     scorer = scorer.minibatch(*ind.minibatch)
     try:
         g = gradient(scorer, cand)
-    except torch.OutOfMemoryError:
-        return ind, Evaluation(ind.key, (), FAILED, scorer.num_documents,
-                               extra={"worker": worker, "error": "OutOfMemoryError"})
+    except torch.OutOfMemoryError as err:
+        release_memory()
+        return _failed(ind, scorer, worker, oom_message(err))
     now = time.time()
     status = OK if ind.minibatch == ALL_DOCUMENTS else MINIBATCH
     return ind, Evaluation(ind.key, tuple(float(v) for v in g.nll), status, scorer.num_documents,
                           g.forward_tokens, {"worker": worker, "seconds": round(now - t0, 4),
-                                             "timestamp": now, "gradient": g.lambdas.tolist()})
+                                             "timestamp": now, "gradient": g.lambdas.tolist(),
+                                             "step_forwards": round(g.step_forwards, 4)})
 
 
 def worker_name() -> str:
@@ -162,6 +202,17 @@ class LocalEvaluator:
 Evaluators = Callable[[JobSpec], AbstractContextManager[Evaluator]]
 
 
+def load_job_model(spec: JobSpec, *, device: str | None = None,
+                   device_map: str | None = None) -> LoadedModel:
+    """The job's model, loaded as its spec says (dtype, device, attention kernel, window);
+    ``device`` and ``device_map`` override the spec's placement (a Ray worker's GPUs)."""
+    sc = spec.scoring
+    return load_model(spec.model_path, dtype=sc.dtype, device=device or sc.device,
+                      device_map=device_map, attn_implementation=sc.attn_implementation,
+                      remove_sliding_window=spec.remove_sliding_window,
+                      trust_remote_code=spec.trust_remote_code)
+
+
 def local_evaluators(loaded: LoadedModel | None = None) -> Evaluators:
     """Score in this process; the model is loaded once (on first use) for every stage."""
     models: list[LoadedModel] = [loaded] if loaded is not None else []
@@ -169,9 +220,7 @@ def local_evaluators(loaded: LoadedModel | None = None) -> Evaluators:
     @contextmanager
     def evaluator(spec: JobSpec) -> Iterator[Evaluator]:
         if not models:
-            models.append(load_model(spec.model_path, dtype=spec.scoring.dtype,
-                                     device=spec.scoring.device,
-                                     trust_remote_code=spec.trust_remote_code))
+            models.append(load_job_model(spec))
         yield LocalEvaluator(plan_job(spec), models[0])
 
     return evaluator

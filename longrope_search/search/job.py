@@ -38,6 +38,8 @@ MAX_RATIO = 1024
 FACTORS = ("long", "short")
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # model.loading.DTYPES, and auto
+# model.loading.ATTN_IMPLEMENTATIONS
+AttnImplementation = Literal["sdpa", "flash_attention_2", "eager", "flex_attention"]
 Factors = Literal["long", "short"]  # FACTORS
 Policy = Literal["none", "yarn", "su"]  # rope.attention.POLICIES
 SeedName = Literal[SEED_NAMES]  # type: ignore[valid-type]
@@ -65,8 +67,12 @@ class ScoringSpec(SpecModel):
                          "with native bf16, fp32 elsewhere")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,3})?|mps)$",
                         description="auto, cpu, cuda, cuda:N or mps")
+    attn_implementation: AttnImplementation = Field(
+        "sdpa", description="transformers' attention kernel: sdpa, flash_attention_2 (needs "
+        "flash-attn), eager or flex_attention")
     batch_size: Literal["auto"] | OneOrMore = Field(
-        "auto", description="candidates per forward pass: auto or a number ≥ 1")
+        "auto", description="candidates per forward pass: auto (1 on CPUs and at long lengths "
+        "on GPUs) or a number ≥ 1")
     document_tokens: int | None = Field(
         None, ge=2, le=MAX_LENGTH, description="sliding: tokens read from each document, "
         "scored in windows of L'; default L' (one window)")
@@ -225,6 +231,11 @@ class _JobFields(SpecModel):
                                               description=EarlyStoppingSpec.__doc__)
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description=BudgetSpec.__doc__)
     trust_remote_code: bool = Field(False, description="run the model folder's own code")
+    remove_sliding_window: bool = Field(
+        False, description="a model whose layers attend only within a sliding window "
+        "(Mistral-7B-v0.1, Phi-3-mini-4k) is refused, since at L' it sees only the distances it "
+        "was trained on; true removes the window so every layer attends to the whole context, "
+        "as long-context variants of such models do")
     stages: Annotated[tuple[StageSpec, ...], AtMost(16)] = Field(
         (), description="a chained job: stages run in order, each long stage seeded with the "
         "previous one's best mapped to its ratio (λ' = 1 + (λ − 1)(s' − 1)/(s − 1)); the job's "

@@ -24,7 +24,9 @@ from longrope_search.evaluation.needles import (
 )
 from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.factor_file import load_factor_file
-from longrope_search.model import LoadedModel, read_geometry
+from longrope_search.model import LoadedModel
+from longrope_search.model.loading import attention_window, check_attn_implementation
+from longrope_search.model.source import ModelSource
 from longrope_search.rope import Candidate, RopeGeometry, attention_factor, seed_candidate
 from longrope_search.search.job import JobSpec
 from longrope_search.search.space import N_HAT_CHOICES, Genome, SearchSpace, critical_dim
@@ -50,8 +52,11 @@ class Plan:
 
 def plan_job(spec: JobSpec) -> Plan:
     """Validate a job against its model's config (cheap: no weights) and build space and seeds."""
-    geometry = read_geometry(spec.model_path, trust_remote_code=spec.trust_remote_code)
+    config = ModelSource.of(spec.model_path).config(spec.trust_remote_code)
+    geometry = RopeGeometry.from_config(config)
     L, Lp, s = spec.resolve_lengths(geometry.original_length)
+    check_attn_implementation(spec.scoring.attn_implementation, "scoring.attn_implementation")
+    _check_window(spec, config, Lp)
     sp = spec.space
     if spec.factors == "short" and sp.lambda_max is None:
         raise ConfigError("space.lambda_max", "a short-factor job has no extension ratio to "
@@ -83,6 +88,32 @@ def plan_job(spec: JobSpec) -> Plan:
     return Plan(spec, geometry, L, Lp, s, space, seeds, m)
 
 
+def _check_window(spec: JobSpec, config: Any, target_length: int) -> None:
+    """Refuse a model that never attends past a window shorter than L', unless the spec
+    removes the window."""
+    window = attention_window(config)
+    if window is not None and window < target_length and not spec.remove_sliding_window:
+        raise ConfigError(
+            "model", f"{spec.model_path.name} attends only to the last {window} tokens in every "
+            f"layer (sliding_window), so at L' = {target_length} it sees no distance it was not "
+            "trained on and no λ extends it", "use a model without a window (e.g. "
+            "Mistral-7B-v0.2 rather than v0.1), or set remove_sliding_window: true to score it "
+            "with full attention")
+
+
+def window_note(spec: JobSpec) -> str | None:
+    """What a user is told when the job removes its model's sliding window."""
+    if not spec.remove_sliding_window:
+        return None
+    config = ModelSource.of(spec.model_path).config(spec.trust_remote_code)
+    window = attention_window(config)
+    if window is None:
+        return None
+    return (f"note: {spec.model_path.name}'s sliding window of {window} tokens is removed "
+            "(remove_sliding_window): every layer attends to the whole context, which the model "
+            "was not trained for; deploy the factors with the window removed too")
+
+
 def prepare(spec: JobSpec) -> tuple[Plan, Strategy]:
     """Everything that can be checked before weights load or a job folder exists: the model's
     config, the space and seeds, the strategy's options, the documents (tokenizer only)."""
@@ -109,8 +140,6 @@ def comparison_documents(spec: JobSpec) -> Path:
 def check_documents(plan: Plan) -> None:
     """Tokenize the search and held-out documents (tokenizer only, no weights): refuse a job
     whose documents are missing or too short before it is accepted."""
-    from longrope_search.model.source import ModelSource
-
     spec = plan.spec
     tokenizer = ModelSource.of(spec.model_path).tokenizer(spec.trust_remote_code)
     for field, path in (("documents", spec.documents_path),
@@ -186,7 +215,6 @@ def best_record(plan: Plan, best: Candidate, ev: Evaluation) -> dict[str, Any]:
     """The searched factors in longrope-search's own format (``longrope-search eval --factors``
     reads it)."""
     from longrope_search.export import model_fingerprint, versions
-    from longrope_search.model.source import ModelSource
 
     config = ModelSource.of(plan.spec.model_path).config(plan.spec.trust_remote_code)
     return {

@@ -9,10 +9,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from longrope_search.errors import ConfigError
 from longrope_search.service.client import Client
+
+if TYPE_CHECKING:
+    from longrope_search.search.job import JobSpec
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -27,24 +30,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} without a token: anyone who reaches this port "
               "can run jobs; set --token or LONGROPE_SEARCH_TOKEN", file=sys.stderr)
     for option, value in (("workers", args.workers), ("max-running", args.max_running)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(option, f"must be ≥ 1, got {value}", f"use --{option} 1 or more")
     address = args.address or os.environ.get("RAY_ADDRESS")
+    check = None
     if not (args.ray or address):
         runner = local_runner()
     else:
-        from longrope_search.distributed import connect
+        import ray
+
+        from longrope_search.distributed import connect, pool_size
+        from workers.scorer import check_placement
 
         if not address:
             print("note: a local Ray cluster listens on all interfaces (Ray cannot bind its "
                   "services to loopback) and relies on Ray's token authentication; to keep "
                   "every listener on loopback, serve without --ray", file=sys.stderr)
         connect(address)  # here, in the main thread, where Ray can install its handlers
-        runner = ray_runner(args.workers, gpus_per_worker=args.gpus_per_worker,
-                            address=address)
+        workers, gpus, note = pool_size(args.workers, args.gpus_per_worker,
+                                        ray.cluster_resources())  # refused before serving
+        print(note, file=sys.stderr)
+        runner = ray_runner(workers, gpus_per_worker=gpus, address=address)
+
+        def check(spec: JobSpec) -> None:
+            check_placement(spec.scoring.device, gpus)
+
     manager = JobManager(args.results_dir, runner, data_roots=args.data_root or None,
                          max_running=args.max_running,
-                         allow_remote_code=args.allow_remote_code)
+                         allow_remote_code=args.allow_remote_code, check=check)
     print(f"longrope-search: dashboard http://{args.host}:{args.port}/dashboard/  "
           f"API http://{args.host}:{args.port}/openapi.json  results {manager.results_dir}",
           file=sys.stderr)
@@ -227,8 +240,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--ray", action="store_true",
                    help="score on a pool of Ray workers (a local Ray cluster unless --address); "
                         "default: in the server process, every listener on loopback")
-    p.add_argument("--workers", type=int, default=1, help="Ray scorer actors per job")
-    p.add_argument("--gpus-per-worker", type=float, default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray scorer actors per job (default: one per GPU of the cluster)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per worker (default 1 when the cluster has GPUs, else 0)")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (or $RAY_ADDRESS); implies --ray")
     p.add_argument("--max-running", type=int, default=1,

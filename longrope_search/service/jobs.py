@@ -125,10 +125,12 @@ class JobManager:
     """The jobs under ``results_dir``, a FIFO queue and ``max_running`` runner threads."""
 
     def __init__(self, results_dir: Path, runner: Runner, *, data_roots: list[Path] | None = None,
-                 max_running: int = 1, allow_remote_code: bool = False) -> None:
+                 max_running: int = 1, allow_remote_code: bool = False,
+                 check: Callable[[JobSpec], None] | None = None) -> None:
         self.results_dir = Path(results_dir).resolve()
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.runner = runner
+        self.check = check  # what the runner refuses (a device that denies its GPUs), at submit
         self.data_roots = [Path(r).resolve() for r in (data_roots or [Path.cwd()])]
         self.max_running = max_running
         self.allow_remote_code = allow_remote_code
@@ -180,6 +182,8 @@ class JobManager:
             raise ConfigError("trust_remote_code", "this server does not run a model folder's "
                               "own code", "start the server with --allow-remote-code")
         check_job(spec)  # model config, space, strategy, documents: before anything is written
+        if self.check is not None:
+            self.check(spec)
         with self.lock:
             if spec.name in self.jobs or spec.job_dir.exists():
                 raise JobConflict(f"job {spec.name!r} already exists: resume it, or submit "

@@ -8,21 +8,20 @@ from longrope_search.search.chain import run_job
 from longrope_search.service.jobs import Job, Runner, progress_hook
 
 
-def ray_runner(workers: int = 1, *, gpus_per_worker: float | None = None,
+def ray_runner(workers: int | None = None, *, gpus_per_worker: float | None = None,
                address: str | None = None) -> Runner:
-    """Each job gets its own ``workers`` scorer actors, released when it ends; a job waiting
-    for GPUs another job holds waits in Ray's scheduler."""
+    """Each job gets its own ``workers`` scorer actors (default: one per GPU), released when it
+    ends; a job waiting for GPUs another job holds waits in Ray's scheduler. A pool bigger than
+    the cluster fails the job at once (``serve`` refuses it before serving)."""
 
     def run(job: Job) -> None:
         import ray
 
-        from longrope_search.distributed import connect, ray_evaluators
+        from longrope_search.distributed import connect, pool_size, ray_evaluators
 
         connect(address)
-        gpus = gpus_per_worker
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
-        run_job(job.spec, evaluators=ray_evaluators(workers, gpus_per_worker=gpus),
+        size, gpus, _ = pool_size(workers, gpus_per_worker, ray.cluster_resources())
+        run_job(job.spec, evaluators=ray_evaluators(size, gpus_per_worker=gpus),
                 progress=False, on_progress=progress_hook(job))
 
     return run
