@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from longrope_search.evaluation.flops import forward_flops
 from longrope_search.evaluation.perplexity import IGNORE, PerplexityScorer, chunked_nll
 from longrope_search.model.patch import apply_candidates
 from longrope_search.rope import Candidate
@@ -117,9 +118,9 @@ def _window_backward(scorer: PerplexityScorer, ids: torch.Tensor, labels: torch.
 def step_forwards(model: nn.Module, tokens: int, device: torch.device) -> float:
     """What a gradient step over ``tokens`` costs, in forwards of the same tokens.
 
-    On a GPU, from the FLOP count. A forward is F = F_mm + F_att + F_head, with F_mm = 2·P·T
-    (P: the decoder layers' weights), F_att = 2·n_layers·d_attn·T² (QKᵀ and AV under a causal
-    mask) and F_head = 2·V·H·T. The step runs each layer forward without keeping activations,
+    On a GPU, from the FLOP count. A forward is F = F_mm + F_att + F_head
+    (:func:`~longrope_search.evaluation.flops.forward_flops`). The step runs each layer
+    forward without keeping activations,
     again in the backward (checkpointing), then the backward itself, which computes input
     gradients only (the weights are frozen): F_mm + FLASH_BACKWARD·F_att. The head runs forward
     and backward once: step = 3·F_mm + (2 + FLASH_BACKWARD)·F_att + 2·F_head, 3.6 forwards for
@@ -127,14 +128,9 @@ def step_forwards(model: nn.Module, tokens: int, device: torch.device) -> float:
     """
     if device.type != "cuda":
         return CPU_STEP_FORWARDS
-    cfg = model.config
-    layers = model.get_decoder().layers
-    f_mm = 2 * sum(p.numel() for p in layers.parameters()) * tokens
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    f_att = 2 * len(layers) * cfg.num_attention_heads * head_dim * tokens**2
-    f_head = 2 * model.get_output_embeddings().weight.numel() * tokens
-    step = 3 * f_mm + (2 + FLASH_BACKWARD) * f_att + 2 * f_head
-    return step / (f_mm + f_att + f_head)
+    f = forward_flops(model, tokens)
+    step = 3 * f.matmul + (2 + FLASH_BACKWARD) * f.attention + 2 * f.head
+    return step / f.total
 
 
 def gradient(scorer: PerplexityScorer, candidate: Candidate) -> Gradient:
