@@ -60,6 +60,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from longrope_search.errors import ConfigError
 from longrope_search.evaluation.documents import load_documents
 from longrope_search.evaluation.flops import forward_flops
 from longrope_search.evaluation.gradient import gradient
@@ -67,6 +68,7 @@ from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.evaluation.sweep import perplexity_by_length
 from longrope_search.io import atomic_write
 from longrope_search.model import load_model
+from longrope_search.model.loading import check_attn_implementation
 from longrope_search.rope import RopeGeometry, seed_candidate
 from longrope_search.search.chain import run_job
 from longrope_search.search.job import JobSpec, ScoringSpec, job_from_dict
@@ -261,8 +263,10 @@ def yarn_for(geometry: RopeGeometry, length: int) -> Any:
 # -- part 1: the scorer -------------------------------------------------------------------------
 def attention_available(attn: str) -> str | None:
     """Why ``attn`` cannot run here, or None."""
-    if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        return "flash_attn is not installed"
+    try:
+        check_attn_implementation(attn)
+    except ConfigError as e:
+        return e.problem
     if attn == "flex_attention":
         from transformers.utils import is_torch_flex_attn_available
 

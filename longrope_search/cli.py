@@ -192,7 +192,7 @@ def _search(spec: JobSpec, args: argparse.Namespace) -> int:
         check_placement(spec.scoring.device, args.gpus_per_worker)
     checked = check_job(spec)  # config, strategy and documents, before any weights load
     print(f"job {spec.name}: {_describe(spec)}", file=sys.stderr)
-    note = window_note(spec)
+    note = window_note(checked[0][1][0])  # every stage has the job's model
     if note:
         print(note, file=sys.stderr)
     result = run_job(spec, evaluators=_ray_evaluators(args) if args.ray else None,

@@ -240,29 +240,21 @@ def test_flash_attention_without_its_package_is_refused(tmp_path, capsys) -> Non
 
 
 # -- item 6: out of memory ---------------------------------------------------------------------
-class RunsOutOfMemory:
-    """A scorer's forward that runs out of memory with more than ``rows`` rows, or for the
-    candidates named ``always``: what a GPU does, on this CPU."""
+def run_out_of_memory(scorer: PerplexityScorer, rows: int,
+                      always: frozenset = frozenset()) -> list[int]:
+    """Make the scorer's forwards run out of memory with more than ``rows`` candidates, or
+    for the candidates named ``always``: what a GPU does, on this CPU. Returns the batch
+    sizes tried, as they are tried."""
+    real, batches = scorer.score_groups, []
 
-    def __init__(self, scorer: PerplexityScorer, rows: int, always: frozenset = frozenset()):
-        self.real, self.rows, self.always = scorer._document_nll, rows, always
-        self.batches: list[int] = []
+    def score_groups(candidates, index):
+        batches.append(len(candidates))
+        if len(candidates) > rows or any(c.name in always for c in candidates):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return real(candidates, index)
 
-    def install(self, scorer: PerplexityScorer, names: list) -> None:
-        def forward(rows: int, index: int):
-            self.batches.append(rows)
-            if rows > self.rows or any(n in self.always for n in names[0]):
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
-            return self.real(rows, index)
-
-        real_score = scorer.score_groups
-
-        def score_groups(candidates, index):
-            names[0] = [c.name for c in candidates]
-            return real_score(candidates, index)
-
-        scorer._document_nll = forward
-        scorer.score_groups = score_groups
+    scorer.score_groups = score_groups
+    return batches
 
 
 def oom_work(geometry) -> list:
@@ -279,10 +271,9 @@ def test_out_of_memory_retries_each_candidate_alone(embedded, documents) -> None
                               batch_size=3)
     work = oom_work(embedded.geometry)
     expected = score_batch(scorer, work, "w")
-    oom = RunsOutOfMemory(scorer, rows=1)
-    oom.install(scorer, [[]])
+    batches = run_out_of_memory(scorer, rows=1)
     got = score_batch(scorer, work, "w")
-    assert oom.batches[0] == 3 and set(oom.batches[1:]) == {1}
+    assert batches[0] == 3 and set(batches[1:]) == {1}
     assert [(i.key, e.status, e.nll) for i, e in got] == [
         (i.key, e.status, e.nll) for i, e in expected]
     assert all(e.status == "ok" for _, e in got)
@@ -292,7 +283,7 @@ def test_only_a_candidate_out_of_memory_alone_fails_with_the_message(embedded,
                                                                      documents) -> None:
     scorer = PerplexityScorer(embedded.model, embedded.geometry, documents, length=256,
                               batch_size=3)
-    RunsOutOfMemory(scorer, rows=1, always=frozenset({"ntk"})).install(scorer, [[]])
+    run_out_of_memory(scorer, rows=1, always=frozenset({"ntk"}))
     got = {cand_key: ev for cand_key, ev in ((i.key, e) for i, e in
                                                score_batch(scorer, oom_work(embedded.geometry),
                                                            "w"))}

@@ -48,6 +48,7 @@ class Plan:
     space: SearchSpace
     seeds: list[tuple[str, Genome]]  # the seed candidates
     attention_factor: float
+    window: int | None = None  # the model's sliding window, when every layer has one
 
 
 def plan_job(spec: JobSpec) -> Plan:
@@ -56,7 +57,8 @@ def plan_job(spec: JobSpec) -> Plan:
     geometry = RopeGeometry.from_config(config)
     L, Lp, s = spec.resolve_lengths(geometry.original_length)
     check_attn_implementation(spec.scoring.attn_implementation, "scoring.attn_implementation")
-    _check_window(spec, config, Lp)
+    window = attention_window(config)
+    _check_window(spec, window, Lp)
     sp = spec.space
     if spec.factors == "short" and sp.lambda_max is None:
         raise ConfigError("space.lambda_max", "a short-factor job has no extension ratio to "
@@ -85,13 +87,12 @@ def plan_job(spec: JobSpec) -> Plan:
         raise ConfigError("scoring.document_tokens", f"{sc.document_tokens} is shorter than the "
                           f"window L' = {Lp}", f"use at least {Lp}, or leave it out")
     m = attention_factor(spec.attention_factor, s, L)
-    return Plan(spec, geometry, L, Lp, s, space, seeds, m)
+    return Plan(spec, geometry, L, Lp, s, space, seeds, m, window)
 
 
-def _check_window(spec: JobSpec, config: Any, target_length: int) -> None:
+def _check_window(spec: JobSpec, window: int | None, target_length: int) -> None:
     """Refuse a model that never attends past a window shorter than L', unless the spec
     removes the window."""
-    window = attention_window(config)
     if window is not None and window < target_length and not spec.remove_sliding_window:
         raise ConfigError(
             "model", f"{spec.model_path.name} attends only to the last {window} tokens in every "
@@ -101,15 +102,12 @@ def _check_window(spec: JobSpec, config: Any, target_length: int) -> None:
             "with full attention")
 
 
-def window_note(spec: JobSpec) -> str | None:
+def window_note(plan: Plan) -> str | None:
     """What a user is told when the job removes its model's sliding window."""
-    if not spec.remove_sliding_window:
+    spec = plan.spec
+    if not spec.remove_sliding_window or plan.window is None:
         return None
-    config = ModelSource.of(spec.model_path).config(spec.trust_remote_code)
-    window = attention_window(config)
-    if window is None:
-        return None
-    return (f"note: {spec.model_path.name}'s sliding window of {window} tokens is removed "
+    return (f"note: {spec.model_path.name}'s sliding window of {plan.window} tokens is removed "
             "(remove_sliding_window): every layer attends to the whole context, which the model "
             "was not trained for; deploy the factors with the window removed too")
 
