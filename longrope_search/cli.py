@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import shlex
 import sys
@@ -93,6 +94,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lengths = (_int_list("lengths", args.lengths) if args.lengths
                else [L, 2 * L, 4 * L, 8 * L])
     methods = _methods(args.methods)
+    if args.fixed_ratio is not None and not (math.isfinite(args.fixed_ratio)
+                                             and args.fixed_ratio >= 1):
+        raise ConfigError("fixed-ratio", f"must be a ratio ≥ 1, got {args.fixed_ratio}",
+                          "give the extension ratio s of the deployed config, e.g. 8")
     factors = [load_factor_file(f, geometry) for f in args.factors]
     for path, cand in zip(args.factors, factors, strict=True):
         if cand.n_hat >= max(lengths):
@@ -111,8 +116,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           text_field=args.text_field)
     rows = perplexity_by_length(loaded.model, geometry, docs, lengths, methods=methods,
                                 candidates=factors, mode=args.mode, stride=args.stride,
-                                batch_size=args.batch_size)
-    print(f"\nperplexity ({args.mode}, {len(docs)} documents, {loaded.dtype}, trained L = {L}):")
+                                batch_size=args.batch_size, fixed_ratio=args.fixed_ratio)
+    seeds = (f"seeds configured for s = {args.fixed_ratio:g} at every length, as deployed"
+             if args.fixed_ratio else "seeds tuned to each length's own ratio ℓ/L")
+    files = "; factor files as they are at every length, with their n̂" if factors else ""
+    print(f"\nperplexity ({args.mode}, {len(docs)} documents, {loaded.dtype}, trained L = {L}; "
+          f"{seeds}{files}):")
     _print_table(rows, "ppl", ".3f")
 
     table = pa.Table.from_pylist(rows)
@@ -122,6 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "command": args.command_line,
         "model": str(args.model), "documents": str(documents_source), "k": args.k,
         "seed": args.seed, "mode": args.mode, "stride": args.stride, "dtype": str(loaded.dtype),
+        "fixed_ratio": args.fixed_ratio,
         "device": str(loaded.device), "original_length": L, "lengths": lengths,
         "seconds": round(time.time() - t0, 1), "versions": _versions(), "rows": rows,
     })
@@ -182,7 +192,7 @@ def _search(spec: JobSpec, args: argparse.Namespace) -> int:
     from longrope_search.search.chain import check_job, run_job
     from longrope_search.search.driver import summarize
     from longrope_search.search.jobdir import JobDir
-    from longrope_search.search.plan import window_note
+    from longrope_search.search.plan import comparison_semantics, window_note
 
     if args.workers is not None and args.workers < 1:  # before Ray starts
         raise ConfigError("workers", f"must be ≥ 1, got {args.workers}", "use --workers 1 or more")
@@ -202,14 +212,26 @@ def _search(spec: JobSpec, args: argparse.Namespace) -> int:
         docs = docs.relative_to(Path.cwd())
     which = "held-out" if spec.heldout_path else "search"
     print(summarize(result))
-    print(f"\non {which} documents ({docs}):")
-    for r in result.comparison:
-        gain = "" if r["method"] == "best" else f"  best is {r['gain_vs_this_pct']:.2f}% lower"
-        print(f"  {r['method']:<10} ppl {r['ppl']:9.4f}{gain}")
+    print(f"\non {which} documents ({docs}); {comparison_semantics(spec)}:")
+    print(comparison_table(result.comparison))
     job = JobDir.of(spec)
     print(f"\nfactor tables: {job.generations}  (pandas.read_parquet)")
     print(f"best factors: {job.best}")
     return 0
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """The held-out comparison as a table: perplexity by length, and the gain at L'."""
+    lengths = list(rows[0].get("ppl_by_length", {}))
+    width = max(len(r["method"]) for r in rows)
+    head = f"  {'method':<{width}} " + "".join(f"{n:>10}" for n in lengths) + \
+        f"{'at L′':>10}  best is lower by"
+    lines = [head]
+    for r in rows:
+        cells = "".join(f"{r['ppl_by_length'][n]:10.2f}" for n in lengths)
+        gain = "" if r["method"] == rows[0]["method"] else f"{r['gain_vs_this_pct']:.2f}%"
+        lines.append(f"  {r['method']:<{width}} {cells}{r['ppl']:10.4f}  {gain}")
+    return "\n".join(lines)
 
 
 def _describe(spec: JobSpec) -> str:
@@ -224,7 +246,7 @@ def _describe(spec: JobSpec) -> str:
                 f"{spec.attention_factor}, strategy {spec.strategy}, budget {budget}")
     ratio = f"s = {spec.extension_ratio:g}" if spec.extension_ratio else \
         f"L' = {spec.target_length}"
-    return f"{ratio}, strategy {spec.strategy}, budget {budget}"
+    return f"{ratio}, strategy {spec.strategy}, budget {budget}, for deploy: {spec.deploy}"
 
 
 def _ray_evaluators(args: argparse.Namespace) -> Evaluators:
@@ -277,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the embedded model's held-out documents)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--lengths", default=None, help="comma-separated (default L,2L,4L,8L)")
+    p.add_argument("--fixed-ratio", type=float, default=None, metavar="S",
+                   help="build the seeds once for s = S and apply them at every length (what "
+                        "a deployed config does); default: each length's own ratio")
     p.add_argument("--methods", default="none,pi,ntk,yarn",
                    help=f"comma-separated seeds from {', '.join(SEED_NAMES)}")
     p.add_argument("--factors", type=Path, nargs="*", default=[],

@@ -11,8 +11,13 @@ One job folder (``job.yaml`` + ``best.json``), three formats:
 * ``longrope``: the whole record — λ, n̂, m, lengths, model fingerprint, documents, perplexities,
   the seeds' perplexities, search settings, versions.
 
-No inference engine implements n̂ (LongRoPE Eq. 3's unscaled first positions): for n̂ > 0 the
-``hf`` and ``vllm`` exports say so and carry the perplexity without it. :func:`apply_factors`
+No inference engine implements n̂ (LongRoPE Eq. 3's unscaled first positions): for n̂ > 0 (a
+job searched for ``deploy: python``) the ``hf`` and ``vllm`` exports say so and carry the
+perplexity without it. An export never switches factor sets inside one sequence where its engine
+would keep keys rotated by the short set beside queries rotated by the long one in the KV cache
+(:func:`engine_short_factors`): ``short_factor`` is the long one but for transformers on a
+Phi-3-family model. Each export records the engine the job was searched for and the ones it
+serves, with a note when they differ (:func:`export_notes`). :func:`apply_factors`
 applies any of the three (or any config with a ``longrope`` block) to a loaded transformers
 model, n̂ included.
 """
@@ -26,11 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from longrope_search.deploy import (
+    DEFAULT_ENGINE,
+    FORMAT_ENGINES,
+    Engine,
+    applies_n_hat,
+    two_sets_safe,
+)
 from longrope_search.errors import ConfigError
 from longrope_search.rope import Candidate, RopeGeometry
 from longrope_search.search.jobdir import JobDir
 
-FORMATS = ("hf", "vllm", "longrope")
+FORMATS = ("hf", "vllm", "longrope")  # and gguf, in gguf_export
 RECORD_FORMAT = "longrope-search/factors"
 RECORD_VERSION = 1
 N_HAT_NOTE = ("n_hat = {n_hat} was searched, but inference engines (transformers, vLLM, SGLang, "
@@ -38,7 +50,16 @@ N_HAT_NOTE = ("n_hat = {n_hat} was searched, but inference engines (transformers
               "without it is in ppl_without_n_hat. longrope_search.apply_factors(model, file) "
               "applies n_hat too.")
 SHORT_NOTE = ("the short factors were searched under short_attention_factor, but transformers "
-              "applies attention_factor to every length; vLLM's short_mscale carries it")
+              "applies attention_factor to every length")
+ONE_SET_NOTE = ("short_factor = long_factor: {engine} would switch factor sets inside a sequence "
+                "that crosses L (generation, chunked prefill) and keep keys rotated by one set "
+                "beside queries rotated by the other in the KV cache; with one set every length "
+                "gets the long factors{dropped}")
+ENGINE_NOTE = "searched for deploy: {searched}, exported as {fmt} for {engines}: {verdict}"
+SAME_RESULTS = ("both apply the same factors at every length to this model, so the job's "
+                "results by length hold")
+OTHER_RESULTS = ("they apply the factors differently ({why}), so the job's results by length "
+                 "do not describe this export; search with deploy: {engine} for figures that do")
 # What identifies a checkpoint's architecture; max_position_embeddings is left out on purpose,
 # since exporting changes it.
 FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -123,11 +144,52 @@ def short_factors_for(job_dir: Path, best: dict[str, Any],
                         short_dir.name)
 
 
-def _provenance(best: dict[str, Any], short: ShortFactors) -> dict[str, Any]:
+def searched_for(best: dict[str, Any]) -> Engine:
+    """The engine a job was searched for (jobs from before ``deploy``: the default)."""
+    return Engine(best.get("deploy", DEFAULT_ENGINE.value))
+
+
+def export_notes(best: dict[str, Any], fmt: str) -> list[str]:
+    """What a user is told about an export in ``fmt`` for an engine the job was not searched
+    for: whether the job's figures still describe it."""
+    engines = FORMAT_ENGINES[fmt]
+    searched = searched_for(best)
+    if searched in engines:
+        return []
+    why = []
+    if best["n_hat"] and applies_n_hat(searched) != applies_n_hat(engines[0]):
+        why.append(f"n̂ = {best['n_hat']} is applied by one of them only")
+    model_type = best.get("model_type")
+    if two_sets_safe(searched, model_type) != two_sets_safe(engines[0], model_type):
+        why.append("one of them gives prompts up to L the short factors")
+    verdict = (OTHER_RESULTS.format(why="; ".join(why), engine=engines[0].value) if why
+               else SAME_RESULTS)
+    return [ENGINE_NOTE.format(searched=searched.value, fmt=fmt, verdict=verdict,
+                               engines=" or ".join(e.value for e in engines))]
+
+
+def engine_short_factors(best: dict[str, Any], short: ShortFactors, fmt: str,
+                         model_type: str | None) -> tuple[ShortFactors, list[str]]:
+    """The short set an export in ``fmt`` may carry, and a note when it is not the searched
+    one: a second set only where its engine never mixes rotations in one KV cache
+    (:func:`~longrope_search.deploy.two_sets_safe`, transformers on a Phi-3 model), else the
+    long factors and attention factor for every length."""
+    engine = FORMAT_ENGINES[fmt][0]
+    if two_sets_safe(engine, model_type):
+        return short, []
+    dropped = f"; the recovered short factors of {short.job} are not used" if short.job else ""
+    note = ONE_SET_NOTE.format(engine=engine.value, dropped=dropped)
+    return ShortFactors(_factors(best["lambdas"]), float(best["attention_factor"])), [note]
+
+
+def _provenance(best: dict[str, Any], short: ShortFactors, fmt: str,
+                notes: list[str]) -> dict[str, Any]:
     """What engines drop, kept beside their keys (``longrope_search`` in config.json)."""
     out: dict[str, Any] = {"job": best.get("job"), "n_hat": best["n_hat"],
                            "search_ppl": best.get("search_ppl"),
-                           "target_length": best["target_length"]}
+                           "target_length": best["target_length"],
+                           "searched_for": searched_for(best).value,
+                           "exported_for": [e.value for e in FORMAT_ENGINES[fmt]]}
     if best.get("model_fingerprint"):
         out["model_fingerprint"] = best["model_fingerprint"]
     if short.job:
@@ -138,6 +200,9 @@ def _provenance(best: dict[str, Any], short: ShortFactors) -> dict[str, Any]:
     if best["n_hat"]:
         out["note"] = N_HAT_NOTE.format(n_hat=best["n_hat"])
         out["ppl_without_n_hat"] = best.get("search_ppl_without_n_hat")
+    notes = [*notes, *export_notes(best, fmt)]
+    if notes:
+        out["notes"] = notes
     return out
 
 
@@ -177,34 +242,38 @@ def export_job(job_dir: str | Path, fmt: str, *, with_config: bool = False,
         raise ConfigError("format", f"unknown export format {fmt!r}", f"use one of {FORMATS}")
     job_dir = Path(job_dir)
     best = JobDir(job_dir).finished_best()
-    short = short_factors_for(job_dir, best, Path(short_factors) if short_factors else None)
+    searched = short_factors_for(job_dir, best, Path(short_factors) if short_factors else None)
     raw = None
-    if with_config or fmt == "longrope" or not best.get("model_fingerprint"):
+    if with_config or fmt == "longrope" or not best.get("model_fingerprint") or \
+            not best.get("model_type"):
         raw, config = _model_config(job_dir)
         best.setdefault("model_fingerprint", model_fingerprint(config))
+        best["model_type"] = best.get("model_type") or getattr(config, "model_type", None)
+    if fmt == "longrope":
+        return _record(job_dir, best, searched, raw)
+    short, notes = engine_short_factors(best, searched, fmt, best["model_type"])
     block = rope_parameters(best, short.factors, _partial_rotary_factor(raw))
     target = int(best["target_length"])
+    provenance = _provenance(best, short, fmt, notes)
     if fmt == "hf":
         if not with_config:
             return {"rope_parameters": block, "max_position_embeddings": target,
-                    "longrope_search": _provenance(best, short)}
+                    "longrope_search": provenance}
         assert raw is not None
         patched = {k: v for k, v in raw.items() if k != "rope_scaling"}
         patched["rope_parameters"] = block
         patched["max_position_embeddings"] = target
         if "original_max_position_embeddings" in raw:  # Phi-3 keeps it at top level too
             patched["original_max_position_embeddings"] = block["original_max_position_embeddings"]
-        patched["longrope_search"] = _provenance(best, short)
+        patched["longrope_search"] = provenance
         return patched
-    if fmt == "vllm":
-        scaling = {**block, "type": "longrope", "long_mscale": block["attention_factor"],
-                   "short_mscale": short.attention_factor}
-        overrides = {"rope_scaling": scaling, "max_position_embeddings": target}
-        return {"rope_scaling": scaling, "max_model_len": target, "hf_overrides": overrides,
-                "cli_args": f"--max-model-len {target} --hf-overrides '"
-                            f"{json.dumps(overrides, separators=(',', ':'))}'",
-                "longrope_search": _provenance(best, short)}
-    return _record(job_dir, best, short, raw)
+    scaling = {**block, "type": "longrope", "long_mscale": block["attention_factor"],
+               "short_mscale": short.attention_factor}
+    overrides = {"rope_scaling": scaling, "max_position_embeddings": target}
+    return {"rope_scaling": scaling, "max_model_len": target, "hf_overrides": overrides,
+            "cli_args": f"--max-model-len {target} --hf-overrides '"
+                        f"{json.dumps(overrides, separators=(',', ':'))}'",
+            "longrope_search": provenance}
 
 
 def _record(job_dir: Path, best: dict[str, Any], short: ShortFactors,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from longrope_search.errors import ConfigError
-from longrope_search.export import short_factors_for
+from longrope_search.export import export_notes, short_factors_for
 from longrope_search.io import atomic_write
 from longrope_search.search.jobdir import JobDir
 
@@ -143,7 +143,7 @@ def _notes(best: dict[str, Any], short_dropped: bool) -> list[str]:
                                            ppl=best.get("search_ppl_without_n_hat")))
     if short_dropped:
         notes.append(NOTES["short"])
-    return notes
+    return [*notes, *export_notes(best, "gguf")]
 
 
 __all__ = ["export_gguf", "job_model_gguf"]

@@ -25,6 +25,7 @@ from longrope_search.search.ledger import open_study
 
 STAGES = [{"extension_ratio": 2}, {"extension_ratio": 4}, {"extension_ratio": 8}]
 SMALL = {"k_documents": 2, "seed": 0, "scoring": {"dtype": "float32"}, "space": {"n_hat": [0, 4]},
+         "deploy": "python",
          "evolution": {"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
                        "generations": 2}}
 NAMES = ["00-2x", "01-4x", "02-8x"]
@@ -156,7 +157,7 @@ def test_a_chain_on_ray_workers_makes_the_same_tables(tmp_path, reference) -> No
     assert short["factors"] == "short" and short["target_length"] == 128
     top = read(spec.job_dir / "best.json")
     assert top["recovery"] == "stages/03-short" and top["extension_ratio"] == 8
-    assert export_job(spec.job_dir, "vllm")["rope_scaling"]["short_factor"] == pytest.approx(
+    assert export_job(spec.job_dir, "longrope")["short_factor"] == pytest.approx(
         short["lambdas"])
 
 

@@ -38,6 +38,21 @@ def test_eval_writes_tables_and_applies_factor_files(tmp_path: Path, capsys) -> 
     assert "pi2" in printed and f"{two_l}" in printed
 
 
+def test_eval_at_a_fixed_ratio_applies_the_seeds_as_deployed(tmp_path: Path, capsys) -> None:
+    """--fixed-ratio 4: PI-4× at L (not the unmodified model), the header says which."""
+    from longrope_search.model import read_geometry
+
+    L = read_geometry(EMBEDDED_MODEL).original_length
+    out = tmp_path / "out"
+    assert main(["eval", "--lengths", f"{L},{4 * L}", "--k", "2", "--methods", "none,pi",
+                 "--fixed-ratio", "4", "--out", str(out), "--dtype", "float32"]) == 0
+    at = pd.read_parquet(out / "eval.parquet").set_index(["method", "length"])
+    assert at.ppl["pi", L] > 1.05 * at.ppl["none", L]  # PI-4× squeezes short prompts
+    assert set(at.seeds_at) == {"fixed ratio"} and set(at.extension_ratio) == {4.0}
+    assert "seeds configured for s = 4 at every length" in capsys.readouterr().out
+    assert run_error(["eval", "--fixed-ratio", "0.5"], capsys).count("fixed-ratio") == 1
+
+
 def run_error(args: list[str], capsys) -> str:
     assert main(args) == 2
     err = capsys.readouterr().err

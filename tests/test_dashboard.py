@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+import yaml
 
 from longrope_search.service.app import create_app
 from longrope_search.service.jobs import JobManager
@@ -33,6 +34,7 @@ GRADIENT_JOB = Path(__file__).parents[1] / "results" / "bench_strategies" / \
     "embedded-8x-gradient-s0"
 TOKEN = "dash-t0k"
 SCREENSHOT = Path("/tmp/dashboard.png")
+MAIN_JOB = FINISHED_JOB.with_name("embedded-8x-main")  # the README's main job, by length
 COST_SCREENSHOT = Path("/tmp/dashboard_cost.png")
 DESCENTS_SCREENSHOT = Path("/tmp/dashboard_descents.png")
 TPE_PROGRESS = {"strategy": "tpe", "generation": 1, "evaluations": 8, "budget": 16,
@@ -69,6 +71,9 @@ def server(tmp_path):
         shutil.copytree(job, tmp_path / "results" / job.name,
                         ignore=shutil.ignore_patterns("ledger.journal*"))
     shutil.copytree(GRADIENT_JOB, tmp_path / "results" / GRADIENT_JOB.name)
+    main = shutil.copytree(MAIN_JOB, tmp_path / "results" / MAIN_JOB.name)
+    spec = yaml.safe_load((main / "job.yaml").read_text())  # a job's folder is its name
+    (main / "job.yaml").write_text(yaml.safe_dump({**spec, "name": MAIN_JOB.name}))
     tpe = write_job(tmp_path / "results" / "tpe-job")
     tpe.state.write_text(json.dumps({"state": "cancelled", "progress": TPE_PROGRESS}))
     gate = threading.Event()
@@ -259,6 +264,30 @@ def test_finished_job_page(server, page, tmp_path):
     assert record["lambdas"] == pytest.approx(best["lambdas"])
     name, vllm = download(page, "vllm", tmp_path)
     assert name == "embedded-8x.vllm.json" and "rope_scaling" in vllm
+
+
+def test_results_by_prompt_length(server, page):
+    """The main job's held-out comparison as a chart of perplexity against length: a line per
+    method, every length of comparison.json, the engine's semantics above it."""
+    _manager, url, _gate = server
+    name = MAIN_JOB.name
+    comparison = json.loads((MAIN_JOB / "comparison.json").read_text())
+    page.goto(f"{url}/dashboard/?token={TOKEN}&job={name}")
+    page.wait_for_function("() => 'lengths' in window.dashboard.charts")
+    chart = page.evaluate(CHART_POINTS)["lengths"]
+    assert chart["xs"] == comparison["lengths"] == [64, 128, 256, 512, 1024]
+    labels = [s["label"] for s in chart["series"]]
+    assert labels == ["best", "unmodified", "PI", "NTK", "YaRN"]
+    for series, row in zip(chart["series"], comparison["rows"], strict=True):
+        assert series["values"] == pytest.approx(
+            [row["ppl_by_length"][str(n)] for n in comparison["lengths"]])
+    assert "deploy: transformers" in page.locator("#lengths-how").inner_text()
+    assert page.locator('[data-card="lengths"]').is_visible()
+    # a job whose comparison predates results by length has no such chart
+    page.goto(f"{url}/dashboard/?token={TOKEN}&job=embedded-8x")
+    page.wait_for_selector('#job[data-state="finished"]')
+    page.wait_for_function("() => 'lambdas' in window.dashboard.charts")
+    assert page.locator('[data-card="lengths"]').is_hidden()
 
 
 def test_without_the_token_the_page_says_so(server, page):

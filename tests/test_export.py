@@ -42,7 +42,7 @@ def _search(root: Path, name: str, n_hat: list[int], loaded, **more) -> Path:
 def jobs(tmp_path_factory, embedded):
     root = tmp_path_factory.mktemp("jobs")
     return {"plain": _search(root, "plain", [0], embedded),
-            "n_hat": _search(root, "nhat", [8], embedded),
+            "n_hat": _search(root, "nhat", [8], embedded, deploy="python"),
             "gradient": _search(root, "grad", [0], embedded, strategy="gradient",
                                 strategy_options={"steps": 2}),
             "memetic": _search(root, "memetic", [0], embedded, strategy="memetic",
@@ -82,8 +82,13 @@ def test_hf_config_reproduces_the_searched_perplexity(jobs, embedded, tmp_path, 
     rope = config["rope_parameters"]
     assert rope["rope_type"] == "longrope" and config["max_position_embeddings"] == 512
     assert rope["long_factor"] == pytest.approx(best(job)["lambdas"])
-    assert rope["original_max_position_embeddings"] == 128 and rope["short_factor"] == [1.0] * 32
-    assert "note" not in config["longrope_search"]  # n̂ = 0: nothing engines lose
+    # one set: a Llama in transformers would mix short- and long-rotated keys in its cache
+    assert rope["original_max_position_embeddings"] == 128
+    assert rope["short_factor"] == rope["long_factor"]
+    info = config["longrope_search"]
+    assert "note" not in info  # n̂ = 0: nothing engines lose
+    assert info["searched_for"] == "transformers" and "transformers" in info["exported_for"]
+    assert "short_factor = long_factor" in info["notes"][0]
 
     model = AutoModelForCausalLM.from_pretrained(model_folder(tmp_path, config),
                                                  dtype=torch.float32).eval()
@@ -251,7 +256,10 @@ def test_the_factor_table_and_keys_are_set_and_everything_else_is_copied(jobs, t
     job = jobs["plain"]
     model = write_model(tmp_path / "in.gguf")
     out = tmp_path / "out.gguf"
-    assert export_gguf(job, model, out) == []  # n̂ = 0, no short factors: nothing lost
+    notes = export_gguf(job, model, out)  # n̂ = 0, no short factors: nothing lost
+    assert notes == ["searched for deploy: transformers, exported as gguf for llamacpp: both "
+                     "apply the same factors at every length to this model, so the job's "
+                     "results by length hold"]
     b, before, after = best(job), tensors(model), tensors(out)
     assert set(after) == set(before) | {"rope_freqs.weight"}
     for name, (kind, data) in before.items():
@@ -276,7 +284,9 @@ def test_phi3_gets_both_tables_and_n_hat_is_noted(jobs, tmp_path):
     model = write_model(tmp_path / "phi3.gguf", arch="phi3")
     out = tmp_path / "out.gguf"
     notes = export_gguf(job, model, out)
-    assert len(notes) == 1 and "n_hat = 8" in notes[0]  # llama.cpp rescales every position
+    assert len(notes) == 2 and "n_hat = 8" in notes[0]  # llama.cpp rescales every position
+    assert "searched for deploy: python, exported as gguf for llamacpp" in notes[1]
+    assert "n̂ = 8 is applied by one of them only" in notes[1]
     after = tensors(out)
     long = np.frombuffer(after["rope_factors_long.weight"][1], dtype=np.float32)
     short = np.frombuffer(after["rope_factors_short.weight"][1], dtype=np.float32)
@@ -311,3 +321,60 @@ def test_the_cli_writes_a_gguf_export(jobs, tmp_path, capsys):
                  "-o", str(tmp_path / "x.gguf")]) != 0  # its model is a folder: which GGUF?
     assert "--gguf IN.gguf" in capsys.readouterr().err
     assert not (tmp_path / "x.gguf").exists()
+
+
+# -- generation across L: what the KV cache holds must be what one forward computes --
+
+PROMPT, END = 100, 400  # a prompt shorter than L = 128, decoded token by token past 3·L
+
+
+def _decoding_losses(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token losses of positions PROMPT..END−1: decoded one token at a time from a cached
+    prompt (what generate() does), and from one forward over the same tokens."""
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :PROMPT], use_cache=True)
+        past, logits = out.past_key_values, [out.logits[:, -1]]
+        for t in range(PROMPT, END - 1):
+            out = model(input_ids=ids[:, t : t + 1], past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits.append(out.logits[:, -1])
+        cached = torch.stack(logits, dim=1)[0]  # predicts tokens PROMPT..END−1
+        whole = model(input_ids=ids[:, :END]).logits[0, PROMPT - 1 : END - 1]
+    target = ids[0, PROMPT:END]
+    loss = torch.nn.functional.cross_entropy
+    return loss(cached, target, reduction="none"), loss(whole, target, reduction="none")
+
+
+def _document(job: Path, tokenizer) -> torch.Tensor:
+    spec = load_job(job / "job.yaml")
+    return load_documents(spec.documents_path, tokenizer, min_tokens=END, k=1,
+                          max_tokens=END)[0][None]
+
+
+def test_cached_decoding_across_L_through_the_hf_export_matches_one_forward(
+        jobs, embedded, tmp_path):
+    job = jobs["plain"]
+    config = export_job(job, "hf", with_config=True)
+    model = AutoModelForCausalLM.from_pretrained(model_folder(tmp_path, config),
+                                                 dtype=torch.float32).eval()
+    cached, whole = _decoding_losses(model, _document(job, embedded.tokenizer))
+    assert torch.allclose(cached, whole, atol=2e-4, rtol=1e-4)
+
+    # the export of before: short_factor ones, which transformers applies to the prompt
+    config["rope_parameters"]["short_factor"] = [1.0] * 32
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    mixed = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
+    cached, whole = _decoding_losses(mixed, _document(job, embedded.tokenizer))
+    assert cached.mean() > 1.05 * whole.mean()  # keys and queries rotated by other factors
+
+
+@pytest.mark.parametrize("search", ["plain", "n_hat"])
+def test_cached_decoding_across_L_through_apply_factors_matches_one_forward(
+        jobs, embedded, tmp_path, search):
+    job = jobs[search]
+    path = tmp_path / "factors.json"
+    path.write_text(json.dumps(export_job(job, "longrope")))
+    model = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL, dtype=torch.float32).eval()
+    assert longrope_search.apply_factors(model, path).n_hat == best(job)["n_hat"]
+    cached, whole = _decoding_losses(model, _document(job, embedded.tokenizer))
+    assert torch.allclose(cached, whole, atol=2e-4, rtol=1e-4)

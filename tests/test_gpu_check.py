@@ -70,10 +70,11 @@ def test_tiny_check_measures_every_part(tiny_run: tuple[dict[str, Any], str]) ->
     s = figures["search"]
     assert s["status"] == "ok" and s["strategy"] == "memetic" and s["extension_ratio"] == 8
     ppl = {r["method"]: r["ppl"] for r in s["comparison"]}
-    assert set(ppl) == {"best", "pi", "ntk", "yarn"}
+    methods = ("best", "unmodified", "pi", "ntk", "yarn")
+    assert set(ppl) == set(methods)
     assert all(math.isfinite(v) for v in ppl.values())
     by_length = {(r["method"], r["length"]) for r in s["ppl_by_length"]}
-    assert by_length == {(m, n) for m in ("best", "yarn") for n in (128, 256, 512, 1024)}
+    assert by_length == {(m, n) for m in methods for n in (64, 128, 256, 512, 1024)}
     assert "| best |" in text and "| yarn |" in text
 
 

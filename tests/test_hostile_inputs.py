@@ -59,7 +59,7 @@ def bad_specs(paths: dict[str, str]) -> list[tuple[dict, str]]:
         ({"scoring": {"device": "tpu"}}, "scoring.device"),
         ({"evolution": {"population": 10, "top_k": 16}}, "evolution.top_k"),
         ({"space": {"lambda_min": 0}}, "space.lambda_min"),
-        ({"space": {"n_hat": [0, 4096]}}, "space.n_hat"),
+        ({"deploy": "python", "space": {"n_hat": [0, 4096]}}, "space.n_hat"),
         ({"seed_files": [paths["missing"]]}, "seed_files[0]"),
         ({"seeds": ["pi"] * 20_000}, "seeds"),
         ({"strategy": "annealing"}, "strategy"),

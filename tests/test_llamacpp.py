@@ -60,6 +60,12 @@ def test_llamacpp_sees_the_gain_the_search_reported(searched, tmp_path):
     assert engine["factors"] == pytest.approx(ours["factors"], rel=2e-3)
     assert engine["factors"] < engine["none"]
     assert report["agrees"] and report["difference_pp"] <= 0.2, report
+    # by length, in a context allocated for L': what llama.cpp users get on short prompts too
+    comparison = json.loads((job / "comparison.json").read_text())
+    assert list(report["by_length"]) == [str(n) for n in comparison["lengths"]]
+    for row in report["by_length"].values():
+        assert row["comparison"] == pytest.approx(row["transformers"], rel=1e-4)  # both fp32
+        assert row["llama.cpp"] == pytest.approx(row["transformers"], rel=2e-3)
 
 
 def test_the_script_reports_and_fails_on_disagreement(searched, tmp_path):

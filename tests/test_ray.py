@@ -268,7 +268,8 @@ def test_a_worker_killed_at_any_moment_still_completes_the_job(
     re-score, summary): the job ends complete, every candidate evaluated once."""
     from longrope_search.cli import main
 
-    s = spec(tmp_path, name="job", **FP32, space={"n_hat": [4]})  # n̂ > 0: a re-score at the end
+    s = spec(tmp_path, name="job", **FP32, space={"n_hat": [4]},
+             deploy="python")  # n̂ > 0: a re-score at the end
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(s.to_dict()))
     budget = s.evaluation_budget
@@ -299,7 +300,8 @@ def test_a_worker_killed_at_any_moment_still_completes_the_job(
     best = json.loads((s.job_dir / "best.json").read_text())
     assert best["search_ppl_without_n_hat"] > 0  # the end-of-job re-score ran
     rows = json.loads((s.job_dir / "comparison.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["best", "pi", "ntk", "yarn"]
+    assert [r["method"] for r in rows] == ["best", "best, n̂ = 0 (exported)", "unmodified",
+                                           "pi", "ntk", "yarn"]
 
 
 def test_a_gguf_model_on_ray_workers(cluster, tmp_path: Path) -> None:
@@ -320,3 +322,23 @@ def test_a_gguf_model_on_ray_workers(cluster, tmp_path: Path) -> None:
     local = run_search(spec(tmp_path / "local", name="job", **small), progress=False)
     same_best(on_ray, local)
     assert json.loads((s.job_dir / "best.json").read_text())["model"] == model
+
+
+def test_the_multi_length_fitness_on_ray_matches_in_process(cluster, embedded, tmp_path) -> None:
+    """scoring.lengths reaches the workers: the same evaluations and comparison by length."""
+    over = {"scoring": {"dtype": "float32", "lengths": [256, 1024], "weights": [1, 3]},
+            "k_documents": 2, "evolution": {"population": 4, "mutations": 2, "crossovers": 2,
+                                            "top_k": 2, "generations": 1}}
+    local = run_search(spec(tmp_path / "local", name="job", **over), loaded=embedded,
+                       progress=False)
+    s = spec(tmp_path / "ray", name="job", **over)
+    pool = RayEvaluator(s, 2, gpus_per_worker=1)
+    remote = run_search(s, evaluator=pool, progress=False)
+    pool.shutdown()
+    same_best(local, remote)
+    assert remote.best_evaluation.cost_tokens == 2 * (256 + 1024)  # both lengths are paid
+
+    def table(rows):
+        return {(r["method"], n): v for r in rows for n, v in r["ppl_by_length"].items()}
+
+    assert table(local.comparison) == pytest.approx(table(remote.comparison), rel=1e-6)

@@ -228,9 +228,12 @@ def test_n_hat_beyond_target_is_refused_before_loading(tmp_path: Path) -> None:
     from longrope_search.search.plan import plan_job
 
     with pytest.raises(ConfigError, match=r"space\.n_hat: values \[256\]"):
-        plan_job(spec(tmp_path, extension_ratio=1.5, space={"n_hat": [0, 8, 256]}))
-    # the default choices are those below L' = 192
-    assert max(plan_job(spec(tmp_path, extension_ratio=1.5)).space.n_hat_choices) == 128
+        plan_job(spec(tmp_path, extension_ratio=1.5, space={"n_hat": [0, 8, 256]},
+                          deploy="python"))
+    # the default choices are those below L' = 192 (with deploy: python; else n̂ is 0)
+    python = plan_job(spec(tmp_path, extension_ratio=1.5, deploy="python"))
+    assert max(python.space.n_hat_choices) == 128
+    assert plan_job(spec(tmp_path, extension_ratio=1.5)).space.n_hat_choices == (0,)
 
 
 @pytest.mark.parametrize("path", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)

@@ -21,7 +21,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from longrope_search.evaluation.flops import forward_flops
-from longrope_search.evaluation.perplexity import IGNORE, PerplexityScorer, chunked_nll
+from longrope_search.evaluation.perplexity import (
+    IGNORE,
+    MultiLengthScorer,
+    PerplexityScorer,
+    Scorer,
+    chunked_nll,
+)
 from longrope_search.model.patch import apply_candidates
 from longrope_search.rope import Candidate
 
@@ -133,9 +139,23 @@ def step_forwards(model: nn.Module, tokens: int, device: torch.device) -> float:
     return step / f.total
 
 
-def gradient(scorer: PerplexityScorer, candidate: Candidate) -> Gradient:
+def gradient(scorer: Scorer, candidate: Candidate) -> Gradient:
     """Mean NLL of ``candidate`` on the scorer's documents and its gradient (one forward and
-    one backward per document window)."""
+    one backward per document window); for a multi-length fitness, the weighted sum of each
+    length's."""
+    if isinstance(scorer, MultiLengthScorer):
+        parts = [gradient(p, candidate) for p in scorer.parts]
+        w = scorer.weights
+        cost = sum(g.forward_tokens for g in parts)
+        return Gradient(sum(wi * g.nll for wi, g in zip(w, parts, strict=True)),
+                        sum(wi * g.lambdas for wi, g in zip(w, parts, strict=True)),
+                        float(sum(wi * g.attention_factor for wi, g in zip(w, parts,
+                                                                            strict=True))),
+                        cost, cost / sum(scorer.forward_tokens))
+    return _gradient(scorer, candidate)
+
+
+def _gradient(scorer: PerplexityScorer, candidate: Candidate) -> Gradient:
     model = scorer.model
     rope = apply_candidates(model, candidate, scorer.geometry)
     # beside the rotary buffers, which a model spread over GPUs keeps on its last one

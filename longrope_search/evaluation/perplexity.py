@@ -304,3 +304,58 @@ class PerplexityScorer:
             if on_document:
                 on_document(i)
         return [ScoreResult(c, nll[j], tokens.copy()) for j, c in enumerate(candidates)]
+
+
+class MultiLengthScorer:
+    """A multi-length fitness: each document's loss is the weighted mean of its mean NLL on its
+    first n tokens, over the lengths n of the parts (one :class:`PerplexityScorer` each, on the
+    same documents and model). It scores like a single scorer, one document at a time, so early
+    stopping and batching work unchanged; a document costs the forward tokens of every length.
+    """
+
+    def __init__(self, parts: Sequence[PerplexityScorer], weights: Sequence[float]) -> None:
+        if len(parts) != len(weights) or not parts:
+            raise ConfigError("scoring.weights", f"{len(weights)} weights for {len(parts)} "
+                              "lengths", "give one weight per length")
+        self.parts, self.weights = list(parts), np.asarray(weights, dtype=np.float64)
+        first = self.parts[0]
+        self.model, self.geometry, self.device = first.model, first.geometry, first.device
+        self.batch_size, self.groups = first.batch_size, None
+        self.length = max(p.length for p in self.parts)
+        self.forward_tokens = [sum(ts) for ts in zip(*(p.forward_tokens for p in self.parts),
+                                                     strict=True)]
+
+    @property
+    def num_documents(self) -> int:
+        return self.parts[0].num_documents
+
+    def minibatch(self, index: int, count: int) -> MultiLengthScorer:
+        if count == 1:
+            return self
+        return MultiLengthScorer([p.minibatch(index, count) for p in self.parts], self.weights)
+
+    def score_groups(self, candidates: Sequence[Candidate], index: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted mean NLL of each candidate on document ``index`` (C, 1), and the
+        tokens scored at all lengths."""
+        per_length = [p.score_document(candidates, index) for p in self.parts]
+        nll = sum(w * v for w, (v, _) in zip(self.weights, per_length, strict=True))
+        return np.asarray(nll)[:, None], np.array([sum(n for _, n in per_length)])
+
+    def score_document(self, candidates: Sequence[Candidate], index: int
+                       ) -> tuple[np.ndarray, int]:
+        nll, count = self.score_groups(candidates, index)
+        return nll[:, 0], int(count[0])
+
+    def score(self, candidates: Sequence[Candidate],
+              on_document: Callable[[int], None] | None = None) -> list[ScoreResult]:
+        nll = np.empty((len(candidates), self.num_documents))
+        for i in range(self.num_documents):
+            nll[:, i], _ = self.score_document(candidates, i)
+            if on_document:
+                on_document(i)
+        ones = np.ones(self.num_documents, dtype=np.int64)  # each document weighs the same
+        return [ScoreResult(c, nll[j], ones) for j, c in enumerate(candidates)]
+
+
+Scorer = PerplexityScorer | MultiLengthScorer

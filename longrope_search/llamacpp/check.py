@@ -60,14 +60,44 @@ def check_gguf_export(job_dir: str | Path, gguf_in: str | Path, gguf_out: str | 
     gain = {"llama.cpp": 100 * (engine["yarn"] / engine["factors"] - 1),
             "search": 100 * (search["yarn"] / search["factors"] - 1)}
     difference = abs(gain["llama.cpp"] - gain["search"])
+    by_length = _by_length(job, spec, loaded, factors, gguf_out, target, threads)
+    worst = max(r["difference_pct"] for r in by_length.values())
     return {
         "job": job.path.name, "gguf_in": str(gguf_in), "gguf_out": str(gguf_out),
         "documents": len(docs), "target_length": target, "extension_ratio": s,
         "search_ppl_without_n_hat": best.get("search_ppl_without_n_hat", best["search_ppl"]),
         "llama.cpp": engine, "transformers": search, "gain_over_yarn_pct": gain,
-        "difference_pp": difference, "tolerance_pp": tolerance,
-        "agrees": difference <= tolerance, "notes": notes,
+        "difference_pp": difference, "tolerance_pp": tolerance, "by_length": by_length,
+        "agrees": difference <= tolerance and worst <= tolerance, "notes": notes,
     }
+
+
+def _by_length(job: JobDir, spec: Any, loaded: Any, factors: Any, gguf_out: str | Path,
+               target: int, threads: int | None) -> dict[str, dict[str, float]]:
+    """The exported factors at each length of the job's comparison, on its documents, in a
+    context allocated for L' as a deployment does: llama.cpp against the search's scorer (and
+    the comparison's own figure), the difference in percent."""
+    from longrope_search.evaluation.documents import load_documents
+    from longrope_search.evaluation.sweep import perplexity_by_length
+    from longrope_search.search.plan import comparison_documents
+
+    comparison = job.read_comparison() or {}
+    lengths = comparison.get("lengths") or [target]
+    best = {r["method"]: r for r in comparison.get("rows", [])}.get("best", {})
+    docs = load_documents(comparison_documents(spec), loaded.tokenizer, min_tokens=max(lengths),
+                          k=spec.k_documents, seed=spec.documents_seed,
+                          max_tokens=max(lengths), text_field=spec.text_field)
+    rows = perplexity_by_length(loaded.model, loaded.geometry, docs, lengths, methods=[],
+                                candidates=[factors], progress=False)
+    out = {}
+    for row in rows:
+        n = row["length"]
+        engine = llamacpp_ppl(gguf_out, [d[:n].tolist() for d in docs], threads=threads,
+                              context=target)[0]
+        out[str(n)] = {"llama.cpp": engine, "transformers": row["ppl"],
+                       "comparison": best.get("ppl_by_length", {}).get(str(n)),
+                       "difference_pct": 100 * abs(engine / row["ppl"] - 1)}
+    return out
 
 
 __all__ = ["TOLERANCE_PP", "check_gguf_export"]

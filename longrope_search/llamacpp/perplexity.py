@@ -50,16 +50,18 @@ def document_nll(logits: np.ndarray, ids: np.ndarray) -> float:
 
 def llamacpp_ppl(gguf: str | Path, documents: Sequence[Sequence[int]], *, rope: str = "file",
                  extension_ratio: float = 1.0, original_length: int = 0,
-                 threads: int | None = None) -> tuple[float, list[float]]:
+                 threads: int | None = None, context: int | None = None
+                 ) -> tuple[float, list[float]]:
     """(perplexity, per-document mean NLL) of ``documents`` (token ids, all one length n) under
-    the GGUF model, in a context of n tokens."""
+    the GGUF model, in a context of ``context`` tokens (default n; a deployment allocates its
+    target length, and llama.cpp chooses factor tables by it)."""
     from llama_cpp import GGML_TYPE_F32, Llama
 
     n = len(documents[0])
     if any(len(d) != n for d in documents):
         raise ConfigError("documents", "documents of different lengths",
                           "truncate every document to the evaluated length")
-    llm = Llama(model_path=str(gguf), n_ctx=n, n_batch=n, n_ubatch=min(n, 512),
+    llm = Llama(model_path=str(gguf), n_ctx=max(n, context or n), n_batch=n, n_ubatch=min(n, 512),
                 n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False,
                 type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, seed=0,
                 **rope_settings(rope, extension_ratio, original_length))

@@ -40,7 +40,13 @@ from longrope_search.search.evaluator import Evaluator, local_evaluators
 from longrope_search.search.job import JobSpec
 from longrope_search.search.jobdir import JobDir, claim
 from longrope_search.search.ledger import Ledger
-from longrope_search.search.plan import Plan, best_record, comparison_documents, prepare
+from longrope_search.search.plan import (
+    Plan,
+    best_record,
+    comparison_documents,
+    comparison_semantics,
+    prepare,
+)
 from longrope_search.search.space import Genome
 from longrope_search.search.strategies import Strategy
 from longrope_search.search.tables import write_generation
@@ -56,6 +62,8 @@ from longrope_search.search.trial import (
 )
 
 OnProgress = Callable[[dict[str, Any]], None]
+N_HAT_ONLY_PYTHON = ("n̂ is applied by longrope_search.apply_factors only (deploy: python); "
+                     "no inference engine implements it, and the exports rescale every position")
 
 
 @dataclass
@@ -283,13 +291,17 @@ class Driver:
         record["seed_ppl"] = {name: self.evals[g.key].ppl for name, g in plan.seeds
                               if g.key in self.evals and self.evals[g.key].status == OK}
         if best.n_hat:  # what an inference engine (none supports n̂) will actually get
+            record["n_hat_note"] = N_HAT_ONLY_PYTHON
             zero = Individual(Genome(ind.genome.grid, 0), -1, "n_hat=0", lambdas=ind.lambdas)
             known = self.evals.get(zero.key)
             record["search_ppl_without_n_hat"] = (
                 known if known and known.status == OK else self.score_alone(zero)).ppl
         docs = comparison_documents(self.spec)
         rows = self.evaluator.compare(best, docs)
-        write_json(self.job_dir.comparison, {"documents": str(docs), "rows": rows})
+        write_json(self.job_dir.comparison, {
+            "documents": str(docs), "deploy": self.spec.deploy,
+            "lengths": list(plan.comparison_lengths),
+            "semantics": comparison_semantics(self.spec), "rows": rows})
         write_json(self.job_dir.best, record)  # last: a job with best.json has finished
         self.job_dir.remove_temporary()
         return best, ev, rows, docs
@@ -342,6 +354,7 @@ def summarize(result: SearchResult) -> str:
     return (f"best: ppl {ev.ppl:.4f} (mean NLL {ev.mean_nll:.5f}) n̂={result.best.n_hat} "
             f"m={result.best.attention_factor:.4f} λ[0..{lam.size - 1}] "
             f"{np.array2string(lam, precision=2, threshold=8)}\n"
+            f"{N_HAT_ONLY_PYTHON + chr(10) if result.best.n_hat else ''}"
             f"{result.evaluations} evaluations ({result.pruned} pruned, {result.reused} reused "
             f"from the ledger), {result.document_evaluations} document forwards, "
             f"{result.cost_tokens / 1e6:.2f}M forward tokens in all, {result.seconds:.0f} s")

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from longrope_search.evaluation.gradient import gradient
-from longrope_search.evaluation.perplexity import PerplexityScorer
+from longrope_search.evaluation.perplexity import Scorer
 from longrope_search.model import LoadedModel, load_model
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
@@ -74,7 +74,7 @@ def oom_message(err: torch.OutOfMemoryError) -> str:
     return f"OutOfMemoryError: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
 
 
-def score_batch(scorer: PerplexityScorer, work: Sequence[Work], worker: str) -> Finished:
+def score_batch(scorer: Scorer, work: Sequence[Work], worker: str) -> Finished:
     """Score candidates that share each forward, document by document; a candidate leaves the
     batch when its rule prunes it.
 
@@ -98,13 +98,13 @@ class _OutOfMemory(Exception):
         self.finished, self.remaining, self.message = finished, remaining, message
 
 
-def _failed(ind: Individual, scorer: PerplexityScorer, worker: str, error: str
+def _failed(ind: Individual, scorer: Scorer, worker: str, error: str
             ) -> tuple[Individual, Evaluation]:
     return ind, Evaluation(ind.key, (), FAILED, scorer.num_documents,
                            extra={"worker": worker, "error": error})
 
 
-def _score_together(scorer: PerplexityScorer, work: Sequence[Work], worker: str) -> Finished:
+def _score_together(scorer: Scorer, work: Sequence[Work], worker: str) -> Finished:
     nll: dict[int, list[float]] = {i: [] for i in range(len(work))}
     groups: dict[int, list[list[float]]] = {i: [] for i in range(len(work))}  # needles
     active = list(range(len(work)))
@@ -141,7 +141,7 @@ def _score_together(scorer: PerplexityScorer, work: Sequence[Work], worker: str)
     return out + [result(i, OK) for i in active]
 
 
-def gradient_step(scorer: PerplexityScorer, ind: Individual, cand: Candidate, worker: str
+def gradient_step(scorer: Scorer, ind: Individual, cand: Candidate, worker: str
                   ) -> tuple[Individual, Evaluation]:
     """Score on every document of the step's minibatch (all of them, unless it names one) and
     differentiate their mean NLL in λ (never pruned)."""

@@ -21,6 +21,7 @@ from longrope_search.defaults import (
     EMBEDDED_SEARCH_DOCS,
     model_location,
 )
+from longrope_search.deploy import DEFAULT_ENGINE, ENGINE_NAMES, applies_n_hat
 from longrope_search.errors import ConfigError
 from longrope_search.rope.attention import POLICIES
 from longrope_search.rope.seeds import SEED_NAMES
@@ -43,6 +44,9 @@ AttnImplementation = Literal["sdpa", "flash_attention_2", "eager", "flex_attenti
 Factors = Literal["long", "short"]  # FACTORS
 Policy = Literal["none", "yarn", "su"]  # rope.attention.POLICIES
 SeedName = Literal[SEED_NAMES]  # type: ignore[valid-type]
+EngineName = Literal[ENGINE_NAMES]  # type: ignore[valid-type]
+Length = Annotated[int, Field(ge=2, le=MAX_LENGTH)]
+Weight = Annotated[float, Field(ge=0)]
 PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
 Positive = Annotated[float, Field(gt=0)]
 OneOrMore = Annotated[int, Field(ge=1)]
@@ -76,6 +80,12 @@ class ScoringSpec(SpecModel):
     document_tokens: int | None = Field(
         None, ge=2, le=MAX_LENGTH, description="sliding: tokens read from each document, "
         "scored in windows of L'; default L' (one window)")
+    lengths: Annotated[tuple[Length, ...], AtMost(16)] = Field(
+        (), description="truncate: a multi-length fitness, each candidate scored on the first "
+        "n tokens of the same documents for every n given (each at most L'), its per-document "
+        "loss the weighted mean over the lengths; default L' alone")
+    weights: Annotated[tuple[Weight, ...], AtMost(16)] = Field(
+        (), description="one weight ≥ 0 per entry of lengths; default equal weights")
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -94,6 +104,30 @@ class ScoringSpec(SpecModel):
                              field="document_tokens")
         return self
 
+    @model_validator(mode="after")
+    def _weights_match_lengths(self) -> ScoringSpec:
+        if self.lengths and self.mode != "truncate":
+            raise spec_error(f"a multi-length fitness truncates each document; mode is "
+                             f"{self.mode}", "use mode: truncate, or leave lengths out",
+                             field="lengths")
+        if len(set(self.lengths)) != len(self.lengths):
+            raise spec_error("lists a length twice", "give each length once (weigh it more "
+                             "with weights)", field="lengths")
+        if self.weights and len(self.weights) != len(self.lengths):
+            raise spec_error(f"{len(self.weights)} weights for {len(self.lengths)} lengths",
+                             "give one weight per length, or leave weights out (equal)",
+                             field="weights")
+        if self.weights and not sum(self.weights) > 0:
+            raise spec_error("every weight is 0", "give at least one length a weight > 0",
+                             field="weights")
+        return self
+
+    @property
+    def length_weights(self) -> tuple[float, ...]:
+        """The weights of ``lengths``, normalised to sum to 1."""
+        w = self.weights or (1.0,) * len(self.lengths)
+        return tuple(x / sum(w) for x in w)
+
 
 class SpaceSpec(SpecModel):
     """The search space: λ on a grid, monotone, bounded; n̂ from a set."""
@@ -105,7 +139,8 @@ class SpaceSpec(SpecModel):
         "non_decreasing", description="λ must not decrease (or must increase) with frequency "
         "index")
     n_hat: Annotated[tuple[Annotated[int, Field(ge=0)], ...], AtMost(64)] = Field(
-        N_HAT_CHOICES, description="choices for n̂, the first positions kept unscaled")
+        N_HAT_CHOICES, description="choices for n̂, the first positions kept unscaled; with "
+        "deploy: python only (no inference engine applies n̂: for the others n̂ is 0)")
     longrope2: bool = Field(False, description="LongRoPE2: dimensions below the critical one "
                             "are searched, those above follow NTK")
     critical_dim: int | None = Field(None, ge=0, description="LongRoPE2's critical dimension; "
@@ -219,6 +254,14 @@ class _JobFields(SpecModel):
         "lr (see configs/README.md)")
     attention_factor: Policy | Positive = Field(
         "su", description=f"attention-factor policy ({', '.join(POLICIES)}) or a number m > 0")
+    deploy: EngineName = Field(
+        DEFAULT_ENGINE.value, description="the engine the factors are searched for: "
+        f"{', '.join(ENGINE_NAMES)}. It decides what the search may use (n̂ only for python, "
+        "i.e. longrope_search.apply_factors: no inference engine applies it), which factors "
+        "the results by length apply at each length, and what the exports carry")
+    comparison_lengths: Annotated[tuple[Length, ...], AtMost(16)] = Field(
+        (), description="lengths of the held-out comparison, each at most L'; default L/2, L, "
+        "2L, 4L and L'")
     seeds: Annotated[tuple[SeedName, ...], AtMost(16)] = Field(
         ("pi", "ntk", "yarn"), description=f"seed methods: {', '.join(SEED_NAMES)}")
     seed_files: Annotated[tuple[PathText, ...], AtMost(64)] = Field(
@@ -258,6 +301,18 @@ class _JobFields(SpecModel):
             return value
         raise spec_error(f"must be one of {', '.join(POLICIES)} or a number > 0, got {value!r}",
                          "use attention_factor: su (LongRoPE's default), yarn, none, or e.g. 1.2")
+
+    @model_validator(mode="after")
+    def _n_hat_where_applied(self) -> _JobFields:
+        # the default choices (as every recorded job.yaml lists them) mean "n̂ where applied"
+        if applies_n_hat(self.deploy) or tuple(self.space.n_hat) == N_HAT_CHOICES:
+            return self
+        if tuple(self.space.n_hat) != (0,):
+            raise spec_error(f"deploy: {self.deploy} applies no n̂ (no inference engine does), "
+                             f"but space.n_hat gives choices {list(self.space.n_hat)}",
+                             "leave space.n_hat out (n̂ is then 0), or set deploy: python to "
+                             "search n̂ for longrope_search.apply_factors", field="space.n_hat")
+        return self
 
     @model_validator(mode="after")
     def _one_length(self) -> _JobFields:
@@ -334,6 +389,11 @@ class JobSpec(_JobFields):
         if self.budget.evaluations is not None:
             return self.budget.evaluations
         return self.evolution.budget
+
+    @property
+    def n_hat_choices(self) -> tuple[int, ...]:
+        """The n̂ the search may choose: ``space.n_hat`` where the engine applies n̂, else 0."""
+        return tuple(self.space.n_hat) if applies_n_hat(self.deploy) else (0,)
 
     def resolve_lengths(self, original_length: int) -> tuple[int, int, float]:
         """(L, L', s) given the model's original length (unless the spec overrides it)."""

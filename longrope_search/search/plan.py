@@ -14,6 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from longrope_search.deploy import (
+    ENGINES,
+    Engine,
+    FactorSets,
+    default_lengths,
+    deployed,
+    two_sets_safe,
+)
 from longrope_search.errors import ConfigError
 from longrope_search.evaluation.documents import load_documents
 from longrope_search.evaluation.needles import (
@@ -22,7 +30,7 @@ from longrope_search.evaluation.needles import (
     depths,
     needle_documents,
 )
-from longrope_search.evaluation.perplexity import PerplexityScorer
+from longrope_search.evaluation.perplexity import MultiLengthScorer, PerplexityScorer, Scorer
 from longrope_search.factor_file import load_factor_file
 from longrope_search.model import LoadedModel
 from longrope_search.model.loading import attention_window, check_attn_implementation
@@ -34,6 +42,8 @@ from longrope_search.search.strategies import SearchProblem, Strategy, get_strat
 from longrope_search.search.trial import Evaluation
 
 BASELINES = ("pi", "ntk", "yarn")  # what the held-out comparison measures the best against
+UNMODIFIED = "unmodified"  # the comparison's row of the model as it was trained
+NO_N_HAT = "best, n̂ = 0 (exported)"  # deploy: python's row of what the other engines get
 
 
 @dataclass
@@ -49,6 +59,13 @@ class Plan:
     seeds: list[tuple[str, Genome]]  # the seed candidates
     attention_factor: float
     window: int | None = None  # the model's sliding window, when every layer has one
+    model_type: str | None = None
+    comparison_lengths: tuple[int, ...] = ()  # where the held-out comparison reports
+
+    @property
+    def two_sets(self) -> bool:
+        """Whether the job's engine carries a short factor set apart from the long one."""
+        return two_sets_safe(self.spec.deploy, self.model_type)
 
 
 def plan_job(spec: JobSpec) -> Plan:
@@ -67,7 +84,7 @@ def plan_job(spec: JobSpec) -> Plan:
     cd = None
     if sp.longrope2:
         cd = sp.critical_dim if sp.critical_dim is not None else critical_dim(geometry)
-    n_hat = sp.n_hat
+    n_hat = spec.n_hat_choices
     if tuple(n_hat) == N_HAT_CHOICES:  # the default choices: those that fit below L'
         n_hat = tuple(n for n in n_hat if n < Lp)
     space = SearchSpace(num_pairs=geometry.num_pairs, extension_ratio=s, target_length=Lp,
@@ -86,8 +103,30 @@ def plan_job(spec: JobSpec) -> Plan:
     if sc.document_tokens is not None and sc.document_tokens < Lp:
         raise ConfigError("scoring.document_tokens", f"{sc.document_tokens} is shorter than the "
                           f"window L' = {Lp}", f"use at least {Lp}, or leave it out")
+    model_type = getattr(config, "model_type", None)
+    _check_lengths(spec, L, Lp, two_sets_safe(spec.deploy, model_type))
     m = attention_factor(spec.attention_factor, s, L)
-    return Plan(spec, geometry, L, Lp, s, space, seeds, m, window)
+    lengths = (spec.comparison_lengths or default_lengths(L, Lp)) if spec.factors == "long" \
+        else (Lp,)
+    return Plan(spec, geometry, L, Lp, s, space, seeds, m, window, model_type,
+                tuple(sorted(set(lengths))))
+
+
+def _check_lengths(spec: JobSpec, L: int, Lp: int, two_sets: bool) -> None:
+    """Every length a job scores or reports at is at most L'; a fitness length at ≤ L is
+    refused where the engine applies the short factors there, not the searched ones."""
+    for field, lengths in (("scoring.lengths", spec.scoring.lengths),
+                           ("comparison_lengths", spec.comparison_lengths)):
+        if lengths and max(lengths) > Lp:
+            raise ConfigError(field, f"{max(lengths)} is beyond the target length L' = {Lp}",
+                              f"use lengths from 2 to {Lp}")
+    if two_sets and spec.factors == "long" and spec.scoring.lengths and \
+            min(spec.scoring.lengths) <= L:
+        raise ConfigError("scoring.lengths", f"deploy: {spec.deploy} applies the short factors "
+                          f"to this model's prompts up to L = {L}, not the searched long ones, "
+                          f"so scoring them at {min(spec.scoring.lengths)} tells nothing",
+                          f"use lengths above {L} (search the short factors with "
+                          "longrope-search recover)")
 
 
 def _check_window(spec: JobSpec, window: int | None, target_length: int) -> None:
@@ -157,11 +196,21 @@ def _documents(spec: JobSpec, plan: Plan, tokenizer: Any, path: Path) -> list:
                           text_field=spec.text_field)
 
 
-def scorer_for(plan: Plan, loaded: LoadedModel, documents: Path | None = None
-               ) -> PerplexityScorer:
+def scorer_for(plan: Plan, loaded: LoadedModel, documents: Path | None = None) -> Scorer:
+    """The job's fitness on its search documents (or ``documents``): at L' in the scoring
+    mode, or the weighted multi-length fitness of ``scoring.lengths``."""
     spec = plan.spec
     docs = _documents(spec, plan, loaded.tokenizer, documents or spec.documents_path)
     sc = spec.scoring
+    if sc.lengths:
+        return MultiLengthScorer([_truncated(plan, loaded, docs, n) for n in sc.lengths],
+                                 sc.length_weights)
+    return _target_scorer(plan, loaded, docs)
+
+
+def _target_scorer(plan: Plan, loaded: LoadedModel, docs: list) -> PerplexityScorer:
+    """Perplexity at L' in the job's scoring mode (needles hidden in the documents too)."""
+    sc = plan.spec.scoring
     if sc.mode == "needle":
         needled = _needles(plan, loaded.tokenizer, docs)
         return PerplexityScorer(loaded.model, plan.geometry, [n.ids for n in needled],
@@ -169,6 +218,12 @@ def scorer_for(plan: Plan, loaded: LoadedModel, documents: Path | None = None
                                 groups=[answer_labels(n) for n in needled])
     return PerplexityScorer(loaded.model, plan.geometry, docs, length=plan.target_length,
                             mode=sc.mode, stride=sc.stride, batch_size=sc.batch_size)
+
+
+def _truncated(plan: Plan, loaded: LoadedModel, docs: list, length: int) -> PerplexityScorer:
+    """Each document's first ``length`` tokens, one forward each."""
+    return PerplexityScorer(loaded.model, plan.geometry, docs, length=length,
+                            batch_size=plan.spec.scoring.batch_size)
 
 
 def _needles(plan: Plan, tokenizer: Any, docs: list) -> list[NeedleDocument]:
@@ -180,17 +235,30 @@ def _needles(plan: Plan, tokenizer: Any, docs: list) -> list[NeedleDocument]:
 
 def compare_on_documents(plan: Plan, loaded: LoadedModel, best: Candidate,
                          documents: Path) -> list[dict[str, Any]]:
-    """Perplexity of the best candidate and of the baselines on other documents, typically
-    held-out ones never used as fitness: each hand-made method with its own attention factor,
-    or for short factors: the unmodified model, ones under the job's attention factor (what an
-    engine without short factors applies) and each seed (the long factors) under it."""
-    scorer = scorer_for(plan, loaded, documents)
-    candidates = [best, *baselines(plan)]
-    rows = [{"method": r.candidate.name, "ppl": r.ppl, "mean_nll": r.mean_nll}
-            for r in scorer.score(candidates)]
-    if scorer.groups is not None:  # needles: retrieval accuracy by depth beside the loss
-        for row, cand in zip(rows, candidates, strict=True):
-            row["depths"] = list(depths(plan.spec.scoring.needles))
+    """The best candidate against the baselines on other documents, typically held-out ones
+    never used as fitness, at every length of ``plan.comparison_lengths``.
+
+    Each row has ``ppl`` at L' in the job's scoring mode (needle retrieval too) and
+    ``ppl_by_length``: each document's first n tokens, one forward, every method as it is
+    deployed (:func:`methods_at`): the searched factors as the job's engine applies them,
+    the unmodified model, and PI, NTK and YaRN at the job's fixed ratio.
+    """
+    docs = _documents(plan.spec, plan, loaded.tokenizer, documents)
+    by_length = {n: _truncated(plan, loaded, docs, n).score(methods_at(plan, best, n))
+                 for n in plan.comparison_lengths}
+    at_target = methods_at(plan, best, plan.target_length)
+    sc = plan.spec.scoring
+    if plan.target_length in by_length and sc.mode == "truncate":
+        results = by_length[plan.target_length]
+    else:  # the job's own mode at L' (sliding windows, needles)
+        scorer = _target_scorer(plan, loaded, docs)
+        results = scorer.score(at_target)
+    rows = [{"method": r.candidate.name, "ppl": r.ppl, "mean_nll": r.mean_nll,
+             "ppl_by_length": {str(n): res[i].ppl for n, res in by_length.items()}}
+            for i, r in enumerate(results)]
+    if sc.mode == "needle":  # retrieval accuracy by depth beside the loss
+        for row, cand in zip(rows, at_target, strict=True):
+            row["depths"] = list(depths(sc.needles))
             row["accuracy_by_depth"] = scorer.retrieved(cand).mean(axis=0).tolist()
     best_ppl = rows[0]["ppl"]
     for r in rows:
@@ -198,13 +266,40 @@ def compare_on_documents(plan: Plan, loaded: LoadedModel, best: Candidate,
     return rows
 
 
+def comparison_semantics(spec: JobSpec) -> str:
+    """Which semantics the comparison's rows use: the job's engine for the searched factors,
+    deployed configs at the job's ratio for the seeds."""
+    if spec.factors == "short":
+        return "short factors at the recovery's length, under the long job's attention factor"
+    return (f"perplexity by prompt length; best as deploy: {spec.deploy} applies it "
+            f"({ENGINES[Engine(spec.deploy)].how}); the unmodified model; PI, NTK and YaRN "
+            "configured for the job's ratio, the same at every length")
+
+
+def methods_at(plan: Plan, best: Candidate, length: int) -> list[Candidate]:
+    """What the comparison scores at ``length``, the searched factors first: as the job's
+    engine deploys them (n̂ only for ``python``, which also gets a row without it), then the
+    baselines. For short factors: the baselines of :func:`baselines`."""
+    if plan.spec.factors == "short":
+        return [best, *baselines(plan)]
+    ones = np.ones(plan.geometry.num_pairs)
+    sets = FactorSets(best, ones if plan.two_sets else None)
+    out = [deployed(plan.spec.deploy, sets, length, plan.original_length, best.name)]
+    if out[0].n_hat:
+        out.append(Candidate(best.lambdas, 0, best.attention_factor, NO_N_HAT))
+    return [*out, Candidate(ones, 0, 1.0, UNMODIFIED), *baselines(plan)]
+
+
 def baselines(plan: Plan) -> list[Candidate]:
-    """What the held-out comparison measures the best against."""
+    """What the held-out comparison measures the best against: PI, NTK and YaRN at the job's
+    ratio, each with its own attention factor, at every length (a deployed config); or for
+    short factors: the unmodified model, ones under the job's attention factor (what an engine
+    without short factors applies) and each seed (the long factors) under it."""
     if plan.spec.factors == "long":
         return [seed_candidate(n, plan.geometry, plan.extension_ratio) for n in BASELINES]
     ones = np.ones(plan.geometry.num_pairs)
     m = plan.attention_factor
-    return [Candidate(ones, 0, 1.0, "unmodified"), Candidate(ones, 0, m, "ones"),
+    return [Candidate(ones, 0, 1.0, UNMODIFIED), Candidate(ones, 0, m, "ones"),
             *(Candidate(plan.space.lambdas(g), 0, m, f"seed:{name}") for name, g in plan.seeds
               if np.any(plan.space.lambdas(g) != 1.0))]
 
@@ -222,6 +317,7 @@ def best_record(plan: Plan, best: Candidate, ev: Evaluation) -> dict[str, Any]:
         "extension_ratio": plan.extension_ratio, "factors": plan.spec.factors,
         "search_ppl": ev.ppl,
         "search_nll": list(ev.nll), "job": plan.spec.name, "strategy": plan.spec.strategy,
+        "deploy": plan.spec.deploy, "model_type": plan.model_type,
         "model": str(plan.spec.model_path), "model_fingerprint": model_fingerprint(config),
         "rope_theta": plan.geometry.base, "versions": versions(),
     }

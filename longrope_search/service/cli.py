@@ -194,6 +194,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         data = Client(args.server, args.token).export(args.job, args.format, config=args.config,
                                                       short_from=args.short_from)
+    for note in (data.get("longrope_search") or {}).get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     if args.output:
         from longrope_search.io import write_json
 

@@ -345,6 +345,7 @@
     drawCost();
     drawDescents();
     drawLambdas();
+    drawLengths();
     renderBest();
     renderTopK();
     // The exports read best.json, which a job writes when it finishes.
@@ -568,6 +569,35 @@
       el("b", {}, String(total)), " candidates evaluated: ", el("b", {}, String(counts.ok)),
       " complete, ", el("b", {}, String(counts.pruned)), " pruned early (partial score, not a ",
       "result), ", el("b", {}, String(counts.failed)), " failed.");
+  }
+
+  /** Held-out perplexity against prompt length (log₂ axis), one line per method of the
+   * comparison; hidden for jobs whose comparison predates results by length. */
+  function drawLengths() {
+    const held = state.best && state.best.heldout;
+    const rows = held && held.rows && held.rows[0].ppl_by_length ? held.rows : [];
+    document.querySelector('[data-card="lengths"]').hidden = !rows.length;
+    if (!rows.length) {
+      if (charts.lengths) { charts.lengths.destroy(); delete charts.lengths; }
+      return;
+    }
+    if (held.semantics) $("lengths-how").textContent = held.semantics;
+    const lengths = Object.keys(rows[0].ppl_by_length).map(Number).sort((a, b) => a - b);
+    const data = [lengths, ...rows.map((r) => lengths.map((n) => r.ppl_by_length[String(n)]))];
+    const color = (r, j) => (r.method === "best" ? COLORS.best : COLORS[r.method] ||
+      (r.method === "unmodified" ? COLORS.median : PALETTE[j % PALETTE.length]));
+    draw("lengths", {
+      scales: {x: {time: false, distr: 3, log: 2}, y: pplScale(data.slice(1).flat())},
+      axes: [axis("prompt length (tokens)", {values: (u, splits) => splits.map(String)}),
+        axis("held-out perplexity", {size: 60})],
+      series: [
+        {label: "tokens"},
+        ...rows.map((r, j) => ({label: SEED_LABELS[r.method] || r.method,
+          stroke: color(r, j), width: r.method === "best" ? 3 : 1.75,
+          dash: r.method === "best" ? undefined : [5, 4], value: (u, v) => fmtPpl(v),
+          points: {show: true, size: 5, fill: color(r, j)}})),
+      ],
+    }, data);
   }
 
   function drawLambdas() {
