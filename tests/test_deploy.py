@@ -102,17 +102,22 @@ def test_a_phi3_models_fitness_lengths_stay_above_L(tmp_path, monkeypatch):
     plan_job(job_from_dict(job(tmp_path, scoring={"lengths": [256, 1024]})))
 
 
+@pytest.mark.parametrize("ray", [False, True], ids=["in-process", "ray"])
 @pytest.mark.parametrize("over, field, words", [BAD[1], BAD[4], BEYOND[0]])
-def test_the_cli_refuses_them_before_any_weights_load(tmp_path, capsys, over, field, words):
+def test_the_cli_refuses_them_before_any_weights_load(tmp_path, capsys, over, field, words, ray):
+    import ray as ray_module
+
     from longrope_search.cli import main
 
     path = tmp_path / "job.yaml"
     spec = job(tmp_path, **over)
     path.write_text(yaml.safe_dump({k: v for k, v in spec.items() if k != "results_dir"}))
-    assert main(["run", str(path), "--results-dir", str(tmp_path / "runs")]) != 0
+    pool = ["--ray", "--workers", "1"] if ray else []
+    assert main(["run", str(path), "--results-dir", str(tmp_path / "runs"), *pool]) != 0
     err = capsys.readouterr().err
     assert field in err and words in err and "Loading weights" not in err
     assert not (tmp_path / "runs" / "job").exists()
+    assert not ray_module.is_initialized()  # refused before a Ray cluster was started
 
 
 @pytest.mark.parametrize("over, field, words", [BAD[0], BAD[2], BAD[5], BEYOND[1]])
