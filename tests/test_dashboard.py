@@ -283,6 +283,8 @@ def test_results_by_prompt_length(server, page):
             [row["ppl_by_length"][str(n)] for n in comparison["lengths"]])
     assert "deploy: transformers" in page.locator("#lengths-how").inner_text()
     assert page.locator('[data-card="lengths"]').is_visible()
+    page.locator('[data-card="lengths"]').screenshot(path=str(SCREENSHOT.with_name(
+        "dashboard_lengths.png")))
     # a job whose comparison predates results by length has no such chart
     page.goto(f"{url}/dashboard/?token={TOKEN}&job=embedded-8x")
     page.wait_for_selector('#job[data-state="finished"]')
