@@ -269,15 +269,15 @@ def listeners(pids: set[int]) -> list[str]:
             if {int(p) for p in re.findall(r"pid=(\d+)", line)} & pids]
 
 
-def test_a_served_job_listens_on_loopback_only(tmp_path: Path) -> None:
-    """`serve` as a user starts it, a job running: `ss -ltn` shows loopback listeners only."""
+@pytest.fixture
+def served(tmp_path: Path):
+    """`serve` as a user starts it, in its own process: its URL and process."""
     import os
     import socket
     import subprocess
     import sys
 
     import httpx
-    import psutil
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -288,22 +288,46 @@ def test_a_served_job_listens_on_loopback_only(tmp_path: Path) -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
+        for _ in range(600):
             try:
                 httpx.get(f"{url}/api/health", timeout=1)
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        spec = {**TINY, "evolution": {**TINY["evolution"], "generations": 6}}
-        assert httpx.post(f"{url}/api/jobs", json=spec).status_code == 201
-        seen: set[str] = set()
-        while (state := httpx.get(f"{url}/api/jobs/h").json()["state"]) in ("queued",
-                                                                             "running"):
-            tree = {server.pid} | {p.pid for p in psutil.Process(server.pid).children(True)}
-            seen |= set(listeners(tree)) if state == "running" else set()
-            time.sleep(0.2)
-        assert state == "finished"
-        assert seen and all(a.startswith(("127.", "[::1]")) for a in seen), seen
+        yield url, server
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_a_served_job_listens_on_loopback_only(served) -> None:
+    """A job running: `ss -ltn` shows the server's process tree on loopback only."""
+    import httpx
+    import psutil
+
+    url, server = served
+    spec = {**TINY, "evolution": {**TINY["evolution"], "generations": 6}}
+    assert httpx.post(f"{url}/api/jobs", json=spec, timeout=60).status_code == 201
+    seen: set[str] = set()
+    while (state := httpx.get(f"{url}/api/jobs/h", timeout=30).json()["state"]) in ("queued",
+                                                                                     "running"):
+        tree = {server.pid} | {p.pid for p in psutil.Process(server.pid).children(True)}
+        seen |= set(listeners(tree)) if state == "running" else set()
+        time.sleep(0.2)
+    assert state == "finished"
+    assert seen and all(a.startswith(("127.", "[::1]")) for a in seen), seen
+
+
+def test_a_fresh_server_takes_two_submits_at_once(served) -> None:
+    """The first requests of a new server, side by side, are both checked and queued (two
+    threads importing transformers' lazy modules at once failed with an ImportError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    url, _ = served
+    specs = [{**TINY, "name": name} for name in ("a", "b")]
+    with ThreadPoolExecutor(2) as pool:
+        codes = list(pool.map(lambda s: httpx.post(f"{url}/api/jobs", json=s, timeout=60)
+                              .status_code, specs))
+    assert codes == [201, 201]

@@ -148,7 +148,7 @@ def test_every_strategy_resumes_after_the_server_is_sigkilled(tmp_path):
     for strategy in strategies:
         spec = {"name": strategy, "strategy": strategy, "extension_ratio": 4, "k_documents": 2,
                 "scoring": {"dtype": "float32"}, "evolution": evolution}
-        assert httpx.post(f"{url}/api/jobs", json=spec).status_code == 201
+        assert httpx.post(f"{url}/api/jobs", json=spec, timeout=60).status_code == 201
     while len(scored("evolution")) < 8:
         time.sleep(0.05)
     os.kill(server.pid, signal.SIGKILL)
@@ -159,8 +159,8 @@ def test_every_strategy_resumes_after_the_server_is_sigkilled(tmp_path):
     server = serve(port)
     try:
         for name in strategies:
-            while (job := httpx.get(f"{url}/api/jobs/{name}").json())["state"] in ("queued",
-                                                                                  "running"):
+            while (job := httpx.get(f"{url}/api/jobs/{name}",
+                                    timeout=30).json())["state"] in ("queued", "running"):
                 time.sleep(0.2)
             assert job["state"] == "finished", job["error"]
             keys = scored(name)

@@ -61,12 +61,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"longrope-search: dashboard http://{args.host}:{args.port}/dashboard/  "
           f"API http://{args.host}:{args.port}/openapi.json  results {manager.results_dir}",
           file=sys.stderr)
+    _import_model_code()
     try:
         uvicorn.run(create_app(manager, token=token), host=args.host, port=args.port,
                     log_level="warning")
     finally:
         manager.close()
     return 0
+
+
+def _import_model_code() -> None:
+    """Import transformers before serving: a submit's check reads the model's config and
+    tokenizer, and transformers' lazy imports fail when two request threads race through them
+    (``cannot import name 'AutoConfig'``); done once here, the first submit is also seconds
+    faster."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
 
 def _spec_for_server(config: Path, name: str | None = None) -> dict[str, Any]:
