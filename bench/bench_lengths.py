@@ -9,6 +9,8 @@ ratio) is read from each finished job. Writes ``<out>.md`` and ``<out>.json``.
 
     python bench/bench_lengths.py --seeds 0,1,2 --runs-dir runs/bench_lengths \\
         --out results/bench_lengths
+    python bench/bench_lengths.py --config configs/qwen2-c-8x.yaml \\
+        --search-from configs/embedded-8x.yaml ...   # the main job's search on another model
 """
 
 from __future__ import annotations
@@ -36,8 +38,18 @@ FITNESSES: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
 }
 
 
-def job(config: Path, fitness: str, seed: int, runs_dir: Path) -> JobSpec:
+#: what ``--search-from`` takes from its config: the search and its budget, not the model
+SEARCH_FIELDS = ("strategy", "strategy_options", "evolution", "early_stopping", "budget",
+                 "attention_factor")
+
+
+def job(config: Path, fitness: str, seed: int, runs_dir: Path,
+        search_from: Path | None = None) -> JobSpec:
     data = yaml.safe_load(config.read_text())
+    if search_from is not None:
+        search = yaml.safe_load(search_from.read_text())
+        data = {**{k: v for k, v in data.items() if k not in SEARCH_FIELDS},
+                **{k: search[k] for k in SEARCH_FIELDS if k in search}}
     base = job_from_dict(data)
     slug = {name: f"f{i}" for i, name in enumerate(FITNESSES)}[fitness]
     scoring = dict(data.get("scoring") or {})
@@ -84,7 +96,9 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         "# Single-length fitness against a multi-length one, at equal cost", "",
         f"Command: `{args.command_line}`", "",
-        f"Config `{args.config}` (budget in forward tokens as the config gives it: a multi-length "
+        f"Config `{args.config}`"
+        + (f", search and budget from `{args.search_from}`" if args.search_from else "")
+        + " (budget in forward tokens as the config gives it: a multi-length "
         "candidate costs the tokens of every length, so it gets fewer evaluations). Held-out "
         "perplexity of the best factors as the job's engine applies them, at each prompt "
         "length, mean (min–max) over seeds; the baselines are deployed configs (the same at "
@@ -103,6 +117,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=Path("configs/embedded-8x.yaml"))
+    ap.add_argument("--search-from", type=Path, default=None,
+                    help="take the strategy, its options, the budget and early stopping from "
+                         "this config (e.g. the main job's, on another model's --config)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench_lengths"))
     ap.add_argument("--out", type=Path, default=Path("results/bench_lengths"))
@@ -113,7 +130,7 @@ def main() -> int:
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: whole sets first
         for fitness in FITNESSES:
-            spec = job(args.config, fitness, seed, args.runs_dir)
+            spec = job(args.config, fitness, seed, args.runs_dir, args.search_from)
             comp = comparison(spec)
             if args.keep:
                 keep(JobDir.of(spec).path, args.keep / spec.name)

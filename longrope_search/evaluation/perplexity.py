@@ -297,12 +297,7 @@ class PerplexityScorer:
     def score(self, candidates: Sequence[Candidate],
               on_document: Callable[[int], None] | None = None) -> list[ScoreResult]:
         """Every candidate on every document; ``on_document(i)`` after each (progress bars)."""
-        nll = np.empty((len(candidates), self.num_documents))
-        tokens = np.empty(self.num_documents, dtype=np.int64)
-        for i in range(self.num_documents):
-            nll[:, i], tokens[i] = self.score_document(candidates, i)
-            if on_document:
-                on_document(i)
+        nll, tokens = _every_document(self, candidates, on_document)
         return [ScoreResult(c, nll[j], tokens.copy()) for j, c in enumerate(candidates)]
 
 
@@ -349,13 +344,22 @@ class MultiLengthScorer:
 
     def score(self, candidates: Sequence[Candidate],
               on_document: Callable[[int], None] | None = None) -> list[ScoreResult]:
-        nll = np.empty((len(candidates), self.num_documents))
-        for i in range(self.num_documents):
-            nll[:, i], _ = self.score_document(candidates, i)
-            if on_document:
-                on_document(i)
+        nll, _ = _every_document(self, candidates, on_document)
         ones = np.ones(self.num_documents, dtype=np.int64)  # each document weighs the same
         return [ScoreResult(c, nll[j], ones) for j, c in enumerate(candidates)]
 
 
 Scorer = PerplexityScorer | MultiLengthScorer
+
+
+def _every_document(scorer: Scorer, candidates: Sequence[Candidate],
+                    on_document: Callable[[int], None] | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean NLL of every candidate on every document (C, D), and the tokens scored (D,)."""
+    nll = np.empty((len(candidates), scorer.num_documents))
+    tokens = np.empty(scorer.num_documents, dtype=np.int64)
+    for i in range(scorer.num_documents):
+        nll[:, i], tokens[i] = scorer.score_document(candidates, i)
+        if on_document:
+            on_document(i)
+    return nll, tokens
