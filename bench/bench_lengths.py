@@ -159,7 +159,7 @@ def keep(job_dir: Path, to: Path) -> None:
     import shutil
 
     shutil.copytree(job_dir, to, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("ledger.journal*", "state.json"))
+                    ignore=shutil.ignore_patterns("ledger.journal*", "state.json", "lock"))
 
 
 def _evaluations(spec: JobSpec) -> int:

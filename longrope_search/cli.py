@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longrope_search import __version__
-from longrope_search.defaults import EMBEDDED_HELDOUT_DOCS, EMBEDDED_MODEL
+from longrope_search.defaults import EMBEDDED_HELDOUT_DOCS, EMBEDDED_MODEL, RESULTS_DIR
 from longrope_search.errors import ConfigError
 from longrope_search.rope import SEED_NAMES
 from longrope_search.service.client import ApiError
@@ -46,7 +46,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=str(EMBEDDED_MODEL),
                    help="local Hugging Face model folder, .gguf file or package:NAME/FILE "
                         "(default: the embedded model)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16), float32, bfloat16, float16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 where the device computes it "
+                   "natively, else fp16 on old GPUs and fp32 on CPUs), float32, bfloat16, "
+                   "float16, or bf16, fp16, fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--attn-implementation", default="sdpa",
                    help="transformers' attention kernel: sdpa, flash_attention_2 (needs "
@@ -79,12 +81,9 @@ def _print_table(rows: list[dict], value: str, fmt: str) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Perplexity by length for the seeds and any factor files."""
-    import pyarrow as pa
 
     from longrope_search.evaluation.documents import load_documents
     from longrope_search.evaluation.sweep import perplexity_by_length
-    from longrope_search.factor_file import load_factor_file
-    from longrope_search.io import write_json, write_table
     from longrope_search.model import read_geometry
     from longrope_search.model.source import ModelSource
 
@@ -98,22 +97,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                              and args.fixed_ratio >= 1):
         raise ConfigError("fixed-ratio", f"must be a ratio ≥ 1, got {args.fixed_ratio}",
                           "give the extension ratio s of the deployed config, e.g. 8")
-    factors = [load_factor_file(f, geometry) for f in args.factors]
-    for path, cand in zip(args.factors, factors, strict=True):
-        if cand.n_hat >= max(lengths):
-            raise ConfigError(f"factors ({path.name}).n_hat", f"{cand.n_hat} is not below the "
-                              f"longest evaluated length {max(lengths)}, so the factors would "
-                              "change nothing", "evaluate longer lengths, or use a smaller n_hat")
+    factors = _factor_files(args.factors, geometry, lengths)
     documents_source = args.documents or EMBEDDED_HELDOUT_DOCS
-    out = args.out or Path("results") / "eval" / ModelSource.of(args.model).name
+    out = args.out or RESULTS_DIR / "eval" / ModelSource.of(args.model).name
+    tokenizer = ModelSource.of(args.model).tokenizer(args.trust_remote_code)
+    try:  # documents missing or too short: refused before the weights load
+        docs = load_documents(documents_source, tokenizer, min_tokens=max(lengths), k=args.k,
+                              seed=args.seed, max_tokens=max(lengths) if args.mode == "truncate"
+                              else args.max_tokens, text_field=args.text_field)
+    except ConfigError as e:
+        raise ConfigError("documents", e.problem, e.fix) from None
 
     t0 = time.time()
     print(f"loading {args.model} …", file=sys.stderr)
     loaded = _load(args)
-    docs = load_documents(documents_source, loaded.tokenizer, min_tokens=max(lengths), k=args.k,
-                          seed=args.seed,
-                          max_tokens=max(lengths) if args.mode == "truncate" else args.max_tokens,
-                          text_field=args.text_field)
     rows = perplexity_by_length(loaded.model, geometry, docs, lengths, methods=methods,
                                 candidates=factors, mode=args.mode, stride=args.stride,
                                 batch_size=args.batch_size, fixed_ratio=args.fixed_ratio)
@@ -124,41 +121,78 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{seeds}{files}):")
     _print_table(rows, "ppl", ".3f")
 
-    table = pa.Table.from_pylist(rows)
-    write_table(out / "eval.parquet", table)
-    write_table(out / "eval.csv", table)
-    write_json(out / "eval.json", {
+    _write_outputs(out, "eval", rows, {
         "command": args.command_line,
         "model": str(args.model), "documents": str(documents_source), "k": args.k,
         "seed": args.seed, "mode": args.mode, "stride": args.stride, "dtype": str(loaded.dtype),
         "fixed_ratio": args.fixed_ratio,
         "device": str(loaded.device), "original_length": L, "lengths": lengths,
-        "seconds": round(time.time() - t0, 1), "versions": _versions(), "rows": rows,
-    })
-    print(f"\nwrote {out / 'eval.parquet'} and eval.csv")
+        "seconds": round(time.time() - t0, 1), "versions": _versions()})
     return 0
 
 
+def _factor_files(paths: list[Path], geometry, lengths: list[int]) -> list:  # -> [Candidate]
+    """The factor files of ``--factors``, checked against the model and the lengths."""
+    from longrope_search.factor_file import load_factor_file
+
+    factors = [load_factor_file(f, geometry) for f in paths]
+    for path, cand in zip(paths, factors, strict=True):
+        if cand.n_hat >= max(lengths):
+            raise ConfigError(f"factors ({path.name}).n_hat", f"{cand.n_hat} is not below the "
+                              f"longest evaluated length {max(lengths)}, so the factors would "
+                              "change nothing", "evaluate longer lengths, or use a smaller n_hat")
+    return factors
+
+
+def _write_outputs(out: Path, name: str, rows: list[dict], meta: dict) -> None:
+    """``<name>.parquet``, ``.csv`` (the rows) and ``.json`` (the run and the rows) in ``out``."""
+    import pyarrow as pa
+
+    from longrope_search.io import write_json, write_table
+
+    table = pa.Table.from_pylist(rows)
+    write_table(out / f"{name}.parquet", table)
+    write_table(out / f"{name}.csv", table)
+    write_json(out / f"{name}.json", {**meta, "rows": rows})
+    print(f"\nwrote {out / name}.parquet, .csv and .json")
+
+
 def cmd_passkey(args: argparse.Namespace) -> int:
-    """Passkey retrieval accuracy by length for the seeds."""
+    """Passkey retrieval accuracy by length for the seeds and any factor files."""
     from longrope_search.evaluation.passkey import passkey_accuracy
     from longrope_search.model import read_geometry
+    from longrope_search.model.source import ModelSource
     from longrope_search.rope import seed_candidate
 
     geometry = read_geometry(args.model, trust_remote_code=args.trust_remote_code)
     L = geometry.original_length
     lengths = _int_list("lengths", args.lengths) if args.lengths else [L, 2 * L, 4 * L, 8 * L]
     methods = _methods(args.methods)
+    factors = _factor_files(args.factors, geometry, lengths)
+    out = args.out or RESULTS_DIR / "passkey" / ModelSource.of(args.model).name
     loaded = _load(args)
-    rows = []
-    for method in methods:
-        for length in lengths:
-            cand = seed_candidate(method, geometry, max(1.0, length / L), length=length)
-            trials = passkey_accuracy(loaded.model, loaded.tokenizer, geometry, cand, [length],
-                                      trials=args.trials, seed=args.seed)
-            acc = sum(t["correct"] for t in trials) / len(trials)
-            rows.append({"method": method, "length": length, "accuracy": acc})
+    rows, trials = [], []
+    for length in lengths:
+        cands = [(m, seed_candidate(m, geometry, max(1.0, length / L), length=length))
+                 for m in methods] + [(f.name, f) for f in factors]
+        for name, cand in cands:
+            got = passkey_accuracy(loaded.model, loaded.tokenizer, geometry, cand, [length],
+                                   trials=args.trials, seed=args.seed)
+            trials += [{"method": name, **t} for t in got]
+            rows.append({"method": name, "length": length,
+                         "accuracy": sum(t["correct"] for t in got) / len(got)})
+    print(f"\npasskey retrieval accuracy ({args.trials} trials at each of 5 depths; trained "
+          f"L = {L}):")
     _print_table(rows, "accuracy", ".2f")
+    if not any(r["accuracy"] for r in rows if r["method"] == "none" and r["length"] <= L):
+        print(f"\nnote: the unmodified model retrieves no passkey within its trained length "
+              f"L = {L}, so it cannot do this task at all (the embedded test model, 4 layers "
+              "trained on Python code, cannot): these figures say nothing about the factors. "
+              "Use a model that retrieves passkeys at L.")
+    _write_outputs(out, "passkey", trials, {
+        "command": args.command_line, "model": str(args.model), "original_length": L,
+        "lengths": lengths, "trials": args.trials, "seed": args.seed, "accuracy": rows,
+        "versions": _versions()})
     return 0
 
 
@@ -174,6 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_recover(args: argparse.Namespace) -> int:
     """Search the short factors of a finished long job (short-context recovery)."""
+    from longrope_search.export import recovery_gain
     from longrope_search.search.recovery import recovery_spec
 
     changes: dict = {}
@@ -183,8 +218,14 @@ def cmd_recover(args: argparse.Namespace) -> int:
         changes["budget"] = {"evaluations": args.evaluations}
     spec = recovery_spec(args.job, **changes)
     code = _search(spec, args)
-    print(f"\nexports of {args.job.name} now carry these short factors: longrope-search "
-          f"export {args.job.name} --results-dir {args.job.parent} --format hf")
+    gain = recovery_gain(spec.job_dir)
+    export = f"longrope-search export {args.job.name} --results-dir {args.job.parent}"
+    if gain is None or gain[0] < gain[1]:
+        print(f"\nexports of {args.job.name} now carry these short factors: {export}")
+    else:
+        print(f"\nwarning: these short factors are not better than ones on held-out documents "
+              f"({gain[0]:.4f} against {gain[1]:.4f}), so exports of {args.job.name} keep ones "
+              f"({export} --short-from {spec.name} attaches them anyway)")
     return code
 
 
@@ -201,8 +242,11 @@ def _search(spec: JobSpec, args: argparse.Namespace) -> int:
 
         check_placement(spec.scoring.device, args.gpus_per_worker)
     checked = check_job(spec)  # config, strategy and documents, before any weights load
-    print(f"job {spec.name}: {_describe(spec)}", file=sys.stderr)
-    note = window_note(checked[0][1][0])  # every stage has the job's model
+    plan = checked[0][1][0]  # every stage has the job's model
+    lengths = "" if spec.stages else \
+        f"L = {plan.original_length} → L' = {plan.target_length} tokens, "
+    print(f"job {spec.name}: {lengths}{_describe(spec)}", file=sys.stderr)
+    note = window_note(plan)
     if note:
         print(note, file=sys.stderr)
     result = run_job(spec, evaluators=_ray_evaluators(args) if args.ray else None,
@@ -316,13 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
                    type=lambda v: v if v == "auto" else int(v),
                    help="candidates per forward (auto: by free GPU memory, 1 on CPU)")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default results/eval/<model>)")
+                   help=f"output folder (default {RESULTS_DIR}/eval/<model>)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("run", help="run or resume a search job from a YAML config")
     p.add_argument("config", type=Path)
     p.add_argument("--results-dir", type=Path, default=None,
-                   help="override the config's results_dir")
+                   help=f"override the config's results_dir (default {RESULTS_DIR})")
     _search_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -335,12 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
     _search_options(p)
     p.set_defaults(func=cmd_recover)
 
-    p = sub.add_parser("passkey", help="passkey retrieval accuracy by length")
+    p = sub.add_parser("passkey", help="passkey retrieval accuracy by length, for the seeds "
+                       "and factor files")
     _common(p)
-    p.add_argument("--lengths", default=None)
-    p.add_argument("--methods", default="none,pi,ntk,yarn")
-    p.add_argument("--trials", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lengths", default=None, help="comma-separated prompt lengths in tokens "
+                   "(default L,2L,4L,8L)")
+    p.add_argument("--methods", default="none,pi,ntk,yarn",
+                   help=f"comma-separated seeds from {', '.join(SEED_NAMES)}, each tuned to the "
+                        "length's own ratio")
+    p.add_argument("--factors", type=Path, nargs="*", default=[],
+                   help="factor JSON files (longrope-search export or a longrope config), "
+                        "applied as they are at every length")
+    p.add_argument("--trials", type=int, default=5, help="passkeys per length and depth")
+    p.add_argument("--seed", type=int, default=0, help="which passkeys and filler are drawn")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output folder (default {RESULTS_DIR}/passkey/<model>)")
     p.set_defaults(func=cmd_passkey)
 
     from longrope_search.service.cli import add_commands
@@ -361,6 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if 400 <= e.status < 500 else 1
+    except KeyboardInterrupt:
+        resume = (f": every finished evaluation is in the job's ledger; run `{args.command_line}`"
+                  " again to resume") if args.func in (cmd_run, cmd_recover) else ""
+        print(f"\ninterrupted{resume}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

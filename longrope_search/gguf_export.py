@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from longrope_search.errors import ConfigError
-from longrope_search.export import export_notes, short_factors_for
+from longrope_search.export import ShortFactors, export_notes, short_factors_for
 from longrope_search.io import atomic_write
 from longrope_search.search.jobdir import JobDir
 
@@ -60,7 +60,26 @@ def export_gguf(job_dir: str | Path, gguf_in: str | Path | None, gguf_out: str |
             f"{arch}.rope.scaling.original_context_length": (int(best["original_length"]),
                                                              gguf.GGUFValueType.UINT32)}
     atomic_write(Path(gguf_out), lambda tmp: _write(reader, arch, keys, tables, tmp))
-    return _notes(best, short.job is not None and arch not in TWO_TABLE_ARCHITECTURES)
+    return _notes(best, short, arch)
+
+
+def gguf_notes(job_dir: str | Path, gguf_out: str | Path,
+               short_factors: str | Path | None = None) -> list[str]:
+    """The notes :func:`export_gguf` returned for an export already written (read from its
+    header: cheap, the tensors stay on disk)."""
+    best = JobDir(Path(job_dir)).finished_best()
+    short = short_factors_for(Path(job_dir), best, Path(short_factors) if short_factors else None)
+    arch = _reader(Path(gguf_out)).fields["general.architecture"].contents()
+    return _notes(best, short, arch)
+
+
+def llamacpp_command(best: dict[str, Any], gguf_out: str | Path) -> str:
+    """How to run the export in llama.cpp (allocated for L', as the comparison measured it),
+    and the YaRN baseline the job was compared with, as llama.cpp flags."""
+    target, original = int(best["target_length"]), int(best["original_length"])
+    return (f"llama-server -m {gguf_out} -c {target}   (the factors are in the file; the YaRN "
+            f"baseline: -m <the original .gguf> -c {target} --rope-scaling yarn --rope-scale "
+            f"{target / original:g} --yarn-orig-ctx {original})")
 
 
 def job_model_gguf(job_dir: Path) -> Path:
@@ -136,8 +155,9 @@ def _scale_keys(arch: str) -> tuple[str, ...]:
     return f"{arch}.rope.scaling.factor", f"{arch}.rope.scale_linear"
 
 
-def _notes(best: dict[str, Any], short_dropped: bool) -> list[str]:
-    notes = []
+def _notes(best: dict[str, Any], short: ShortFactors, arch: str) -> list[str]:
+    notes = [short.note] if short.note else []
+    short_dropped = short.job is not None and arch not in TWO_TABLE_ARCHITECTURES
     if best["n_hat"]:
         notes.append(NOTES["n_hat"].format(n_hat=best["n_hat"],
                                            ppl=best.get("search_ppl_without_n_hat")))
@@ -146,4 +166,4 @@ def _notes(best: dict[str, Any], short_dropped: bool) -> list[str]:
     return [*notes, *export_notes(best, "gguf")]
 
 
-__all__ = ["export_gguf", "job_model_gguf"]
+__all__ = ["export_gguf", "gguf_notes", "job_model_gguf", "llamacpp_command"]

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import longrope_search
+from longrope_search.errors import ConfigError
 from longrope_search.evaluation.documents import load_documents
 from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
@@ -76,7 +78,9 @@ def check_hf(args: argparse.Namespace) -> int:
 def check_gguf(args: argparse.Namespace) -> int:
     from longrope_search.io import write_json
     from longrope_search.llamacpp.check import check_gguf_export
+    from longrope_search.llamacpp.perplexity import require_llama_cpp
 
+    require_llama_cpp()  # before anything is read or written
     report = check_gguf_export(args.job_dir, args.gguf, args.output,
                                tolerance=args.tolerance, threads=args.threads)
     for note in report["notes"]:
@@ -121,7 +125,11 @@ def main() -> int:
     gg.add_argument("--json", type=Path, default=None, help="write the report here")
     gg.set_defaults(run=check_gguf)
     args = ap.parse_args()
-    return args.run(args)
+    try:
+        return args.run(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -202,6 +202,6 @@ def test_the_dashboard_reports_read_a_chain_as_one_search(reference) -> None:
     assert spent[-1] == per_stage.sum()
     assert len(reports.candidates(reference)["ppl"]) == 3 * 18
     assert reports.generation_rows(reference, 8)[0]["candidate_id"] in set(
-        pd.read_parquet(reference / "generations" / "stage=02").candidate_id)
+        pd.read_parquet(reference / "generations" / "stage-02").candidate_id)
     assert reports.best(reference, top_k=3)["lambdas"] == pytest.approx(
         read(reference / "best.json")["lambdas"], abs=1e-6)

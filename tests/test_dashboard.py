@@ -376,3 +376,81 @@ def test_another_strategy_by_cost(server, page):
     item = page.locator('#job-list li[data-job="tpe-job"] [data-role="progress-text"]')
     assert "generation" not in item.inner_text() and "11.5k of 20k tokens" in item.inner_text()
     page.screenshot(path=str(COST_SCREENSHOT), full_page=True)
+
+
+RUNNING_SCREENSHOT = Path("/tmp/dashboard_running.png")
+FINISHED_SCREENSHOT = Path("/tmp/dashboard_finished.png")
+
+
+def test_a_running_job_shows_its_evaluations_and_is_cancelled_and_resumed(server, page):
+    """Evaluations reach the page as the ledger gets them, before their generation's table
+    exists; the Cancel button stops the job inside generation 0 (no table yet, its candidates
+    still shown), and Resume continues it to the end."""
+    from longrope_search.search.jobdir import JobDir
+
+    manager, url, gate = server
+    manager.submit({"name": "slow", "extension_ratio": 8, "k_documents": 4,
+                    "scoring": {"dtype": "float32", "device": "cpu"},
+                    "evolution": {"population": 32, "mutations": 4, "crossovers": 4,
+                                  "top_k": 8, "generations": 1}})
+    page.goto(f"{url}/dashboard/?token={TOKEN}&job=slow")
+    page.wait_for_selector('#job[data-job="slow"][data-state="running"]')
+    assert page.locator("#job-cancel").is_enabled() and page.locator("#job-resume").is_disabled()
+    gate.set()
+    page.wait_for_function("() => window.dashboard.state.candidates.status.length >= 2",
+                           timeout=60_000)
+    assert JobDir(manager.get("slow").dir).tables() == []  # generation 0 is still running
+    assert page.locator('[data-empty-for="cost"]').is_hidden()
+    page.screenshot(path=str(RUNNING_SCREENSHOT), full_page=True)
+    page.click("#job-cancel")
+    page.wait_for_selector('#job[data-state="cancelled"]', timeout=60_000)
+    seen = page.evaluate("() => window.dashboard.state.candidates.candidate_id.length")
+    assert seen >= 2 and JobDir(manager.get("slow").dir).tables() == []
+    assert page.locator("#candidate-table tbody tr").count() == seen
+    assert page.locator("#job-resume").is_enabled()
+    page.click("#job-resume")
+    page.wait_for_selector('#job[data-state="finished"]', timeout=120_000)
+    assert manager.get("slow").state == "finished"
+    cands = api(url, "/api/jobs/slow/candidates")
+    assert page.evaluate("() => window.dashboard.state.candidates.candidate_id.length") == \
+        len(cands["candidate_id"]) == 40
+
+
+def test_the_candidate_table_sorts_downloads_and_jobs_compare(server, page, tmp_path):
+    import csv
+    import io
+
+    import pyarrow.parquet as pq
+
+    _manager, url, _gate = server
+    name = MAIN_JOB.name
+    cands = api(url, f"/api/jobs/{name}/candidates")
+    page.goto(f"{url}/dashboard/?token={TOKEN}&job={name}")
+    page.wait_for_selector('#job[data-state="finished"]')
+    page.wait_for_selector("#candidate-table tbody tr")
+    ok = [p for p, s in zip(cands["ppl"], cands["status"], strict=True) if s == "ok"]
+    # sorted by perplexity: the best complete candidate first, never a pruned one's partial
+    first = page.locator("#candidate-table tbody tr").first.locator("td").nth(4).inner_text()
+    assert float(first) == pytest.approx(min(ok), abs=1e-3)
+    page.click('#candidate-table [data-sort="ppl"]')  # again: descending
+    assert page.locator('#candidate-table th[aria-sort="descending"]').count() == 1
+    first = page.locator("#candidate-table tbody tr").first.locator("td").nth(4).inner_text()
+    assert float(first) == pytest.approx(max(ok), abs=1e-3)
+
+    with page.expect_download() as info:
+        page.click("#table-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text())))
+    assert len(rows) == len(cands["candidate_id"]) and rows[0]["ppl"]
+    with page.expect_download() as info:
+        page.click("#table-parquet")
+    table = pq.read_table(info.value.path())
+    assert table.num_rows == sum(pq.read_metadata(p).num_rows
+                                 for p in (MAIN_JOB / "generations").rglob("*.parquet"))
+    assert "lambdas" in table.column_names and "generation" in table.column_names
+
+    page.check('#job-list input[data-compare="embedded-8x"]')
+    page.wait_for_function("() => 'compare' in window.dashboard.charts")
+    labels = [s["label"] for s in page.evaluate(CHART_POINTS)["compare"]["series"]]
+    assert labels == ["embedded-8x", name]
+    assert page.locator('[data-card="compare"]').is_visible()
+    page.screenshot(path=str(FINISHED_SCREENSHOT), full_page=True)

@@ -102,6 +102,35 @@ def test_a_gguf_job_exports_into_its_own_model_by_cli_and_api(gguf_job, tmp_path
     assert r.content == out.read_bytes()  # the same file, whichever way it was asked for
 
 
+def test_cli_gguf_export_through_a_server(gguf_job, tmp_path, monkeypatch, capsys):
+    """`export --format gguf` against a server downloads the server's export (no local job
+    folder: the CLI runs elsewhere) and prints the llama.cpp command line."""
+    from longrope_search.cli import main
+    from longrope_search.service.app import create_app
+    from longrope_search.service.jobs import JobManager
+    from longrope_search.service.runners import local_runner
+    from tests.conftest import http_server
+
+    monkeypatch.chdir(tmp_path)
+    best = json.loads((gguf_job / "best.json").read_text())
+    manager = JobManager(gguf_job.parent, local_runner())
+    try:
+        with http_server(create_app(manager, token="t")) as url:
+            auth = ["--server", url, "--token", "t"]
+            assert main(["export", "g", "--format", "gguf", "-o", "x.gguf", *auth]) == 0
+            err = capsys.readouterr().err
+            assert main(["export", "g", "--format", "gguf", "-o", "y.gguf", "--gguf",
+                         str(gguf_job), *auth]) == 2
+            assert "error: gguf" in capsys.readouterr().err
+    finally:
+        manager.close()
+    assert factor_table(tmp_path / "x.gguf") == pytest.approx(best["lambdas"], rel=1e-6)
+    assert f"llama-server -m x.gguf -c {best['target_length']}" in err
+    assert f"--rope-scale {best['extension_ratio']:g} --yarn-orig-ctx " \
+        f"{best['original_length']}" in err
+    assert "note: " in err  # the export's notes came with the file
+
+
 def test_cli_eval_on_a_gguf_model(embedded_gguf, tmp_path, capsys):
     from longrope_search.cli import main
 

@@ -47,6 +47,7 @@ def bad_specs(paths: dict[str, str]) -> list[tuple[dict, str]]:
     return [
         ({"original_length": 0}, "original_length"),
         ({"original_length": -5}, "original_length"),
+        ({"original_length": 4096}, "original_length"),  # the embedded model's L is 128
         ({"extension_ratio": math.inf}, "extension_ratio"),
         ({"extension_ratio": 1e30}, "extension_ratio"),
         ({"documents": paths["short"]}, "documents"),

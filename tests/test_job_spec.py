@@ -186,7 +186,7 @@ def test_budget_and_results_dir() -> None:
     more = job_from_dict({**spec.to_dict(), "budget": {"evaluations": 100, "tokens": 10**9}})
     assert (more.evaluation_budget, more.budget.tokens) == (100, 10**9)
     moved = spec.with_results_dir(Path("/tmp/elsewhere"))
-    assert moved.job_dir == Path("/tmp/elsewhere/bad") and spec.results_dir == "results"
+    assert moved.job_dir == Path("/tmp/elsewhere/bad") and spec.results_dir == "runs"
     assert isinstance(moved, JobSpec) and moved.to_dict()["seeds"] == ["pi", "ntk", "yarn"]
 
 

@@ -142,3 +142,33 @@ def test_a_short_factor_spec_is_checked_field_by_field(long_job):
         run_search(job_from_dict({"name": "x", "factors": "short"}))
     with pytest.raises(ConfigError, match="already searched short factors"):
         recovery_spec(long_job.parent / "long-short")
+
+
+def test_a_recovery_no_better_than_ones_is_not_attached(long_job, short_job, tmp_path,
+                                                        monkeypatch, capsys):
+    """Found by name, a recovery whose held-out perplexity is not below all ones' is left out
+    of the exports with a note (``--short-from`` still attaches it), and `recover` warns."""
+    jobs = tmp_path / "jobs"
+    shutil.copytree(long_job, jobs / "long")
+    shutil.copytree(short_job, jobs / "long-short")
+    comparison = read(jobs / "long-short" / "comparison.json")
+    ones = next(r["ppl"] for r in comparison["rows"] if r["method"] == "ones")
+    for r in comparison["rows"]:
+        r["ppl"] = ones + 1e-3 if r["method"] == "best" else r["ppl"]
+    (jobs / "long-short" / "comparison.json").write_text(json.dumps(comparison))
+
+    record = export_job(jobs / "long", "longrope")
+    assert record["short_factor_from"] is None and record["short_factor"] == [1.0] * len(
+        record["lambdas"])
+    notes = export_job(jobs / "long", "hf")["longrope_search"]["notes"]
+    assert "not better than ones" in notes[0] and "--short-from long-short" in notes[0]
+    forced = export_job(jobs / "long", "longrope", short_factors=jobs / "long-short")
+    assert forced["short_factor_from"] == "long-short"
+
+    # the rerun (replayed from the ledger) measures again; here it is made to come out worse
+    monkeypatch.setattr("longrope_search.export.recovery_gain", lambda _: (50.0, 49.0))
+    assert main(["recover", str(jobs / "long"), "--strategy", "gradient", "--evaluations", "7",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: these short factors are not better than ones" in out
+    assert "now carry" not in out

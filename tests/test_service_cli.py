@@ -4,35 +4,24 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 import yaml
 
 from longrope_search.cli import main
 from longrope_search.service.app import create_app
 from longrope_search.service.jobs import JobManager
 from longrope_search.service.runners import local_runner
+from tests.conftest import http_server
 
 
 @pytest.fixture
 def server(tmp_path):
     manager = JobManager(tmp_path / "results", local_runner(), data_roots=[tmp_path])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(manager, token="t0k"), host="127.0.0.1",
-                                        port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
-    yield manager, f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with http_server(create_app(manager, token="t0k")) as url:
+        yield manager, url
     manager.close()
 
 

@@ -22,6 +22,16 @@ from longrope_search.errors import ConfigError
 ROPE_MODES = ("file", "none", "pi", "yarn")
 
 
+def require_llama_cpp() -> None:
+    """Refuse clearly when llama-cpp-python is not installed (it is an optional extra)."""
+    from importlib.util import find_spec
+
+    if find_spec("llama_cpp") is None:
+        raise ConfigError("llama_cpp", "llama-cpp-python is not installed",
+                          "pip install -e '.[llamacpp]' (it builds llama.cpp from source: about "
+                          "20 minutes on 2 cores)")
+
+
 def rope_settings(mode: str, extension_ratio: float, original_length: int) -> dict[str, Any]:
     """``Llama(...)`` keywords for a rope mode (llama.cpp's ``--rope-scaling``,
     ``--rope-scale``, ``--yarn-orig-ctx``)."""

@@ -29,10 +29,11 @@ from longrope_search.rope import rescale_ratio
 from longrope_search.search.driver import OnProgress, SearchResult, run_search
 from longrope_search.search.evaluator import Evaluators, local_evaluators
 from longrope_search.search.job import JobSpec, job_from_dict
-from longrope_search.search.jobdir import JobDir, claim, stage_name
+from longrope_search.search.jobdir import JobDir, check_claim, claim, running, stage_name
 from longrope_search.search.plan import Plan, prepare
 from longrope_search.search.recovery import recovery_spec
 from longrope_search.search.strategies import Strategy
+from longrope_search.search.tables import migrate as migrate_tables
 
 
 def stage_spec(chain: JobSpec, index: int) -> JobSpec:
@@ -86,6 +87,7 @@ Checked = list[tuple[JobSpec, tuple[Plan, Strategy]]]  # per stage: its spec, pr
 def check_job(spec: JobSpec) -> Checked:
     """Everything cheap about a job, chained or not, before anything is written or loaded;
     what was prepared, for :func:`run_job` to use instead of reading it all again."""
+    check_claim(JobDir(spec.job_dir), spec)  # a name clash, before any weights load
     if spec.stages:
         return check_chain(spec)
     return [(spec, prepare(spec))]
@@ -111,12 +113,13 @@ def run_job(spec: JobSpec, *, evaluators: Evaluators | None = None,
     an evaluator is opened (``checked``: what :func:`check_job` returned just before, used once)."""
     evaluators = evaluators or local_evaluators(loaded)
     checked = checked or check_job(spec)
-    if spec.stages:
-        return run_chain(spec, evaluators=evaluators, progress=progress,
-                         on_progress=on_progress, checked=checked)
-    with evaluators(spec) as evaluator:
-        return run_search(spec, evaluator=evaluator, progress=progress, on_progress=on_progress,
-                          prepared=checked[0][1])
+    with running(JobDir(spec.job_dir)):  # one process per job, before any weights load
+        if spec.stages:
+            return run_chain(spec, evaluators=evaluators, progress=progress,
+                             on_progress=on_progress, checked=checked)
+        with evaluators(spec) as evaluator:
+            return run_search(spec, evaluator=evaluator, progress=progress,
+                              on_progress=on_progress, prepared=checked[0][1])
 
 
 def run_chain(chain: JobSpec, *, evaluators: Evaluators, progress: bool = True,
@@ -126,6 +129,7 @@ def run_chain(chain: JobSpec, *, evaluators: Evaluators, progress: bool = True,
     ready = checked or check_chain(chain)
     folder = JobDir(chain.job_dir)
     claim(folder, chain)
+    migrate_tables(folder)  # a chain resumed from before schema version 4
     folder.remove_temporary()
     results = []
     for i, stage in enumerate(chain.stages):

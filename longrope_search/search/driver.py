@@ -21,10 +21,12 @@ owns everything else:
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from longrope_search.search.plan import (
 )
 from longrope_search.search.space import Genome
 from longrope_search.search.strategies import Strategy
+from longrope_search.search.tables import migrate as migrate_tables
 from longrope_search.search.tables import write_generation
 from longrope_search.search.trial import (
     FAILED,
@@ -66,6 +69,15 @@ N_HAT_ONLY_PYTHON = ("n̂ is applied by longrope_search.apply_factors only (depl
                      "no inference engine implements it, and the exports rescale every position")
 
 
+class EndReason(StrEnum):
+    """Why a search ended: one of its two budgets ran out, or its strategy had nothing more to
+    propose (Algorithm 1's generations done, a descent converged)."""
+
+    CANDIDATES = "candidate budget spent"  # budget.evaluations (default: the generations')
+    TOKENS = "token budget spent"  # budget.tokens, every forward token counted
+    STRATEGY = "strategy finished"
+
+
 @dataclass
 class SearchResult:
     best: Candidate
@@ -79,6 +91,10 @@ class SearchResult:
     seconds: float
     comparison: list[dict[str, Any]]
     comparison_documents: Path
+    ended: EndReason | None = None
+    candidates: int = 0  # scored against the candidate budget (gradient steps are not)
+    budget: int = 0
+    budget_tokens: int | None = None
 
 
 class Driver:
@@ -102,6 +118,7 @@ class Driver:
         self.unwritten: set[int] = set()
         self.cost_spent: dict[str, int] = {}  # key → job's forward tokens when recorded
         self.asks = self.new_asks = self.cost = 0
+        self.done = False
         self.best_ppl = math.inf
         self.replaying = False
         self.stats = Counter(evaluations=0, reused=0, pruned=0, failed=0, documents=0)
@@ -122,7 +139,10 @@ class Driver:
             self.bar.close()
 
     def _run(self) -> None:
-        self.replay(self.ledger.entries())
+        entries = self.ledger.entries()
+        self.replay(entries)
+        if entries:
+            self._resumed(len(entries))
         for inds in self.pending.values():  # in flight when the last run stopped
             self._submit(inds[0])
         self._report()
@@ -137,6 +157,16 @@ class Driver:
                 self._complete(ind.key, ev)
                 self._report()
         self._flush_tables(final=True)
+        self.done = True
+
+    def _resumed(self, replayed: int) -> None:
+        """Say that the job resumes, and start the bar's rate after what was replayed."""
+        self.bar.write(f"{self.spec.name}: resuming, {replayed} evaluations from the ledger "
+                       "replayed (not scored again)", file=sys.stderr)
+        self.bar.n = self.bar.initial = min(
+            self.bar.total, self.cost if self.budget_tokens else len(self.history))
+        self.bar.last_print_n = self.bar.n
+        self.bar.start_t = self.bar.last_print_t = time.time()
 
     def replay(self, entries: list[tuple[Evaluation, int | None]]) -> None:
         """Feed the ledger back through the strategy: before the j-th recorded result is told,
@@ -167,8 +197,15 @@ class Driver:
                 return
 
     def _budget_spent(self) -> bool:
-        return self.new_asks >= self.budget or (
-            self.budget_tokens is not None and self.cost >= self.budget_tokens)
+        return self.ended() not in (None, EndReason.STRATEGY)
+
+    def ended(self) -> EndReason | None:
+        """Which budget is spent (candidates first); STRATEGY once the loop ended without."""
+        if self.new_asks >= self.budget:
+            return EndReason.CANDIDATES
+        if self.budget_tokens is not None and self.cost >= self.budget_tokens:
+            return EndReason.TOKENS
+        return EndReason.STRATEGY if self.done else None
 
     # -- one candidate --------------------------------------------------------------------------
     def _ask(self) -> Individual | None:
@@ -176,7 +213,7 @@ class Driver:
         if ind is None:
             return None
         self.asks += 1
-        self.new_asks += ind.is_new
+        self.new_asks += ind.counts_as_candidate
         g = ind.generation
         if g not in self.rules:
             self.rules[g] = self._rule(g)
@@ -249,7 +286,8 @@ class Driver:
 
     def progress(self) -> dict[str, Any]:
         return {"strategy": self.spec.strategy, "generation": max(self.members, default=None),
-                **self.stats, "cost_tokens": self.cost, "budget": self.budget,
+                **self.stats, "candidates": self.new_asks, "cost_tokens": self.cost,
+                "budget": self.budget,
                 "budget_tokens": self.budget_tokens, "best_ppl": self.best_ppl}
 
     def _report(self) -> None:
@@ -288,6 +326,7 @@ class Driver:
         plan = self.plan
         best = self.candidate(ind, "best")
         record = best_record(plan, best, ev)
+        record["ended"] = self.ended()
         record["seed_ppl"] = {name: self.evals[g.key].ppl for name, g in plan.seeds
                               if g.key in self.evals and self.evals[g.key].status == OK}
         if best.n_hat:  # what an inference engine (none supports n̂) will actually get
@@ -329,6 +368,7 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
     plan, strategy = prepared or prepare(spec)
     job_dir = JobDir.of(spec)
     claim(job_dir, spec)
+    migrate_tables(job_dir)  # a job resumed from before schema version 4
     job_dir.remove_temporary()  # what a killed run was writing: rewritten from the ledger
     if evaluator is None:
         with local_evaluators(loaded)(spec) as local:
@@ -345,7 +385,8 @@ def _search(plan: Plan, strategy: Strategy, evaluator: Evaluator, job_dir: JobDi
     best, ev, rows, docs = driver.finish()
     s = driver.stats
     return SearchResult(best, ev, job_dir.path, s["evaluations"], s["pruned"], s["reused"],
-                        s["documents"], driver.cost, time.time() - t0, rows, docs)
+                        s["documents"], driver.cost, time.time() - t0, rows, docs,
+                        driver.ended(), driver.new_asks, driver.budget, driver.budget_tokens)
 
 
 def summarize(result: SearchResult) -> str:
@@ -357,4 +398,14 @@ def summarize(result: SearchResult) -> str:
             f"{N_HAT_ONLY_PYTHON + chr(10) if result.best.n_hat else ''}"
             f"{result.evaluations} evaluations ({result.pruned} pruned, {result.reused} reused "
             f"from the ledger), {result.document_evaluations} document forwards, "
-            f"{result.cost_tokens / 1e6:.2f}M forward tokens in all, {result.seconds:.0f} s")
+            f"{result.cost_tokens / 1e6:.2f}M forward tokens in all, {result.seconds:.0f} s\n"
+            f"ended: {end_line(result)}")
+
+
+def end_line(result: SearchResult) -> str:
+    """Why the search ended, with both budgets as spent: "token budget spent (5.51M of 5.51M
+    forward tokens; 412 of 1344 candidates)"."""
+    tokens = f"{result.cost_tokens / 1e6:.2f}M" + (
+        f" of {result.budget_tokens / 1e6:.2f}M" if result.budget_tokens else "")
+    return (f"{result.ended} ({tokens} forward tokens; {result.candidates} of {result.budget} "
+            "candidates)")

@@ -19,9 +19,11 @@ from longrope_search.defaults import (
     EMBEDDED,
     EMBEDDED_HELDOUT_DOCS,
     EMBEDDED_SEARCH_DOCS,
+    RESULTS_DIR,
     model_location,
 )
 from longrope_search.deploy import DEFAULT_ENGINE, ENGINE_NAMES, applies_n_hat
+from longrope_search.dtypes import Dtype, canonical_dtype
 from longrope_search.errors import ConfigError
 from longrope_search.rope.attention import POLICIES
 from longrope_search.rope.seeds import SEED_NAMES
@@ -38,7 +40,6 @@ MAX_RATIO = 1024
 # long: λ for contexts beyond L (the search); short: λ for contexts up to L (recovery)
 FACTORS = ("long", "short")
 
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # model.loading.DTYPES, and auto
 # model.loading.ATTN_IMPLEMENTATIONS
 AttnImplementation = Literal["sdpa", "flash_attention_2", "eager", "flex_attention"]
 Factors = Literal["long", "short"]  # FACTORS
@@ -86,6 +87,11 @@ class ScoringSpec(SpecModel):
         "loss the weighted mean over the lengths; default L' alone")
     weights: Annotated[tuple[Weight, ...], AtMost(16)] = Field(
         (), description="one weight ≥ 0 per entry of lengths; default equal weights")
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_alias(cls, value: Any) -> Any:
+        return canonical_dtype(value) if isinstance(value, str) else value
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -236,7 +242,11 @@ class _JobFields(SpecModel):
         "contexts up to L, scored at target_length ≤ L (default L) under a fixed attention "
         "factor, the short-context recovery that `longrope-search recover JOB` sets up")
     original_length: int | None = Field(None, ge=2, le=MAX_LENGTH, description="L; default "
-                                        "from the model's config")
+                                        "from the model's config (another value is refused "
+                                        "unless override_original_length)")
+    override_original_length: bool = Field(
+        False, description="use original_length although the model's config gives another L "
+        "(a config that is wrong about the length the model was trained on)")
     target_length: int | None = Field(None, ge=2, le=MAX_LENGTH, description="L' in tokens; "
                                       "give this or extension_ratio")
     extension_ratio: float | None = Field(None, gt=1, le=MAX_RATIO, description="s = L'/L; "
@@ -352,7 +362,8 @@ class _JobFields(SpecModel):
 class JobSpec(_JobFields):
     """One search job. Paths may be ``embedded`` for the bundled default model and documents."""
 
-    results_dir: PathText = Field("results", description="folder that holds the job's folder")
+    results_dir: PathText = Field(str(RESULTS_DIR),
+                                  description="folder that holds the job's folder")
 
     @model_validator(mode="after")
     def _stage_inside_its_chain(self) -> JobSpec:

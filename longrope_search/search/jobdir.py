@@ -5,30 +5,37 @@
     <results>/<job>/
         job.yaml                  the spec (written once; a rerun must match it)
         ledger.journal            every finished evaluation, appended as it finishes
-        generations/generation=0003/part-0.parquet
-                                  the factor tables (Hive-partitioned, one dataset)
+        generations/0003.parquet  the factor tables, one per generation (one dataset:
+                                  ``pd.read_parquet(".../generations")``)
         best.json                 the best factors and their provenance (the job finished)
         comparison.json           the best against PI, NTK and YaRN on held-out documents
         state.json                the service's view: state, progress, error, times
+        lock                      held (flock) by the one process running the job; its pid
     <results>/<job>-short/        its short-factor recovery job (longrope-search recover)
 
 A chained job (``stages:``) keeps each stage as a job folder of its own, except that the stages'
-tables are partitions of the chain's one dataset (``pd.read_parquet`` of ``generations`` gives
+tables are part of the chain's one dataset (``pd.read_parquet`` of ``generations`` gives
 ``stage`` and ``generation`` columns)::
 
     <results>/<chain>/
         job.yaml, best.json, comparison.json     the chain's spec; the last long stage's results
         stages/01-4x/                            a stage: job.yaml, ledger.journal, best.json, …
         seeds/01-4x.json                         the previous stage's best, mapped to its ratio
-        generations/stage=01/generation=0003/part-0.parquet
+        generations/stage-01/0003.parquet
 
 The driver, the service, the reports and the exports name these files through :class:`JobDir`
-only.
+only. Jobs written before schema version 4 keep their tables Hive-partitioned
+(``generation=0003/part-0.parquet``, ``stage=01/…``): read as they are, moved to this layout
+(:func:`longrope_search.search.tables.migrate`) when such a job is resumed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +43,11 @@ from typing import Any
 import yaml
 
 from longrope_search.errors import ConfigError
-from longrope_search.io import atomic_write
+from longrope_search.io import LockHeld, atomic_write, take_lock
 from longrope_search.search.job import JobSpec, job_from_dict
 
-TABLE_PART = "part-0.parquet"
+TABLE_SUFFIX = ".parquet"
+LEGACY_PART = "part-0.parquet"  # before schema version 4: generation=NNNN/part-0.parquet
 RECOVERY_SUFFIX = "-short"  # a long job's short-factor recovery job: <job>-short beside it
 
 
@@ -90,7 +98,7 @@ class JobDir:
         return JobDir(self.path.parent / f"{self.name}{RECOVERY_SUFFIX}")
 
     def stage_tables(self, index: int) -> Path:
-        return self.generations / f"stage={index:02d}"
+        return self.generations / f"stage-{index:02d}"
 
     def stage_seed(self, name: str) -> Path:
         return self.path / "seeds" / f"{name}.json"
@@ -108,6 +116,10 @@ class JobDir:
         return self.path / "state.json"
 
     @property
+    def lock(self) -> Path:
+        return self.path / "lock"
+
+    @property
     def gguf_export(self) -> Path:
         """The service's GGUF export of a job whose model is a GGUF file."""
         return self.path / "export.gguf"
@@ -121,12 +133,13 @@ class JobDir:
         return found
 
     def table(self, generation: int) -> Path:
-        return self.generations / f"generation={generation:04d}" / TABLE_PART
+        return self.generations / f"{generation:04d}{TABLE_SUFFIX}"
 
     def tables(self) -> list[tuple[int, Path]]:
         """The generations whose table exists, in order; a chain's, stage after stage, numbered
         on across stages (see :meth:`stage_of`)."""
-        stages = sorted(self.generations.glob("stage=*"))
+        stages = sorted(self.generations.glob("stage-*")) or \
+            sorted(self.generations.glob("stage=*"))
         if not stages:
             return _tables_in(self.generations)
         out: list[tuple[int, Path]] = []
@@ -134,11 +147,25 @@ class JobDir:
             out += [(len(out) + i, path) for i, (_, path) in enumerate(_tables_in(folder))]
         return out
 
+    def legacy_tables(self) -> list[Path]:
+        """Tables in the Hive layout of schema versions 1–3, to be moved by ``migrate``."""
+        return sorted(self.generations.glob(f"**/generation=*/{LEGACY_PART}"))
+
     @staticmethod
     def stage_of(table: Path) -> int | None:
         """The chain stage a table belongs to (None outside a chain)."""
-        folder = table.parent.parent.name
-        return int(folder.split("=", 1)[1]) if folder.startswith("stage=") else None
+        folder = (table.parent.parent if table.name == LEGACY_PART else table.parent).name
+        for prefix in ("stage-", "stage="):
+            if folder.startswith(prefix):
+                return int(folder.removeprefix(prefix))
+        return None
+
+    @staticmethod
+    def generation_of(table: Path) -> int:
+        """The generation number a table's path gives (either layout)."""
+        if table.name == LEGACY_PART:
+            return int(table.parent.name.split("=", 1)[1])
+        return int(table.name.removesuffix(TABLE_SUFFIX))
 
     # -- readers --------------------------------------------------------------------------------
     def read_best(self) -> dict[str, Any] | None:
@@ -164,13 +191,12 @@ class JobDir:
 
 def _tables_in(generations: Path) -> list[tuple[int, Path]]:
     out = []
-    for d in generations.glob("generation=*"):
+    for path in [*generations.glob(f"*{TABLE_SUFFIX}"),
+                 *generations.glob(f"generation=*/{LEGACY_PART}")]:
         try:
-            g = int(d.name.split("=", 1)[1])
+            out.append((JobDir.generation_of(path), path))
         except ValueError:
             continue
-        if (d / TABLE_PART).is_file():
-            out.append((g, d / TABLE_PART))
     return sorted(out)
 
 
@@ -183,20 +209,62 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def claim(job_dir: JobDir, spec: JobSpec) -> None:
-    """Write the job's spec, or check that the folder holds the same one: resuming with a
+class JobBusy(ConfigError):
+    """Another process is running this job."""
+
+
+@contextlib.contextmanager
+def running(job_dir: JobDir) -> Iterator[None]:
+    """Hold the job's lock while it runs: a second process on the same job (another ``run``, a
+    second server) is refused here, before it loads weights or writes."""
+    job_dir.path.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = take_lock(job_dir.lock)
+    except LockHeld as held:
+        raise JobBusy("name", f"job '{job_dir.name}' is running in another process (pid "
+                      f"{held.holder})", "wait for it to end (or stop it), then run the same "
+                      "command again to resume") from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holder(job_dir: JobDir) -> str | None:
+    """The pid of the process running the job, or None; reads only."""
+    try:
+        fd = os.open(job_dir.lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+
+
+def check_claim(job_dir: JobDir, spec: JobSpec) -> None:
+    """Refuse a spec that differs from the one the folder already holds: resuming with a
     different spec would mix two searches. Where the results folder is (``results_dir``) is
-    not part of the job, so ``runs`` and ``$PWD/runs`` are the same job."""
-    current = spec.to_dict()
-    if job_dir.spec.is_file():
-        # Read back through the spec, so keys added since (with their defaults) still match.
-        previous = job_from_dict(yaml.safe_load(job_dir.spec.read_text())).to_dict()
-        if _without_location(previous) != _without_location(current):
-            raise ConfigError("name", f"job '{job_dir.name}' already exists in {job_dir.path} "
-                              "with a different spec",
-                              "use a new job name, or delete the old folder")
+    not part of the job, so ``runs`` and ``$PWD/runs`` are the same job. Reads only."""
+    if not job_dir.spec.is_file():
         return
-    atomic_write(job_dir.spec, lambda p: p.write_text(yaml.safe_dump(current, sort_keys=False)))
+    # Read back through the spec, so keys added since (with their defaults) still match.
+    previous = job_from_dict(yaml.safe_load(job_dir.spec.read_text())).to_dict()
+    if _without_location(previous) != _without_location(spec.to_dict()):
+        raise ConfigError("name", f"job '{job_dir.name}' already exists in {job_dir.path} "
+                          "with a different spec",
+                          "use a new job name, or delete the old folder")
+
+
+def claim(job_dir: JobDir, spec: JobSpec) -> None:
+    """Write the job's spec, or check that the folder holds the same one (:func:`check_claim`)."""
+    check_claim(job_dir, spec)
+    if not job_dir.spec.is_file():
+        atomic_write(job_dir.spec,
+                     lambda p: p.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False)))
 
 
 def _without_location(spec: dict[str, Any]) -> dict[str, Any]:

@@ -24,20 +24,24 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, json_to_distribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._storage import JournalOperation  # the journal's record kinds
 from optuna.trial import TrialState, create_trial
 
 from longrope_search.io import atomic_write
 from longrope_search.search.space import SearchSpace
 from longrope_search.search.trial import (
     FAILED,
+    GRADIENT,
     MINIBATCH,
     OK,
     PRUNED,
+    SCORE,
     Evaluation,
     Individual,
     lambdas_of,
@@ -104,6 +108,39 @@ def open_study(path: str | Path, job: str) -> optuna.Study:
     backend = JournalFileBackend(str(path), lock_obj=FlockLock(str(path)))
     return optuna.create_study(storage=JournalStorage(backend), study_name=job,
                                direction="minimize", load_if_exists=True)
+
+
+def recorded(path: str | Path) -> list[dict[str, Any]]:
+    """Every evaluation in a ledger, in the order recorded, as a factor table row holds it
+    (``candidate_id``, ``generation``, ``operator``, ``parents``, ``task``, ``status``,
+    ``nll``, ``mean_nll``, ``ppl``, ``lambdas``, ``n_hat``, ``cost_tokens``, ``worker``, …).
+    Reads only and takes no lock (Optuna's reader stops before a line still being appended),
+    so a server shows a running job's evaluations as they finish."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for log in JournalFileBackend(str(path)).read_logs(0):
+        a = log.get("user_attrs") or {}
+        if log.get("op_code") != JournalOperation.CREATE_TRIAL or "key" not in a:
+            continue
+        params = log["params"]
+        n_hat = json_to_distribution(log["distributions"]["n_hat"]).to_external_repr(
+            params["n_hat"])
+        ev = Evaluation(a["key"], tuple(a["nll"]), a["status"], a["num_documents"],
+                        a.get("cost_tokens", 0))
+        complete = ev.status == OK and bool(ev.nll)
+        rows.append({
+            "candidate_id": ev.key, "generation": a["generation"], "operator": a["operator"],
+            "parents": list(a.get("parents") or []),
+            "task": GRADIENT if "gradient" in a else SCORE, "status": ev.status,
+            "nll": list(ev.nll), "documents_scored": len(ev.nll),
+            "mean_nll": ev.mean_nll if complete else None, "ppl": ev.ppl if complete else None,
+            "partial_ppl": ev.ppl if ev.nll and not complete else None,
+            "lambdas": [params[f"lambda_{i}"] for i in range(len(params) - 1)], "n_hat": n_hat,
+            "attention_factor": a.get("attention_factor"), "cost_tokens": ev.cost_tokens,
+            **{k: a.get(k) for k in ("worker", "seconds", "timestamp")}})
+    return rows
 
 
 class Ledger:

@@ -8,7 +8,7 @@ record and the held-out comparison are built here too, for the driver and the Ra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +68,24 @@ class Plan:
         return two_sets_safe(self.spec.deploy, self.model_type)
 
 
+def _with_original_length(spec: JobSpec, geometry: RopeGeometry) -> RopeGeometry:
+    """The model's geometry with the spec's L, which must agree with the config's unless the
+    spec says it overrides it (the seeds' YaRN ramps and n̂ are then built on the spec's L)."""
+    L = spec.original_length
+    if L is None or geometry.original_length == L:
+        return geometry
+    if not spec.override_original_length:
+        raise ConfigError("original_length", f"{L} contradicts the model's config, which says "
+                          f"L = {geometry.original_length}", "leave original_length out, or "
+                          "set override_original_length: true if the config is wrong about the "
+                          "length the model was trained on")
+    return replace(geometry, original_length=L)
+
+
 def plan_job(spec: JobSpec) -> Plan:
     """Validate a job against its model's config (cheap: no weights) and build space and seeds."""
     config = ModelSource.of(spec.model_path).config(spec.trust_remote_code)
-    geometry = RopeGeometry.from_config(config)
+    geometry = _with_original_length(spec, RopeGeometry.from_config(config))
     L, Lp, s = spec.resolve_lengths(geometry.original_length)
     check_attn_implementation(spec.scoring.attn_implementation, "scoring.attn_implementation")
     window = attention_window(config)

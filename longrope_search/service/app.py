@@ -9,6 +9,7 @@ roots. With a token set, every ``/api`` request needs ``Authorization: Bearer <t
 from __future__ import annotations
 
 import hmac
+import json
 import re
 from collections.abc import Sequence
 from importlib.resources import files
@@ -25,7 +26,18 @@ from longrope_search import __version__
 from longrope_search.errors import ConfigError
 from longrope_search.search.job import JOB_NAME, JobRequest
 from longrope_search.service import reports
+from longrope_search.service.client import NOTES_HEADER
 from longrope_search.service.jobs import Job, JobConflict, JobManager
+from longrope_search.service.schema import (
+    Best,
+    Candidates,
+    Curve,
+    GenerationSummary,
+    Health,
+    JobDetail,
+    JobSummary,
+    TableRow,
+)
 from longrope_search.validation import config_error
 
 MAX_BODY_BYTES = 1 << 20  # a job spec is a few KB; anything over 1 MiB is refused with 413
@@ -86,7 +98,7 @@ class LimitBody:
 def _gguf_file(job_dir: Path, short: Path | None) -> FileResponse:
     """The job's GGUF model with its factors, written once into the job folder (again when the
     job's best is newer), then served as a file."""
-    from longrope_search.gguf_export import export_gguf
+    from longrope_search.gguf_export import export_gguf, gguf_notes
     from longrope_search.search.jobdir import JobDir
 
     files = JobDir(job_dir)
@@ -95,8 +107,9 @@ def _gguf_file(job_dir: Path, short: Path | None) -> FileResponse:
     stale = not out.is_file() or out.stat().st_mtime < files.best.stat().st_mtime
     if stale or short is not None:
         export_gguf(job_dir, None, out, short_factors=short)
+    notes = json.dumps(gguf_notes(job_dir, out, short))  # ASCII: a header's charset
     return FileResponse(out, media_type="application/octet-stream",
-                        filename=f"{job_dir.name}.gguf")
+                        filename=f"{job_dir.name}.gguf", headers={NOTES_HEADER: notes})
 
 
 def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
@@ -110,8 +123,10 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
             return
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(401, "missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: "
+                                "Bearer <TOKEN>' (the token the server was started with: "
+                                "--token or $LONGROPE_SEARCH_TOKEN); in the dashboard open "
+                                "/dashboard/?token=<TOKEN>", headers={"WWW-Authenticate": "Bearer"})
 
     def job_of(name: str) -> Job:
         if not re.fullmatch(JOB_NAME, name):
@@ -139,46 +154,57 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
 
     api = [Depends(authorize)]
 
-    @app.get("/api/health", dependencies=api)
+    @app.get("/api/health", dependencies=api, response_model=Health)
     def health() -> dict[str, Any]:
         return {"ok": True, "version": __version__, "jobs": len(manager.jobs)}
 
-    @app.post("/api/jobs", status_code=201, dependencies=api)
+    @app.post("/api/jobs", status_code=201, dependencies=api, response_model=JobSummary)
     def submit(spec: JobRequest) -> dict[str, Any]:
         """Queue a job: the spec as in a YAML config (``results_dir`` is ignored)."""
         return manager.submit(spec.model_dump(mode="json", exclude_unset=True)).summary()
 
-    @app.get("/api/jobs", dependencies=api)
+    @app.get("/api/jobs", dependencies=api, response_model=list[JobSummary])
     def list_jobs() -> list[dict[str, Any]]:
         return [j.summary() for j in sorted(manager.jobs.values(), key=lambda j: j.submitted)]
 
-    @app.get("/api/jobs/{name}", dependencies=api)
+    @app.get("/api/jobs/{name}", dependencies=api, response_model=JobDetail)
     def job_detail(name: str) -> dict[str, Any]:
-        job = job_of(name)
-        return {**job.summary(), "spec": job.spec.to_dict(),
-                "generation_summaries": reports.generation_summaries(job.dir)}
+        return job_of(name).detail()
 
-    @app.get("/api/jobs/{name}/generations", dependencies=api)
+    @app.get("/api/jobs/{name}/generations", dependencies=api,
+             response_model=list[GenerationSummary])
     def generations(name: str) -> list[dict[str, Any]]:
         return reports.generation_summaries(job_of(name).dir)
 
-    @app.get("/api/jobs/{name}/generations/{generation}", dependencies=api)
+    @app.get("/api/jobs/{name}/generations/{generation}", dependencies=api,
+             response_model=list[TableRow])
     def generation(name: str, generation: int) -> list[dict[str, Any]]:
         rows = reports.generation_rows(job_of(name).dir, generation)
         if rows is None:
             raise HTTPException(404, f"job {name!r} has no table for generation {generation}")
         return rows
 
-    @app.get("/api/jobs/{name}/candidates", dependencies=api)
+    @app.get("/api/jobs/{name}/candidates", dependencies=api, response_model=Candidates)
     def candidates(name: str) -> dict[str, list[Any]]:
         return reports.candidates(job_of(name).dir)
 
-    @app.get("/api/jobs/{name}/curve", dependencies=api)
+    @app.get("/api/jobs/{name}/curve", dependencies=api, response_model=Curve)
     def curve(name: str) -> dict[str, Any]:
         """Best-so-far and median perplexity against cost spent (forward tokens), per table."""
         return reports.cost_curve(job_of(name).dir)
 
-    @app.get("/api/jobs/{name}/best", dependencies=api)
+    @app.get("/api/jobs/{name}/table", dependencies=api,
+             responses={200: {"content": {"application/vnd.apache.parquet": {},
+                                          "text/csv": {}}}})
+    def table(name: str, format: str = Query("parquet", pattern="^(parquet|csv)$")
+              ) -> Response:
+        """Every factor table of the job as one file (the rows as written, per generation)."""
+        job = job_of(name)
+        media = "text/csv" if format == "csv" else "application/vnd.apache.parquet"
+        return Response(reports.tables_file(job.dir, format), media_type=media, headers={
+            "Content-Disposition": f'attachment; filename="{name}.generations.{format}"'})
+
+    @app.get("/api/jobs/{name}/best", dependencies=api, response_model=Best)
     def best(name: str) -> dict[str, Any]:
         job = job_of(name)
         out = reports.best(job.dir, job.spec.evolution.top_k)
@@ -186,12 +212,12 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
             raise HTTPException(404, f"job {name!r} has no finished evaluation yet")
         return out
 
-    @app.post("/api/jobs/{name}/cancel", dependencies=api)
+    @app.post("/api/jobs/{name}/cancel", dependencies=api, response_model=JobSummary)
     def cancel(name: str) -> dict[str, Any]:
         job_of(name)
         return manager.cancel(name).summary()
 
-    @app.post("/api/jobs/{name}/resume", dependencies=api)
+    @app.post("/api/jobs/{name}/resume", dependencies=api, response_model=JobSummary)
     def resume(name: str) -> dict[str, Any]:
         job_of(name)
         return manager.resume(name).summary()

@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from longrope_search.defaults import RESULTS_DIR
 from longrope_search.errors import ConfigError
 from longrope_search.service.client import Client
 
 if TYPE_CHECKING:
     from longrope_search.search.job import JobSpec
+    from longrope_search.service.jobs import Job
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -55,26 +58,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def check(spec: JobSpec) -> None:
             check_placement(spec.scoring.device, gpus)
 
+    sock = _bind(args.host, args.port)  # before any job resumes: a busy port starts nothing
+    _import_model_code()  # before the runner threads start resumed jobs
     manager = JobManager(args.results_dir, runner, data_roots=args.data_root or None,
                          max_running=args.max_running,
                          allow_remote_code=args.allow_remote_code, check=check)
-    print(f"longrope-search: dashboard http://{args.host}:{args.port}/dashboard/  "
-          f"API http://{args.host}:{args.port}/openapi.json  results {manager.results_dir}",
-          file=sys.stderr)
-    _import_model_code()
+    print(banner(args.host, args.port, manager.results_dir, token), file=sys.stderr)
+    server = uvicorn.Server(uvicorn.Config(create_app(manager, token=token), log_level="warning"))
     try:
-        uvicorn.run(create_app(manager, token=token), host=args.host, port=args.port,
-                    log_level="warning")
+        server.run(sockets=[sock])
     finally:
         manager.close()
     return 0
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound now so that a port in use is refused first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError("port", f"cannot listen on {host}:{port} ({e.strerror})",
+                          "stop what uses it (another longrope-search serve?) or pass "
+                          "--port N") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def banner(host: str, port: int, results: Path, token: str | None) -> str:
+    """What ``serve`` prints first: where the dashboard, the API and the jobs are."""
+    url = f"http://{host}:{port}"
+    dashboard = f"{url}/dashboard/" + ("?token=<TOKEN>" if token else "")
+    line = f"longrope-search: dashboard {dashboard}  API {url}/openapi.json  results {results}"
+    if token:
+        line += ("\n  every request needs the token: 'Authorization: Bearer <TOKEN>' (the CLI: "
+                 "--token or $LONGROPE_SEARCH_TOKEN; the dashboard: ?token=<TOKEN> once)")
+    return line
+
+
 def _import_model_code() -> None:
     """Import transformers before serving: a submit's check reads the model's config and
-    tokenizer, and transformers' lazy imports fail when two request threads race through them
-    (``cannot import name 'AutoConfig'``); done once here, the first submit is also seconds
-    faster."""
+    tokenizer, and transformers' lazy imports fail when two threads (requests, runners) race
+    through them (``cannot import name 'AutoConfig'``); done once here, the first submit is
+    also seconds faster."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
 
@@ -121,11 +151,70 @@ def _cost(job: dict[str, Any]) -> str:
 
 
 def _line(job: dict[str, Any]) -> str:
-    done = job.get("evaluations", 0) + job.get("reused", 0)
+    done = job.get("candidates", 0)
     gen = job.get("generation")
     return (f"{job['name']:<28} {job['state']:<10} gen {'-' if gen is None else gen:>3}/"
             f"{job['generations']:<3} {done:>6}/{job['budget']:<6} {_cost(job):>16} "
             f"best ppl {_num(job.get('best_ppl'))}")
+
+
+class FolderJobs:
+    """The read commands (``jobs``, ``status``, ``export``) on a results folder, no server:
+    the jobs as their files describe them (a job that ``run`` is running shows as running)."""
+
+    def __init__(self, results_dir: Path) -> None:
+        if not results_dir.is_dir():
+            raise ConfigError("results-dir", f"{results_dir} is not a folder",
+                              f"give the folder the jobs were run in (default {RESULTS_DIR})")
+        self.results_dir = results_dir
+
+    def _jobs(self) -> list[Job]:
+        from longrope_search.service.jobs import jobs_on_disk
+
+        return sorted(jobs_on_disk(self.results_dir), key=lambda j: j.submitted)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [j.summary() for j in self._jobs()]
+
+    def job(self, name: str) -> dict[str, Any]:
+        return self._job(name).detail()
+
+    def _job(self, name: str) -> Job:
+        for job in self._jobs():
+            if job.name == name:
+                return job
+        raise ConfigError("job", f"no job {name!r} in {self.results_dir}",
+                          f"list them: longrope-search jobs --results-dir {self.results_dir}")
+
+    def export(self, name: str, fmt: str, *, config: bool = False,
+               short_from: str | None = None) -> dict[str, Any]:
+        from longrope_search.export import export_job
+
+        short = self.folder(short_from) if short_from else None
+        return export_job(self.folder(name), fmt, with_config=config, short_factors=short)
+
+    def best(self, name: str) -> dict[str, Any]:
+        return self._job(name).files.finished_best()
+
+    def folder(self, name: str) -> Path:
+        return self._job(name).dir
+
+
+Source = Client | FolderJobs
+
+
+def _source(args: argparse.Namespace, job: str | None = None) -> Source:
+    """Where a read command looks: ``--results-dir``; else ``--server`` (or
+    ``$LONGROPE_SEARCH_URL``); else the default folder when it holds the job, or (for
+    ``jobs``) when no server answers at the default URL; else that server."""
+    if args.results_dir:
+        return FolderJobs(args.results_dir)
+    client = Client(args.server, args.token)
+    if args.server or os.environ.get("LONGROPE_SEARCH_URL") or not RESULTS_DIR.is_dir():
+        return client
+    if job is not None:
+        return FolderJobs(RESULTS_DIR) if (RESULTS_DIR / job / "job.yaml").is_file() else client
+    return client if client.answers() else FolderJobs(RESULTS_DIR)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -137,20 +226,32 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    for job in Client(args.server, args.token).jobs():
+    source = _source(args)
+    jobs = source.jobs()
+    where = source.results_dir if isinstance(source, FolderJobs) else source.url
+    if not jobs:
+        print(f"no jobs in {where}")
+        return 0
+    print(f"jobs in {where}:")
+    print(f"{'name':<28} {'state':<10} {'generation':<11} {'candidates':<13} {'cost':>16} "
+          "best ppl")
+    for job in jobs:
         print(_line(job))
     return 0
 
 
-def _follow(client: Client, name: str) -> int:
+def _follow(client: Source, name: str) -> int:
     from tqdm.auto import tqdm
 
     from longrope_search.service.jobs import ACTIVE
 
     job = client.job(name)
-    with tqdm(total=job["budget"], desc=name, unit="cand") as bar:
+    tokens = job.get("budget_tokens")  # the bar counts what `run`'s does: tokens if budgeted
+    with tqdm(total=tokens or job["budget"], desc=name, unit="tok" if tokens else "cand",
+              unit_scale=bool(tokens)) as bar:
         while True:
-            bar.n = job["evaluations"] + job["reused"]
+            bar.n = min(bar.total, (job.get("cost_tokens") or 0) if tokens else
+                        job["candidates"])
             best = job.get("best_ppl")
             bar.set_postfix(state=job["state"], gen=job.get("generation"), pruned=job["pruned"],
                             cost=_cost(job),
@@ -167,7 +268,7 @@ def _follow(client: Client, name: str) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = Client(args.server, args.token)
+    client = _source(args, args.job)
     if args.follow:
         return _follow(client, args.job)
     job = client.job(args.job)
@@ -192,17 +293,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    source = _source(args, args.job)
     if args.format == "gguf":
-        return _export_gguf(args)
-    if args.results_dir:  # straight from a job folder, no server needed
-        from longrope_search.export import export_job
-
-        short = args.results_dir / args.short_from if args.short_from else None
-        data = export_job(args.results_dir / args.job, args.format, with_config=args.config,
-                          short_factors=short)
-    else:
-        data = Client(args.server, args.token).export(args.job, args.format, config=args.config,
-                                                      short_from=args.short_from)
+        return _export_gguf(args, source)
+    data = source.export(args.job, args.format, config=args.config, short_from=args.short_from)
     for note in (data.get("longrope_search") or {}).get("notes", []):
         print(f"note: {note}", file=sys.stderr)
     if args.output:
@@ -215,25 +309,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_gguf(args: argparse.Namespace) -> int:
-    """A GGUF copy of ``--gguf`` with the job's factors: from a job folder, to a file."""
-    from longrope_search.errors import ConfigError
-    from longrope_search.gguf_export import export_gguf
+def _export_gguf(args: argparse.Namespace, source: Source) -> int:
+    """A GGUF copy of ``--gguf`` (or the job's GGUF model) with the job's factors, to a file;
+    then the llama.cpp command line that runs it as the job measured it."""
+    from longrope_search.gguf_export import export_gguf, llamacpp_command
 
     if args.output is None:
         raise ConfigError("output", "a GGUF export writes a model file",
                           "give -o OUT.gguf (and --gguf IN.gguf unless the job's model is one)")
-    results = args.results_dir or Path("results")
-    short = results / args.short_from if args.short_from else None
-    for note in export_gguf(results / args.job, args.gguf, args.output, short_factors=short):
+    if isinstance(source, FolderJobs):
+        short = source.folder(args.short_from) if args.short_from else None
+        notes = export_gguf(source.folder(args.job), args.gguf, args.output,
+                            short_factors=short)
+    elif args.gguf is not None:
+        raise ConfigError("gguf", "a server exports the job's own GGUF model, not a local file",
+                          "drop --gguf, or export from the job folder with --results-dir DIR")
+    else:
+        notes = source.export_gguf(args.job, args.output, short_from=args.short_from)
+    for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {args.output}", file=sys.stderr)
+    print(f"wrote {args.output}\nrun it: {llamacpp_command(source.best(args.job), args.output)}",
+          file=sys.stderr)
     return 0
 
 
-def _client_options(p: argparse.ArgumentParser) -> None:
+def _client_options(p: argparse.ArgumentParser, *, reads: bool = True) -> None:
     p.add_argument("--server", default=None,
                    help="service URL (default $LONGROPE_SEARCH_URL or http://127.0.0.1:8321)")
+    if reads:
+        p.add_argument("--results-dir", type=Path, default=None,
+                       help=f"read the job folders here, no server (default: {RESULTS_DIR} "
+                            "when it holds the job, else the server)")
     p.add_argument("--token", default=None, help="bearer token (default $LONGROPE_SEARCH_TOKEN)")
 
 
@@ -241,7 +347,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the job API and dashboard")
     p.add_argument("--host", default="127.0.0.1", help="interface (default loopback only)")
     p.add_argument("--port", type=int, default=8321)
-    p.add_argument("--results-dir", type=Path, default=Path("runs"),
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
                    help="where jobs live; requests never reach outside it")
     p.add_argument("--data-root", type=Path, action="append", default=[],
                    help="folder that submitted model/document paths may be under (repeatable; "
@@ -268,10 +374,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--name", default=None,
                    help="job name instead of the config's (the same config, another run)")
     p.add_argument("--follow", action="store_true", help="then show its progress to the end")
-    _client_options(p)
+    _client_options(p, reads=False)
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("jobs", help="list the server's jobs")
+    p = sub.add_parser("jobs", help=f"list the jobs (of a server, or in {RESULTS_DIR}/ when none "
+                       "answers)")
     _client_options(p)
     p.set_defaults(func=cmd_jobs)
 
@@ -286,7 +393,7 @@ def add_commands(sub: Any) -> None:
                              ("resume", cmd_resume, "queue a cancelled or failed job again")):
         p = sub.add_parser(name, help=text)
         p.add_argument("job")
-        _client_options(p)
+        _client_options(p, reads=False)
         p.set_defaults(func=func)
 
     p = sub.add_parser("export", help="factor JSON for transformers, vLLM or longrope-search, "
@@ -301,8 +408,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--short-from", default=None,
                    help="job whose λ become short_factor (a search at the original length)")
     p.add_argument("-o", "--output", type=Path, default=None, help="file (default stdout)")
-    p.add_argument("--results-dir", type=Path, default=None,
-                   help="read the job folder here directly instead of asking a server")
     _client_options(p)
     p.set_defaults(func=cmd_export)
 

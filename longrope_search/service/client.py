@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8321"
+NOTES_HEADER = "X-Longrope-Notes"  # a GGUF export's notes (a JSON list), beside the file
 
 
 class ApiError(Exception):
@@ -27,6 +31,31 @@ class Client:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
+        with self._open(method, path, body) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def answers(self) -> bool:
+        """Whether a server answers at this URL (within a second)."""
+        try:
+            with urllib.request.urlopen(self.url + "/api/health", timeout=1.0):
+                return True
+        except urllib.error.HTTPError:  # it answered (401 without the token)
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def download(self, path: str, to: Path) -> list[str]:
+        """Stream a file response into ``to`` (atomically); the notes it came with."""
+        import shutil
+
+        from longrope_search.io import atomic_write
+
+        with self._open("GET", path) as resp:
+            atomic_write(to, lambda tmp: shutil.copyfileobj(resp, tmp.open("wb"), 1 << 20))
+            return json.loads(resp.headers.get(NOTES_HEADER) or "[]")
+
+    @contextlib.contextmanager
+    def _open(self, method: str, path: str, body: Any = None) -> Iterator[Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Accept", "application/json")
@@ -35,8 +64,7 @@ class Client:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
+            resp = urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as e:
             try:
                 detail = json.loads(e.read()).get("detail", e.reason)
@@ -45,7 +73,10 @@ class Client:
             raise ApiError(e.code, f"{e.code}: {detail}") from None
         except urllib.error.URLError as e:
             raise ApiError(0, f"cannot reach the server at {self.url} ({e.reason}); start it "
-                              "with `longrope-search serve` or pass --server") from None
+                              "with `longrope-search serve`, pass --server URL, or read a "
+                              "results folder directly with --results-dir DIR") from None
+        with resp:
+            yield resp
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/api/jobs", spec)
@@ -64,10 +95,21 @@ class Client:
 
     def export(self, name: str, fmt: str, *, config: bool = False,
                short_from: str | None = None) -> dict[str, Any]:
-        query = f"?format={fmt}&config={str(config).lower()}"
-        if short_from:
-            query += f"&short_from={_quote(short_from)}"
-        return self.request("GET", f"/api/jobs/{_quote(name)}/export{query}")
+        return self.request("GET", _export_path(name, fmt, config, short_from))
+
+    def export_gguf(self, name: str, to: Path, *, short_from: str | None = None) -> list[str]:
+        """The job's GGUF model with its factors, written to ``to``; the export's notes."""
+        return self.download(_export_path(name, "gguf", False, short_from), to)
+
+    def best(self, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/jobs/{_quote(name)}/best")
+
+
+def _export_path(name: str, fmt: str, config: bool, short_from: str | None) -> str:
+    query = f"?format={fmt}&config={str(config).lower()}"
+    if short_from:
+        query += f"&short_from={_quote(short_from)}"
+    return f"/api/jobs/{_quote(name)}/export{query}"
 
 
 def _quote(name: str) -> str:

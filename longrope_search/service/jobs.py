@@ -4,32 +4,46 @@ A job's folder holds its spec (``job.yaml``), its ledger, its Parquet tables and
 (state, progress, error, times). Everything a restarted server needs is on disk: jobs that were
 queued or running when it stopped are queued again and resume from their ledgers.
 
-States: ``queued`` → ``running`` → ``finished`` | ``failed`` | ``cancelled``; ``resume`` puts a
-cancelled or failed job back in the queue. Jobs run one at a time by default (``max_running``),
-each on its own pool of Ray scorer workers, so submissions queue for the workers.
+States (:class:`State`): ``queued`` → ``running`` (→ ``cancelling``) → ``finished`` |
+``failed`` | ``cancelled``; ``resume`` puts a cancelled or failed job back in the queue. Jobs
+run one at a time by default (``max_running``), each on its own pool of Ray scorer workers, so
+submissions queue for the workers.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from longrope_search.defaults import is_named_location
 from longrope_search.errors import ConfigError
-from longrope_search.io import write_json
+from longrope_search.io import LockHeld, take_lock, write_json
 from longrope_search.search.chain import check_job
 from longrope_search.search.job import PATH_FIELDS, JobSpec, job_from_dict, load_job
-from longrope_search.search.jobdir import JobDir, claim
+from longrope_search.search.jobdir import JobDir, claim, lock_holder
 
-QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", \
-    "cancelled"
-ACTIVE = (QUEUED, RUNNING)
+
+class State(StrEnum):
+    """A job's state in the service (``state.json``, the API, the CLI, the dashboard)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"  # running, asked to stop: it stops at its next evaluation
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+QUEUED, RUNNING, CANCELLING, FINISHED, FAILED, CANCELLED = State
+ACTIVE = (QUEUED, RUNNING, CANCELLING)
 
 
 class JobCancelled(Exception):
@@ -68,7 +82,8 @@ class Job:
         p = self.progress
         budget = p.get("budget") or self.spec.evaluation_budget
         budget_tokens = p.get("budget_tokens") or self.spec.budget.tokens
-        done = p.get("evaluations", 0) + p.get("reused", 0)
+        # candidates counted against the budget (gradient steps cost tokens, not candidates)
+        done = p.get("candidates", p.get("evaluations", 0) + p.get("reused", 0))
         # The search stops at whichever budget runs out first: evaluations or forward tokens.
         fraction = max(done / budget if budget else 0.0,
                        (p.get("cost_tokens") or 0) / budget_tokens if budget_tokens else 0.0)
@@ -80,17 +95,25 @@ class Job:
             per = (time.time() - self.started) / p["evaluations"]
             eta = max(0.0, per * (budget - done))
         best = p.get("best_ppl")
-        return {"name": self.name, "state": self.state, "submitted": self.submitted,
+        state = CANCELLING if self.state == RUNNING and self.cancel.is_set() else self.state
+        return {"name": self.name, "state": state, "submitted": self.submitted,
                 "started": self.started, "finished": self.finished, "error": self.error,
                 "generation": p.get("generation"), "generations": self.spec.evolution.generations,
                 "evaluations": p.get("evaluations", 0), "reused": p.get("reused", 0),
-                "pruned": p.get("pruned", 0), "budget": budget,
+                "pruned": p.get("pruned", 0), "candidates": done, "budget": budget,
                 "strategy": p.get("strategy") or self.spec.strategy,
                 "cost_tokens": p.get("cost_tokens"), "budget_tokens": budget_tokens,
                 "fraction_done": min(1.0, fraction) if budget or budget_tokens else None,
                 "best_ppl": best if best is not None and best != float("inf") else None,
                 "eta_seconds": eta, "stages": stages, "stage": p.get("stage"),
                 "stage_name": p.get("stage_name")}
+
+    def detail(self) -> dict[str, Any]:
+        """The summary, the spec and a line per generation (``GET /api/jobs/{name}``)."""
+        from longrope_search.service.reports import generation_summaries
+
+        return {**self.summary(), "spec": self.spec.to_dict(),
+                "generation_summaries": generation_summaries(self.dir)}
 
     def save(self) -> None:
         write_json(self.files.state, {
@@ -129,6 +152,12 @@ class JobManager:
                  check: Callable[[JobSpec], None] | None = None) -> None:
         self.results_dir = Path(results_dir).resolve()
         self.results_dir.mkdir(parents=True, exist_ok=True)
+        try:  # one server per results folder: a second would resume the first one's jobs
+            self._held = take_lock(self.results_dir)
+        except LockHeld:
+            raise ConfigError("results-dir", f"{self.results_dir} is served by another server",
+                              "use that server, stop it, or serve another --results-dir"
+                              ) from None
         self.runner = runner
         self.check = check  # what the runner refuses (a device that denies its GPUs), at submit
         self.data_roots = [Path(r).resolve() for r in (data_roots or [Path.cwd()])]
@@ -147,24 +176,7 @@ class JobManager:
     # -- persistence ---------------------------------------------------------------------------
     def _load(self) -> None:
         """Jobs already on disk; those cut off by a stop go back in the queue."""
-        for folder in sorted(self.results_dir.iterdir()):
-            files = JobDir(folder)
-            try:
-                spec = load_job(files.spec) if files.spec.is_file() else None
-            except ConfigError:
-                continue
-            if spec is None or spec.name != files.name:
-                continue
-            spec = _in_results(spec, self.results_dir)
-            job = Job(spec)
-            saved = files.read_state()
-            if saved is not None:
-                job.state, job.progress = saved["state"], saved.get("progress", {})
-                job.error, job.submitted = saved.get("error"), saved.get("submitted") or 0.0
-                job.started, job.finished = saved.get("started"), saved.get("finished")
-            else:  # a job run by `longrope-search run`, not by a server
-                job.state, job.progress = _progress_from_tables(folder)
-                job.submitted = files.spec.stat().st_mtime
+        for job in jobs_on_disk(self.results_dir):
             if job.state in ACTIVE:
                 job.state = QUEUED
                 self.queue.append(job.name)
@@ -251,6 +263,7 @@ class JobManager:
             self.lock.notify_all()
         for t in self.threads:
             t.join(timeout=30)
+        os.close(self._held)
 
     # -- runner threads ------------------------------------------------------------------------
     def _work(self) -> None:
@@ -281,9 +294,35 @@ class JobManager:
                 self.lock.notify_all()
 
 
+def jobs_on_disk(results_dir: Path) -> list[Job]:
+    """The jobs in a results folder as their files describe them (a server's ``state.json``,
+    or for a job run by ``longrope-search run`` what it wrote), by name."""
+    jobs = []
+    for folder in sorted(Path(results_dir).iterdir()):
+        files = JobDir(folder)
+        try:
+            spec = load_job(files.spec) if files.spec.is_file() else None
+        except ConfigError:
+            continue
+        if spec is None or spec.name != files.name:
+            continue
+        job = Job(_in_results(spec, Path(results_dir)))
+        saved = files.read_state()
+        if saved is not None:
+            job.state, job.progress = saved["state"], saved.get("progress", {})
+            job.error, job.submitted = saved.get("error"), saved.get("submitted") or 0.0
+            job.started, job.finished = saved.get("started"), saved.get("finished")
+        else:  # a job run by `longrope-search run`, not by a server
+            job.state, job.progress = _progress_from_tables(folder)
+            job.submitted = files.spec.stat().st_mtime
+        jobs.append(job)
+    return jobs
+
+
 def _progress_from_tables(job_dir: Path) -> tuple[str, dict[str, Any]]:
     """State and progress of a job that no server ran, from what it wrote: finished when it
-    has a best.json, otherwise cancelled (``resume`` continues it from its ledger)."""
+    has a best.json, running while a process holds its lock, otherwise cancelled (``resume``
+    or the same ``run`` continues it from its ledger)."""
     from longrope_search.service.reports import generation_summaries
 
     gens = generation_summaries(job_dir)
@@ -297,7 +336,7 @@ def _progress_from_tables(job_dir: Path) -> tuple[str, dict[str, Any]]:
     if best is not None:
         progress["best_ppl"] = best["search_ppl"]
         return FINISHED, progress
-    return CANCELLED, progress
+    return (RUNNING if lock_holder(JobDir(job_dir)) else CANCELLED), progress
 
 
 def _in_results(spec: JobSpec, results_dir: Path) -> JobSpec:

@@ -13,6 +13,7 @@ without a known target length their cost is None. ``cost_estimated`` says when t
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -24,10 +25,13 @@ import pyarrow.parquet as pq
 
 from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
+from longrope_search.search.ledger import recorded
 from longrope_search.search.trial import GRADIENT, MINIBATCH, OK, PARENT
 
 COST = ("cost_tokens", "cost_spent_tokens")
 CANDIDATE_COLUMNS = ("candidate_id", "operator", "status", "ppl", "n_hat", *COST)
+BEST_COLUMNS = ("candidate_id", "operator", "status", "ppl", "mean_nll", "nll", "lambdas",
+                "n_hat", "attention_factor")
 # what the dashboard colours candidates by: a gradient step, else the operator without its
 # detail (seed:yarn → seed, gradient:polish → polished, gradient:n_hat → n̂ sweep)
 KINDS = {"gradient:polish": "polished", "gradient:n_hat": "n̂ sweep"}
@@ -49,6 +53,7 @@ class _Table:
     cols: dict[str, list[Any]]
     estimated: bool  # schema v1: the cost columns are estimates
     stage: int | None = None  # the chain stage
+    live: bool = False  # from the ledger of a running job: the generation's table is not out
 
     def new_rows(self) -> list[int]:
         """Rows of candidates this table made (not carried-over parents)."""
@@ -103,8 +108,11 @@ def _read_tables(job: JobDir, columns: Sequence[str]) -> list[_Table]:
     for g, path in job.tables():
         present = set(pq.read_schema(path).names)
         wanted = {*columns, "candidate_id", "operator", "parents", "task", "documents_scored",
-                  *COST} & present
+                  "partial_ppl", *COST} & present
         cols = pq.read_table(path, columns=sorted(wanted)).to_pydict()
+        if "ppl" in cols and "partial_ppl" in cols:  # schema v4: here ppl is the score as
+            cols["ppl"] = [p if p is not None else q  # recorded, read with its status
+                           for p, q in zip(cols["ppl"], cols.pop("partial_ppl"), strict=True)]
         estimated = not set(COST) <= present
         if estimated:
             target = target or _target_length(job)
@@ -116,7 +124,28 @@ def _read_tables(job: JobDir, columns: Sequence[str]) -> list[_Table]:
         out.append(_Table(g, cols, estimated, stage))
         spent = max(spent, out[-1].spent() or 0)
     _infer_tasks(out)
-    return out
+    return out + _live_tables(job, out, columns)
+
+
+def _live_tables(job: JobDir, tables: list[_Table], columns: Sequence[str]) -> list[_Table]:
+    """The evaluations of an unfinished job that its ledger holds and no table yet (a table is
+    written when its generation ends): one table per generation, marked ``live``. A chain's
+    stages keep their own ledgers; they show at their tables."""
+    if job.tables_root is not None or job.read_best() is not None or job.stages.is_dir():
+        return []
+    written = {k for t in tables for k in t.cols["candidate_id"]}
+    spent, by_generation = 0, defaultdict(list)
+    for row in recorded(job.ledger):
+        spent += row["cost_tokens"] or 0
+        if row["candidate_id"] not in written:
+            by_generation[row["generation"]].append({**row, "cost_spent_tokens": spent})
+    wanted = {*columns, "candidate_id", "operator", "parents", "task", "documents_scored",
+              *COST}
+    for rows in by_generation.values():  # ppl here: the score as recorded (see _read_tables)
+        for r in rows:
+            r["ppl"] = r["ppl"] if r["ppl"] is not None else r["partial_ppl"]
+    return [_Table(g, {k: [r.get(k) for r in rows] for k in wanted}, False, None, live=True)
+            for g, rows in sorted(by_generation.items())]
 
 
 def _infer_tasks(tables: list[_Table]) -> None:
@@ -158,7 +187,7 @@ def _summaries(tables: list[_Table]) -> list[dict[str, Any]]:
                     "median_ppl": _finite(float(np.median(ok))) if ok else None,
                     "cost_tokens": sum(costs) if costs or not new else None,
                     "cost_spent_tokens": spent, "cost_estimated": t.estimated,
-                    "stage": t.stage})
+                    "stage": t.stage, "live": t.live})
     return out
 
 
@@ -172,8 +201,8 @@ def generation_rows(job_dir: Path, generation: int) -> list[dict[str, Any]] | No
     for r in rows:
         r["timestamp"] = r["timestamp"].isoformat() if r["timestamp"] else None
         r["generation"] = generation
-        for k in ("ppl", "mean_nll"):
-            r[k] = _finite(r[k])
+        for k in ("ppl", "mean_nll", "partial_ppl"):
+            r[k] = _finite(r.get(k))
         for k in COST:
             r.setdefault(k, None)
     return rows
@@ -252,33 +281,31 @@ def cost_curve(job_dir: Path) -> dict[str, Any]:
             "descents": _descents(tables)}
 
 
-def _latest_long_stage(job: JobDir, tables: list[Path]) -> list[Path]:
+def _latest_long_stage(job: JobDir, stages: set[int | None]) -> set[int | None]:
     """A chain's candidates compare within a stage only (another length, or short factors):
-    the tables of the latest long stage that has any; all tables of any other job."""
-    stages = {JobDir.stage_of(p) for p in tables}
-    if stages == {None}:
-        return tables
+    the latest long stage that has tables; {None} for any other job."""
+    if stages <= {None}:
+        return {None}
     chain = load_job(job.spec).stages
     long = [i for i in stages if i is not None and chain[i].factors == "long"]
-    return [p for p in tables if JobDir.stage_of(p) == max(long, default=None)]
+    return {max(long, default=None)}
 
 
 def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
     """The best candidate so far (best.json once finished), the seeds' λ and the top-k's n̂;
     and the short factors of its recovery job (``<job>-short``) once that has finished."""
     job = JobDir(job_dir)
-    files = _latest_long_stage(job, [p for _, p in job.tables()])
-    if not files:
-        return None
-    rows = [r for p in files for r in pq.read_table(p).to_pylist()
-            if r["status"] == OK and r["operator"] != PARENT]
+    tables = _read_tables(job, BEST_COLUMNS)  # the live ones too: a running job has a best
+    stages = _latest_long_stage(job, {t.stage for t in tables})
+    every = [{k: t.cols[k][i] for k in t.cols} for t in tables if t.stage in stages
+             for i in t.new_rows()]
+    rows = sorted((r for r in every if r["status"] == OK),
+                  key=lambda r: (r["mean_nll"], r["candidate_id"]))
     if not rows:
         return None
-    rows.sort(key=lambda r: (r["mean_nll"], r["candidate_id"]))
     top = rows[0]
-    seeds = {r["operator"].removeprefix("seed:"): [float(v) for v in r["lambdas"]]
-             for r in rows if r["operator"].startswith("seed:")}
-    for r in pq.read_table(files[0]).to_pylist():  # a pruned or failed seed still has λ
+    seeds: dict[str, list[float]] = {}
+    for r in sorted(every, key=lambda r: r["status"] != OK):  # a pruned seed still has λ
         if r["operator"].startswith("seed:"):
             seeds.setdefault(r["operator"].removeprefix("seed:"),
                              [float(v) for v in r["lambdas"]])
@@ -293,7 +320,7 @@ def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
     if record is not None:
         out.update({k: record[k] for k in ("search_ppl", "seed_ppl", "search_ppl_without_n_hat",
                                            "original_length", "target_length",
-                                           "extension_ratio") if k in record})
+                                           "extension_ratio", "ended") if k in record})
         out["final"] = True
     comparison = job.read_comparison()
     if comparison is not None:
@@ -303,3 +330,32 @@ def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
         out["short_lambdas"] = [float(v) for v in recovery["lambdas"]]
         out["short_job"] = recovery.get("job")
     return out
+
+
+def tables_file(job_dir: Path, fmt: str) -> bytes:
+    """Every factor table of a job as one file (``parquet`` or ``csv``): the rows as written,
+    with ``generation`` (and ``stage``) as integer columns also for tables from before
+    schema version 4. Lists (λ, per-document NLL) stay lists in Parquet; CSV drops them."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    job = JobDir(job_dir)
+    parts = []
+    for _, path in job.tables():
+        t = pq.read_table(path)
+        if "generation" not in t.column_names:  # schema ≤ 3: the number was the folder's
+            t = t.append_column("generation", pa.array([job.generation_of(path)] * len(t),
+                                                       pa.int32()))
+            t = t.append_column("stage", pa.array([job.stage_of(path)] * len(t), pa.int32()))
+        parts.append(t)
+    table = pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
+    out = io.BytesIO()
+    if fmt == "csv":
+        flat = [n for n, f in zip(table.column_names, table.schema, strict=True)
+                if not pa.types.is_list(f.type) and not pa.types.is_fixed_size_list(f.type)]
+        pacsv.write_csv(table.select(flat), out)
+    else:
+        pq.write_table(table, out)
+    return out.getvalue()

@@ -10,7 +10,7 @@
   "use strict";
 
   const POLL_MS = 2000;
-  const ACTIVE = ["queued", "running"];
+  const ACTIVE = ["queued", "running", "cancelling"];  // service.jobs.ACTIVE
   const COLORS = {
     best: "#1f5fbf", median: "#3b4552", cost: "#0b3d91",
     ok: "rgba(31, 95, 191, 0.35)", pruned: "rgba(212, 140, 20, 0.75)", failed: "#c62828",
@@ -45,6 +45,8 @@
     detailTimer: null,
     detailRun: 0,          // bumped on each selection: late answers for an old job are dropped
     loading: false,        // a detail refresh is under way
+    compare: new Set(params.getAll("compare")),  // jobs ticked "compare"
+    sort: {key: "ppl", asc: true},  // the candidate table's order
   };
   const charts = {};
   window.dashboard = {charts, state};
@@ -132,9 +134,9 @@
     constructor(status, message) { super(message); this.status = status; }
   }
 
-  async function api(path) {
+  async function api(path, method = "GET") {
     const headers = token ? {Authorization: `Bearer ${token}`} : {};
-    const response = await fetch(path, {headers, cache: "no-store"});
+    const response = await fetch(path, {method, headers, cache: "no-store"});
     if (!response.ok) {
       let detail = response.statusText;
       try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
@@ -170,7 +172,14 @@
       el("span", {class: "meta", "data-role": "eta"}),
       el("span", {class: "job-error", "data-role": "error"}));
     button.addEventListener("click", () => select(job.name));
-    return el("li", {dataset: {job: job.name}}, button);
+    const box = el("input", {type: "checkbox", "data-compare": job.name,
+      "aria-label": `compare ${job.name}`, checked: state.compare.has(job.name)});
+    box.addEventListener("change", () => {
+      if (box.checked) state.compare.add(job.name); else state.compare.delete(job.name);
+      refreshCompare();
+    });
+    return el("li", {dataset: {job: job.name}}, button,
+      el("label", {class: "compare"}, box, " compare"));
   }
 
   function renderJobList() {
@@ -253,9 +262,11 @@
     const name = state.selected;
     try {
       const detail = await apiJson(jobPath(name));
-      // Candidates and best change only when a generation's table is written (or the job
-      // ends); before the first one there are none, and /best would answer 404.
-      const key = `${detail.generation_summaries.length}|${detail.state}`;
+      // Candidates and best change with every finished evaluation (the ledger's, before its
+      // generation's table is written) and when the job ends; before the first there are
+      // none, and /best would answer 404.
+      const done = detail.generation_summaries.reduce((n, g) => n + g.new, 0);
+      const key = `${detail.generation_summaries.length}|${done}|${detail.state}`;
       let {candidates, curve, best} = state;
       if (!detail.generation_summaries.length) {
         [candidates, curve, best] = [
@@ -282,6 +293,7 @@
       renderJobList();
       renderDetail();
       showError(null);
+      refreshCompare();
       if (ACTIVE.includes(detail.state)) schedule(run);
     } catch (e) {
       if (run !== state.detailRun) return;
@@ -308,10 +320,12 @@
     setText(badge, detail.state);
     const fraction = fractionDone(detail);
     $("job-progress").value = fraction;
-    const done = detail.evaluations + detail.reused;
+    const done = detail.candidates;
     setText($("job-progress-text"), [`${Math.round(fraction * 100)} %`,
-      done || !fraction ? `${done} of ${detail.budget} evaluations` : "done",
+      done || !fraction ? `${done} of ${detail.budget} candidates` : "done",
       costText(detail)].filter(Boolean).join(" · "));
+    $("job-cancel").disabled = !["queued", "running"].includes(detail.state);
+    $("job-resume").disabled = !["cancelled", "failed"].includes(detail.state);
 
     const spec = detail.spec || {};
     const gens = detail.generation_summaries;
@@ -343,6 +357,7 @@
     setText(error, detail.error ? `Error: ${detail.error}` : "");
 
     drawCost();
+    renderTable();
     drawDescents();
     drawLambdas();
     drawLengths();
@@ -670,7 +685,7 @@
     if (!best.final) {
       const why = ACTIVE.includes(state.detail.state) ? "the job is still running"
         : `the job ended ${state.detail.state}, without a final record`;
-      parts.push(el("p", {class: "hint"}, `Best of the generations finished so far; ${why}.`));
+      parts.push(el("p", {class: "hint"}, `Best of the evaluations finished so far; ${why}.`));
     }
     if (best.n_hat > 0) {
       const without = best.search_ppl_without_n_hat;
@@ -730,24 +745,156 @@
     setText(status, `Preparing the ${format} export…`);
     try {
       const response = await api(jobPath(name, `/export?format=${encodeURIComponent(format)}`));
-      const blob = await response.blob();
       const disposition = response.headers.get("content-disposition") || "";
       const match = /filename="?([^";]+)"?/.exec(disposition);
       const filename = match ? match[1] : `${name}.${format}.json`;
-      const url = URL.createObjectURL(blob);
-      const link = el("a", {href: url, download: filename, hidden: true});
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      save(await response.blob(), filename);
       setText(status, `Saved ${filename}.`);
     } catch (e) {
       setText(status, `Export failed: ${e.message}`);
     }
   }
 
+  /** Save a Blob as a file the browser downloads. */
+  function save(blob, filename) {
+    const url = URL.createObjectURL(blob);
+    const link = el("a", {href: url, download: filename, hidden: true});
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+
   for (const button of document.querySelectorAll("[data-export]")) {
     button.addEventListener("click", () => download(button.dataset.export));
+  }
+
+  // ---- cancel and resume ---------------------------------------------------------------------
+
+  async function act(action) {
+    const status = $("action-status");
+    try {
+      const job = await (await api(jobPath(state.selected, `/${action}`), "POST")).json();
+      setText(status, action === "cancel" ? `Cancel asked (${job.state}): it stops at its ` +
+        "next evaluation." : `Queued again (${job.state}): it continues from its ledger.`);
+      clearTimeout(state.detailTimer);
+      refreshDetail(state.detailRun);
+      pollJobs();
+    } catch (e) {
+      setText(status, `${action} failed: ${e.message}`);
+    }
+  }
+
+  $("job-cancel").addEventListener("click", () => act("cancel"));
+  $("job-resume").addEventListener("click", () => act("resume"));
+
+  // ---- the candidate table -------------------------------------------------------------------
+
+  const TABLE_COLUMNS = [["generation", "gen."], ["candidate_id", "candidate"],
+    ["kind", "made by"], ["status", "status"], ["ppl", "perplexity"],
+    ["partial_ppl", "partial (pruned)"], ["n_hat", "n̂"], ["cost_tokens", "cost (tokens)"],
+    ["cost_spent_tokens", "spent by then"]];
+  const MAX_TABLE_ROWS = 200;  // shown; the downloads hold every row
+
+  /** One row per candidate; a pruned one's partial score is kept apart from the results. */
+  function tableRows() {
+    const c = state.candidates;
+    return c.candidate_id.map((_, i) => ({
+      ...Object.fromEntries(TABLE_COLUMNS.map(([k]) => [k, c[k] ? c[k][i] : null])),
+      ppl: c.status[i] === "ok" ? c.ppl[i] : null,
+      partial_ppl: c.status[i] === "pruned" ? c.ppl[i] : null,
+    }));
+  }
+
+  function sortedRows() {
+    const {key, asc} = state.sort;
+    const sign = asc ? 1 : -1;
+    return tableRows().sort((a, b) => {
+      const [x, y] = [a[key], b[key]];
+      if (x === null || x === undefined) return 1;  // no value: last either way
+      if (y === null || y === undefined) return -1;
+      return (x < y ? -1 : x > y ? 1 : 0) * sign;
+    });
+  }
+
+  function renderTable() {
+    const table = $("candidate-table");
+    const {key, asc} = state.sort;
+    table.querySelector("thead tr").replaceChildren(...TABLE_COLUMNS.map(([k, label]) => {
+      const button = el("button", {type: "button", "data-sort": k}, label);
+      button.addEventListener("click", () => {
+        state.sort = {key: k, asc: state.sort.key === k ? !state.sort.asc : true};
+        renderTable();
+      });
+      return el("th", {scope: "col", "aria-sort": k === key
+        ? (asc ? "ascending" : "descending") : "none"}, button);
+    }));
+    const rows = sortedRows();
+    const fmt = {ppl: fmtPpl, partial_ppl: fmtPpl, cost_tokens: fmtTokens,
+      cost_spent_tokens: fmtTokens,
+      candidate_id: (v) => String(v).slice(0, 10)};
+    table.querySelector("tbody").replaceChildren(...rows.slice(0, MAX_TABLE_ROWS).map((r) =>
+      el("tr", {dataset: {status: r.status}}, TABLE_COLUMNS.map(([k]) =>
+        el("td", {}, (fmt[k] || ((v) => v ?? "–"))(r[k]))))));
+    setText($("table-note"), rows.length > MAX_TABLE_ROWS
+      ? `Showing ${MAX_TABLE_ROWS} of ${rows.length} candidates; the downloads hold all.`
+      : `${rows.length} candidates.`);
+    $("table-csv").disabled = $("table-parquet").disabled = rows.length === 0;
+  }
+
+  function csv(rows) {
+    const cell = (v) => (v === null || v === undefined ? "" : /[",\n]/.test(String(v))
+      ? `"${String(v).replace(/"/g, '""')}"` : String(v));
+    return [TABLE_COLUMNS.map(([k]) => k).join(","),
+      ...rows.map((r) => TABLE_COLUMNS.map(([k]) => cell(r[k])).join(","))].join("\n") + "\n";
+  }
+
+  $("table-csv").addEventListener("click", () =>
+    save(new Blob([csv(sortedRows())], {type: "text/csv"}), `${state.selected}.candidates.csv`));
+  $("table-parquet").addEventListener("click", async () => {
+    try {
+      const response = await api(jobPath(state.selected, "/table?format=parquet"));
+      save(await response.blob(), `${state.selected}.generations.parquet`);
+    } catch (e) {
+      setText($("table-note"), `Download failed: ${e.message}`);
+    }
+  });
+
+  // ---- several jobs on one chart -------------------------------------------------------------
+
+  async function refreshCompare() {
+    const names = [...new Set([...state.compare, state.selected].filter(Boolean))];
+    const card = document.querySelector('[data-card="compare"]');
+    card.hidden = state.compare.size === 0;
+    if (card.hidden) return;
+    try {
+      const curves = await Promise.all(names.map((n) => apiJson(jobPath(n, "/curve"))));
+      state.compared = {names, curves};
+      drawCompare();
+    } catch (e) {
+      showError(e);
+    }
+  }
+
+  function drawCompare() {
+    const {names, curves} = state.compared;
+    const rows = [];
+    curves.forEach((c, j) => c.cost_spent_tokens.forEach((x, i) => {
+      if (x === null || c.best_ppl[i] === null) return;
+      const row = new Array(names.length + 1).fill(null);
+      [row[0], row[j + 1]] = [x, c.best_ppl[i]];
+      rows.push(row);
+    }));
+    const data = columns(rows, names.length + 1);
+    draw("compare", {
+      scales: {x: {time: false}, y: pplScale(data.slice(1).flat())},
+      axes: [axis("cost spent (forward tokens)", {values: (u, v) => v.map(fmtTokens)}),
+        axis("best perplexity so far", {size: 60})],
+      series: [{label: "cost spent", value: (u, v) => fmtTokens(v)},
+        ...names.map((n, j) => ({label: n, stroke: PALETTE[j % PALETTE.length], width: 2,
+          spanGaps: true, value: (u, v) => fmtPpl(v),
+          points: {show: true, size: 5, fill: PALETTE[j % PALETTE.length]}}))],
+    }, data);
   }
 
   let resizeTimer = null;
