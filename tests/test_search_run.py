@@ -57,10 +57,10 @@ def test_run_writes_ledger_tables_and_best(tmp_path: Path, embedded) -> None:
     seeds = new[new.operator.str.startswith("seed")]
     assert result.best_evaluation.ppl <= seeds.ppl.min()
     # one dataset for three readers
-    glob = str(result.job_dir / "generations" / "*" / "*.parquet")
-    assert duckdb.sql(f"select count(*) from read_parquet('{glob}', hive_partitioning=1)"
+    glob = str(result.job_dir / "generations" / "*.parquet")
+    assert duckdb.sql(f"select count(*) from read_parquet('{glob}')"
                       ).fetchall()[0][0] == len(gens)
-    assert pl.scan_parquet(glob, hive_partitioning=True).collect().height == len(gens)
+    assert pl.scan_parquet(glob).collect().height == len(gens)
     assert (result.job_dir / "best.json").exists()
 
 
@@ -125,7 +125,7 @@ def test_each_strategy_reports_cancels_and_resumes_after_sigkill(tmp_path: Path,
     a = pd.read_parquet(reference.job_dir / "generations")
     b = pd.read_parquet(s.job_dir / "generations")
     assert a[cols].astype(str).equals(b[cols].astype(str))
-    assert a.mean_nll.to_numpy() == pytest.approx(b.mean_nll.to_numpy())
+    assert a.mean_nll.to_numpy() == pytest.approx(b.mean_nll.to_numpy(), nan_ok=True)
     assert resumed.best_evaluation.nll == pytest.approx(reference.best_evaluation.nll)
 
 

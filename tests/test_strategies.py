@@ -453,7 +453,7 @@ def test_memetic_minibatch_steps_take_turns_cost_a_share_and_rank_nowhere(tmp_pa
         path = steps.set_index("candidate_id").loc[path[::-1]]
         assert len(path) == 4  # whole rounds of the 2 minibatches: 5 steps asked, 4 taken
         assert [evaluator.minibatch[k] for k in path.index] == [(0, 2), (1, 2)] * 2
-        nll = path.mean_nll.to_numpy()
+        nll = np.array([np.mean(v) for v in path.nll])  # a step's NLL on its minibatch
         # its best point: the lowest mean of two consecutive steps, at the later of the two
         chosen = 1 + int(np.argmin((nll[1:] + nll[:-1]) / 2))
         grid = np.round(np.asarray(path.lambdas.iloc[chosen]) / 0.01) * 0.01

@@ -213,7 +213,7 @@ class Driver:
         if ind is None:
             return None
         self.asks += 1
-        self.new_asks += ind.counts_as_candidate
+        self.new_asks += ind.is_new
         g = ind.generation
         if g not in self.rules:
             self.rules[g] = self._rule(g)

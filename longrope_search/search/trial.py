@@ -71,15 +71,6 @@ class Individual:
         """Whether it is a new candidate, not a parent carried over."""
         return self.operator != PARENT
 
-    @property
-    def counts_as_candidate(self) -> bool:
-        """Whether it counts against the candidate budget (``budget.evaluations``, by default
-        the generations'): a new candidate a strategy proposed, not a gradient step or a
-        descent's end point re-scored (those cost forward tokens, which ``budget.tokens``
-        counts), so that ``generations: T`` gives T generations with any strategy."""
-        return self.is_new and self.task == SCORE and \
-            not self.operator.startswith(f"{GRADIENT}:")
-
 
 @dataclass(frozen=True)
 class Evaluation:

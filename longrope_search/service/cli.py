@@ -64,11 +64,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_running=args.max_running,
                          allow_remote_code=args.allow_remote_code, check=check)
     print(banner(args.host, args.port, manager.results_dir, token), file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(create_app(manager, token=token), log_level="warning"))
-    try:
-        server.run(sockets=[sock])
+    try:  # on the socket bound above (uvicorn.run's fd), so the port cannot be lost meanwhile
+        uvicorn.run(create_app(manager, token=token), fd=sock.fileno(), log_level="warning")
     finally:
         manager.close()
+        sock.close()
     return 0
 
 

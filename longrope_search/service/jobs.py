@@ -177,7 +177,7 @@ class JobManager:
     def _load(self) -> None:
         """Jobs already on disk; those cut off by a stop go back in the queue."""
         for job in jobs_on_disk(self.results_dir):
-            if job.state in ACTIVE:
+            if job.state in ACTIVE and lock_holder(job.files) is None:  # else: run elsewhere
                 job.state = QUEUED
                 self.queue.append(job.name)
             self.jobs[job.name] = job
