@@ -88,3 +88,19 @@ def take_lock(path: str | Path) -> int:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def lock_holder(path: str | Path) -> str | None:
+    """The pid written in a lock file that :func:`take_lock` holds ("?" where none is
+    written), or None when no process holds it; reads only, never creates the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)

@@ -92,7 +92,7 @@ class SearchResult:
     comparison: list[dict[str, Any]]
     comparison_documents: Path
     ended: EndReason | None = None
-    candidates: int = 0  # scored against the candidate budget (gradient steps are not)
+    candidates: int = 0  # scored against the candidate budget (gradient steps included)
     budget: int = 0
     budget_tokens: int | None = None
 
@@ -163,8 +163,7 @@ class Driver:
         """Say that the job resumes, and start the bar's rate after what was replayed."""
         self.bar.write(f"{self.spec.name}: resuming, {replayed} evaluations from the ledger "
                        "replayed (not scored again)", file=sys.stderr)
-        self.bar.n = self.bar.initial = min(
-            self.bar.total, self.cost if self.budget_tokens else len(self.history))
+        self.bar.n = self.bar.initial = self._bar_position()
         self.bar.last_print_n = self.bar.n
         self.bar.start_t = self.bar.last_print_t = time.time()
 
@@ -290,9 +289,13 @@ class Driver:
                 "budget": self.budget,
                 "budget_tokens": self.budget_tokens, "best_ppl": self.best_ppl}
 
+    def _bar_position(self) -> int:
+        """Where the bar stands: tokens spent under a token budget, else candidates told."""
+        return min(self.bar.total, self.cost if self.budget_tokens else len(self.history))
+
     def _report(self) -> None:
         p = self.progress()
-        self.bar.n = min(self.bar.total, self.cost if self.budget_tokens else len(self.history))
+        self.bar.n = self._bar_position()
         self.bar.set_postfix(gen=p["generation"], evaluations=len(self.history),
                              pruned=p["pruned"], cost=f"{self.cost / 1e6:.2f}M tok",
                              best=f"{p['best_ppl']:.3f}", refresh=False)

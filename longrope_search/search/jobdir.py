@@ -32,7 +32,6 @@ only. Jobs written before schema version 4 keep their tables Hive-partitioned
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -44,6 +43,7 @@ import yaml
 
 from longrope_search.errors import ConfigError
 from longrope_search.io import LockHeld, atomic_write, take_lock
+from longrope_search.io import lock_holder as held_by
 from longrope_search.search.job import JobSpec, job_from_dict
 
 TABLE_SUFFIX = ".parquet"
@@ -232,17 +232,7 @@ def running(job_dir: JobDir) -> Iterator[None]:
 
 def lock_holder(job_dir: JobDir) -> str | None:
     """The pid of the process running the job, or None; reads only."""
-    try:
-        fd = os.open(job_dir.lock, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None
-    except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-    finally:
-        os.close(fd)
+    return held_by(job_dir.lock)
 
 
 def check_claim(job_dir: JobDir, spec: JobSpec) -> None:

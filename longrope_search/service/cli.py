@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -180,9 +181,14 @@ class FolderJobs:
         return self._job(name).detail()
 
     def _job(self, name: str) -> Job:
-        for job in self._jobs():
-            if job.name == name:
-                return job
+        from longrope_search.search.job import JOB_NAME
+        from longrope_search.service.jobs import job_on_disk
+
+        folder = self.results_dir / name
+        plain = re.match(JOB_NAME, name) and folder.is_dir()  # a name, never a path
+        job = job_on_disk(folder) if plain else None
+        if job is not None:
+            return job
         raise ConfigError("job", f"no job {name!r} in {self.results_dir}",
                           f"list them: longrope-search jobs --results-dir {self.results_dir}")
 

@@ -82,7 +82,7 @@ class Job:
         p = self.progress
         budget = p.get("budget") or self.spec.evaluation_budget
         budget_tokens = p.get("budget_tokens") or self.spec.budget.tokens
-        # candidates counted against the budget (gradient steps cost tokens, not candidates)
+        # candidates counted against the budget, gradient steps included
         done = p.get("candidates", p.get("evaluations", 0) + p.get("reused", 0))
         # The search stops at whichever budget runs out first: evaluations or forward tokens.
         fraction = max(done / budget if budget else 0.0,
@@ -295,28 +295,31 @@ class JobManager:
 
 
 def jobs_on_disk(results_dir: Path) -> list[Job]:
-    """The jobs in a results folder as their files describe them (a server's ``state.json``,
-    or for a job run by ``longrope-search run`` what it wrote), by name."""
-    jobs = []
-    for folder in sorted(Path(results_dir).iterdir()):
-        files = JobDir(folder)
-        try:
-            spec = load_job(files.spec) if files.spec.is_file() else None
-        except ConfigError:
-            continue
-        if spec is None or spec.name != files.name:
-            continue
-        job = Job(_in_results(spec, Path(results_dir)))
-        saved = files.read_state()
-        if saved is not None:
-            job.state, job.progress = saved["state"], saved.get("progress", {})
-            job.error, job.submitted = saved.get("error"), saved.get("submitted") or 0.0
-            job.started, job.finished = saved.get("started"), saved.get("finished")
-        else:  # a job run by `longrope-search run`, not by a server
-            job.state, job.progress = _progress_from_tables(folder)
-            job.submitted = files.spec.stat().st_mtime
-        jobs.append(job)
-    return jobs
+    """The jobs in a results folder as their files describe them, by name."""
+    found = (job_on_disk(folder) for folder in sorted(Path(results_dir).iterdir()))
+    return [job for job in found if job is not None]
+
+
+def job_on_disk(folder: Path) -> Job | None:
+    """The job in ``folder`` as its files describe it (a server's ``state.json``, or for a job
+    run by ``longrope-search run`` what it wrote); None where the folder holds no job."""
+    files = JobDir(folder)
+    try:
+        spec = load_job(files.spec) if files.spec.is_file() else None
+    except ConfigError:
+        return None
+    if spec is None or spec.name != files.name:
+        return None
+    job = Job(_in_results(spec, files.path.parent))
+    saved = files.read_state()
+    if saved is not None:
+        job.state, job.progress = saved["state"], saved.get("progress", {})
+        job.error, job.submitted = saved.get("error"), saved.get("submitted") or 0.0
+        job.started, job.finished = saved.get("started"), saved.get("finished")
+    else:  # a job run by `longrope-search run`, not by a server
+        job.state, job.progress = _progress_from_tables(folder)
+        job.submitted = files.spec.stat().st_mtime
+    return job
 
 
 def _progress_from_tables(job_dir: Path) -> tuple[str, dict[str, Any]]:

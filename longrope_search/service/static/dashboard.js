@@ -218,7 +218,11 @@
     $("jobs-empty").hidden = state.jobs.length > 0;
   }
 
+  let jobsTimer = null;
+
+  /** One polling chain: a call between ticks (after Cancel or Resume) moves the next tick. */
   async function pollJobs() {
+    clearTimeout(jobsTimer);
     try {
       state.jobs = await apiJson("/api/jobs");
       setText($("connection"), `updated ${new Date().toLocaleTimeString()}`);
@@ -237,7 +241,8 @@
       setText($("connection"), "cannot reach the server");
       showError(e);
     }
-    setTimeout(pollJobs, POLL_MS);
+    clearTimeout(jobsTimer);  // a call that finished meanwhile set one too
+    jobsTimer = setTimeout(pollJobs, POLL_MS);
   }
 
   // ---- the selected job ----------------------------------------------------------------------
