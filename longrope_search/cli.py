@@ -214,7 +214,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     changes: dict = {}
     if args.strategy:
         changes["strategy"] = args.strategy
-    if args.evaluations:
+    if args.evaluations is not None:  # 0 is refused by the spec, never ignored
         changes["budget"] = {"evaluations": args.evaluations}
     spec = recovery_spec(args.job, **changes)
     code = _search(spec, args)
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recover", help="search the short factors of a finished long job "
                        "(short-context recovery), as the job <JOB>-short beside it")
-    p.add_argument("job", type=Path, help="the long job's folder, e.g. results/embedded-8x")
+    p.add_argument("job", type=Path, help="the long job's folder, e.g. runs/embedded-8x")
     p.add_argument("--strategy", default=None, help="default: the long job's")
     p.add_argument("--evaluations", type=int, default=None,
                    help="budget in candidates (default: the long job's)")

@@ -164,3 +164,11 @@ def test_a_recovery_no_better_than_ones_is_not_attached(long_job, short_job, tmp
     forced = export_job(jobs / "long", "longrope", short_factors=jobs / "long-short")
     assert forced["short_factor_from"] == "long-short"
 
+
+
+@pytest.mark.parametrize("evaluations", ["0", "-3"])
+def test_recover_refuses_a_budget_below_one_naming_it(long_job, capsys, evaluations):
+    """``--evaluations 0`` was ignored (the job ran its default budget)."""
+    assert main(["recover", str(long_job), "--evaluations", evaluations, "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "budget.evaluations" in err and "Traceback" not in err

@@ -487,6 +487,16 @@ def test_minibatch_rounds_set_early_stoppings_bar(tmp_path: Path) -> None:
     assert driver._rule(last).threshold < without.threshold
 
 
+@pytest.mark.parametrize(("strategy", "options"), [
+    ("gradient", {"steps": 0}), ("gradient", {"steps": -1}), ("gradient", {"lr": -0.05}),
+    ("gradient", {"lr": 1e300}), ("memetic", {"lr": -0.05}), ("memetic", {"every": 0})])
+def test_an_out_of_range_strategy_option_is_refused(tmp_path: Path, strategy, options) -> None:
+    """These ran: steps 0 took 1 step, a negative lr climbed the loss."""
+    (key,) = options
+    with pytest.raises(ConfigError, match=rf"strategy_options\.{key}"):
+        make_driver(tmp_path, strategy, strategy_options=options)
+
+
 def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"strategy_options\.step"):
         make_driver(tmp_path, "gradient", strategy_options={"step": 3})

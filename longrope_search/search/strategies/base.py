@@ -36,6 +36,7 @@ table in :mod:`longrope_search.search.strategies` (or, from your own package, ca
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,9 +80,11 @@ class Strategy(ABC):
     def tell(self, individual: Individual, evaluation: Evaluation) -> None:
         """The result of one individual that ``ask`` returned."""
 
-    def settings(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
-        """The strategy's options over its ``defaults``; an unknown key or a value of another
-        type is refused, naming ``strategy_options.<key>``."""
+    def settings(self, defaults: Mapping[str, Any],
+                 bounds: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+        """The strategy's options over its ``defaults``; an unknown key, a value of another
+        type or one outside its ``bounds`` (inclusive; a number without bounds must not be
+        negative) is refused, naming ``strategy_options.<key>``."""
         out = dict(defaults)
         for key, value in self.problem.options.items():
             if key not in defaults:
@@ -93,6 +96,10 @@ class Strategy(ABC):
             if type(value) is not kind:
                 raise ConfigError(f"strategy_options.{key}", f"expected {kind.__name__}, got "
                                   f"{value!r}", f"e.g. {key}: {defaults[key]!r}")
+            lo, hi = (bounds or {}).get(key, (0, math.inf))
+            if kind in (int, float) and not lo <= value <= hi:
+                raise ConfigError(f"strategy_options.{key}", f"{value!r} is outside "
+                                  f"[{lo:g}, {hi:g}]", f"e.g. {key}: {defaults[key]!r}")
             out[key] = value
         return out
 

@@ -150,10 +150,11 @@ class GradientDescent(Strategy):
     # each descent is deterministic, but the starts take turns in the order results arrive
     order_dependent = True
     DEFAULTS: ClassVar[dict[str, int | float]] = {"steps": 30, "lr": 0.05}
+    BOUNDS: ClassVar[dict[str, tuple[float, float]]] = {"steps": (1, 10_000), "lr": (1e-6, 10)}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
-        self.options = self.settings(self.DEFAULTS)
+        self.options = self.settings(self.DEFAULTS, self.BOUNDS)
         self.coords = LogLambda(problem.space)
         self.starts = [self.coords.start(name, g) for name, g in problem.seed_candidates]
         if problem.budget is not None:  # leave room for the n̂ sweep within the budget

@@ -53,10 +53,12 @@ class Memetic(Evolution):
                                                          "lr": 0.05, "at_start": True,
                                                          "first_steps": 0, "diverse": 0,
                                                          "minibatches": 1}
+    BOUNDS: ClassVar[dict[str, tuple[float, float]]] = {
+        "every": (1, 10_000), "steps": (1, 10_000), "lr": (1e-6, 10), "minibatches": (1, 1_000)}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
-        self.options = self.settings(self.DEFAULTS)
+        self.options = self.settings(self.DEFAULTS, self.BOUNDS)
         for key in ("every", "polish", "steps", "minibatches"):
             if self.options[key] < 1:
                 raise ConfigError(f"strategy_options.{key}", f"is {self.options[key]}",
