@@ -165,7 +165,6 @@ def test_a_recovery_no_better_than_ones_is_not_attached(long_job, short_job, tmp
     assert forced["short_factor_from"] == "long-short"
 
 
-
 @pytest.mark.parametrize("evaluations", ["0", "-3"])
 def test_recover_refuses_a_budget_below_one_naming_it(long_job, capsys, evaluations):
     """``--evaluations 0`` was ignored (the job ran its default budget)."""

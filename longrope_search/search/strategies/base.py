@@ -99,7 +99,8 @@ class Strategy(ABC):
             lo, hi = (bounds or {}).get(key, (0, math.inf))
             if kind in (int, float) and not lo <= value <= hi:
                 raise ConfigError(f"strategy_options.{key}", f"{value!r} is outside "
-                                  f"[{lo:g}, {hi:g}]", f"e.g. {key}: {defaults[key]!r}")
+                                  f"[{lo:g}, {hi:g}]", f"give a value in that range, e.g. "
+                                  f"{key}: {defaults[key]!r}")
             out[key] = value
         return out
 

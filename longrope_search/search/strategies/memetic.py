@@ -54,19 +54,12 @@ class Memetic(Evolution):
                                                          "first_steps": 0, "diverse": 0,
                                                          "minibatches": 1}
     BOUNDS: ClassVar[dict[str, tuple[float, float]]] = {
-        "every": (1, 10_000), "steps": (1, 10_000), "lr": (1e-6, 10), "minibatches": (1, 1_000)}
+        "every": (1, 10_000), "polish": (1, 10_000), "steps": (1, 10_000), "lr": (1e-6, 10),
+        "minibatches": (1, 1_000)}
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
         self.options = self.settings(self.DEFAULTS, self.BOUNDS)
-        for key in ("every", "polish", "steps", "minibatches"):
-            if self.options[key] < 1:
-                raise ConfigError(f"strategy_options.{key}", f"is {self.options[key]}",
-                                  "give a whole number ≥ 1")
-        for key, off in (("first_steps", "0 (as steps)"), ("diverse", "0 (by rank)")):
-            if self.options[key] < 0:
-                raise ConfigError(f"strategy_options.{key}", f"is {self.options[key]}",
-                                  f"give {off} or a whole number ≥ 1")
         k = problem.k_documents
         if k is not None and self.options["minibatches"] > k:
             raise ConfigError("strategy_options.minibatches",

@@ -25,7 +25,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from longrope_search.errors import ConfigError
 from longrope_search.search.strategies.base import SearchProblem, Strategy
 from longrope_search.search.strategies.evolution import breed, initial_population
 from longrope_search.search.trial import OK, Evaluation, Individual
@@ -38,11 +37,7 @@ class SteadyState(Strategy):
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
         cfg = problem.evolution
-        refresh = self.settings(self.DEFAULTS)["refresh"]
-        if refresh < 0:
-            raise ConfigError("strategy_options.refresh", f"is {refresh}",
-                              "give the results between refreshes of the parents (≥ 1), or 0 "
-                              "for N1 + N2")
+        refresh = self.settings(self.DEFAULTS)["refresh"]  # ≥ 0, as every option without bounds
         self.refresh = refresh or max(1, cfg.children)
         self.rng = np.random.default_rng([problem.seed, 1])
         self.seen: set[str] = set()
