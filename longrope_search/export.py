@@ -256,6 +256,10 @@ def export_job(job_dir: str | Path, fmt: str, *, with_config: bool = False,
     """
     if fmt not in FORMATS:
         raise ConfigError("format", f"unknown export format {fmt!r}", f"use one of {FORMATS}")
+    if with_config and fmt != "hf":
+        raise ConfigError("config", f"the {fmt} export is not a config.json: only hf patches "
+                          "the model's whole config", "drop --config (config=true), or export "
+                          "--format hf --config")
     job_dir = Path(job_dir)
     best = JobDir(job_dir).finished_best()
     searched = short_factors_for(job_dir, best, Path(short_factors) if short_factors else None)

@@ -25,6 +25,7 @@ import numpy as np
 from longrope_search.errors import ConfigError
 from longrope_search.export import ShortFactors, export_notes, short_factors_for
 from longrope_search.io import atomic_write
+from longrope_search.model.source import GGUF_READ_ERRORS
 from longrope_search.search.jobdir import JobDir
 
 ONE_TABLE, TWO_TABLES = "rope_freqs.weight", ("rope_factors_long.weight",
@@ -98,12 +99,13 @@ def _reader(path: Path) -> Any:
     import gguf
 
     if not path.is_file():
-        raise ConfigError("gguf", f"{path} does not exist", "give the GGUF file the job's "
-                          "model came from")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError("gguf", f"{path} {what}", "give the GGUF file the job's model came "
+                          "from")
     try:
         return gguf.GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise ConfigError("gguf", f"{path} is not a GGUF file ({e})",
+    except GGUF_READ_ERRORS as e:
+        raise ConfigError("gguf", f"{path} is not a readable GGUF file ({e})",
                           "give a .gguf model file") from None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,25 +15,60 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from longrope_search.errors import ConfigError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
     Readers see the old file or the new one, never a partial one, even if the process dies.
-    The file gets the mode a plain ``open`` would give it (0666 less the umask), not
-    ``mkstemp``'s 0600: an inference server run by another user reads an export.
+    The file keeps the mode of the regular file it replaces, else gets the mode a plain
+    ``open`` would give it (0666 less the umask), not ``mkstemp``'s 0600: an inference server
+    run by another user reads an export.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_of(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def _mode_of(path: Path) -> int:
+    """The permissions a rewrite of ``path`` keeps: its own if it is a regular file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o666 & ~_umask()
+
+
+def output_file(path: str | Path, option: str = "-o") -> Path:
+    """``path`` if a command may write a file there: a new path in an existing folder, or a
+    regular file it replaces. A directory, a symbolic link, a device, a FIFO or a socket is
+    refused, naming ``option`` (a rename would put a file in the place of any of them)."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not path.parent.is_dir() and path.parent.exists():
+            raise ConfigError(option, f"{path.parent} is not a folder",
+                              "give a path in an existing folder") from None
+        return path
+    what = ("a directory" if stat.S_ISDIR(st.st_mode) else "a symbolic link"
+            if stat.S_ISLNK(st.st_mode) else None if stat.S_ISREG(st.st_mode)
+            else "a device, FIFO or socket")
+    if what:
+        raise ConfigError(option, f"{path} is {what}, not a file",
+                          "give a file path (a new one, or a regular file to replace)"
+                          + (f", e.g. {path / 'out.json'}" if stat.S_ISDIR(st.st_mode) else ""))
     return path
 
 

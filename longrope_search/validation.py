@@ -120,7 +120,8 @@ def config_error(errors: ValidationError | Sequence[Mapping[str, Any]],
     ``model`` (strip FastAPI's ``body`` first); the model's field descriptions complete the fixes.
     ``root`` names the input as a whole (when it is not a mapping, say).
     """
-    error = (errors.errors() if isinstance(errors, ValidationError) else errors)[0]
+    every = errors.errors() if isinstance(errors, ValidationError) else errors
+    error = _union(every) or every[0]
     loc: Loc = () if error["type"] == "json_invalid" else tuple(error["loc"])  # not a field
     ctx = error.get("ctx") or {}
     if error["type"] == SPEC_ERROR:
@@ -134,6 +135,19 @@ def config_error(errors: ValidationError | Sequence[Mapping[str, Any]],
         fix = (info.description if error["type"] == "string_pattern_mismatch"
                else f"{fix}; {_key(loc)}: {info.description}")
     return ConfigError(dotted(loc) or root, problem, fix)
+
+
+def _union(errors: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The errors of every branch of a union (pydantic locates each under its branch's tag, as
+    ``lr.bool``, ``lr.int``) as one error at the field, expecting any of the branches."""
+    first = tuple(errors[0]["loc"])
+    branch = [e for e in errors if tuple(e["loc"])[:-1] == first[:-1] and e["type"] in _EXPECTED]
+    if len(first) < 2 or len(branch) < 2 or len(branch) != len(errors):
+        return None
+    wants = " or ".join(dict.fromkeys(_EXPECTED[e["type"]] for e in branch))
+    return {"type": SPEC_ERROR, "loc": first[:-1], "ctx": {
+        "problem": f"expected {wants}, got {_show(errors[0].get('input'))}",
+        "fix": f"give {wants}", "field": ""}}
 
 
 def _describe(error: Mapping[str, Any], loc: Loc) -> tuple[str, str]:
@@ -188,11 +202,18 @@ def _model_at(model: type[BaseModel] | None, loc: Loc) -> type[BaseModel] | None
         if isinstance(part, int):
             continue
         info = model.model_fields.get(part) if model else None
-        kind = info.annotation if info else None
-        is_model = (typing.get_origin(kind) is None and isinstance(kind, type)
-                    and issubclass(kind, BaseModel))
-        model = kind if is_model else None
+        model = _section(info.annotation) if info else None
     return model
+
+
+def _section(kind: Any) -> type[BaseModel] | None:
+    """The model inside a field's type: ``X``, ``X | None``, ``tuple[X, ...]``, annotated."""
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return kind
+    if typing.get_origin(kind) is typing.Annotated:
+        return _section(typing.get_args(kind)[0])
+    inner = [_section(a) for a in typing.get_args(kind) if a not in (type(None), Ellipsis)]
+    return inner[0] if len(inner) == 1 else None
 
 
 def _field_at(model: type[BaseModel], loc: Loc) -> FieldInfo | None:

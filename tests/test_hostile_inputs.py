@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -39,7 +41,34 @@ def data_files(root: Path) -> dict[str, str]:
     for i in range(3):
         (short / f"{i}.txt").write_text("too short\n")
     (root / "empty").mkdir(exist_ok=True)
-    return {"short": str(short), "empty": str(root / "empty"), "missing": str(root / "nope")}
+    (root / "folder.gguf").mkdir(exist_ok=True)
+    return {"short": str(short), "empty": str(root / "empty"), "missing": str(root / "nope"),
+            **hostile_ggufs(root), "folder.gguf": str(root / "folder.gguf")}
+
+
+def hostile_ggufs(root: Path) -> dict[str, str]:
+    """GGUF files whose headers claim 2⁶² tensors or keys (IndexError and KeyError from the
+    reader reached users as tracebacks and HTTP 500), and one without a tokenizer."""
+    import struct
+
+    import gguf
+    import numpy as np
+
+    plain = root / "no-tokenizer.gguf"
+    writer = gguf.GGUFWriter(plain, "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("x", np.zeros(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = {"no-tokenizer": str(plain)}
+    for name, offset in (("huge-tensor-count", 8), ("huge-key-count", 16)):
+        data = bytearray(plain.read_bytes())
+        data[offset:offset + 8] = struct.pack("<Q", 2**62)
+        (root / f"{name}.gguf").write_bytes(data)
+        out[name] = str(root / f"{name}.gguf")
+    return out
 
 
 def bad_specs(paths: dict[str, str]) -> list[tuple[dict, str]]:
@@ -67,6 +96,27 @@ def bad_specs(paths: dict[str, str]) -> list[tuple[dict, str]]:
         ({"strategy": "memetic", "strategy_options": {"minibatches": 3}},
          "strategy_options.minibatches"),
         ({"budget": {"tokens": 0}}, "budget.tokens"),
+        ({"budget": {"evaluations": 10**30}}, "budget.evaluations"),
+        ({"scoring": {**TINY["scoring"], "needles": 8}}, "scoring.needles"),  # truncate mode
+        ({"model": paths["huge-tensor-count"]}, "model"),
+        ({"model": paths["huge-key-count"]}, "model"),
+        ({"model": paths["no-tokenizer"]}, "model"),
+        ({"model": paths["folder.gguf"]}, "model"),
+        # every strategy's options through its own schema (evolution, tpe, cmaes and random
+        # ran to the end with any key)
+        ({"strategy_options": {"bogus_key": 1}}, "strategy_options.bogus_key"),
+        ({"strategy": "tpe", "strategy_options": {"bogus_key": 1}}, "strategy_options.bogus_key"),
+        ({"strategy": "cmaes", "strategy_options": {"n": 1}}, "strategy_options.n"),
+        ({"strategy": "random", "strategy_options": {"n": 1}}, "strategy_options.n"),
+        ({"strategy": "gradient", "strategy_options": {"lr": [1]}}, "strategy_options.lr"),
+        # a stage's fields by their path, the short stage's options before stage 0 runs
+        ({"extension_ratio": None, "stages": [{"extension_ratio": 2}, {
+            "factors": "short", "strategy": "gradient", "strategy_options": {"steps": 0}}]},
+         "stages[1].strategy_options.steps"),
+        ({"extension_ratio": None, "stages": [{"target_length": 64}]},
+         "stages[0].target_length"),
+        ({"extension_ratio": None, "stages": [{"extension_ratio": 2, "strategy": "x"}]},
+         "stages[0].strategy"),
     ]
 
 
@@ -194,20 +244,24 @@ def keys(job_dir: Path) -> list[str]:
             .get_trials(deepcopy=False)]
 
 
-@pytest.mark.parametrize("appended_after", [False, True],
-                         ids=["torn last line", "torn line then a later append"])
-def test_a_torn_ledger_resumes(tmp_path: Path, appended_after: bool,
+@pytest.mark.parametrize("damage", ["torn", "appended after", "foreign JSON"],
+                         ids=["torn last line", "torn line then a later append",
+                              "JSON lines that are no journal records"])
+def test_a_torn_ledger_resumes(tmp_path: Path, damage: str,
                                caplog: pytest.LogCaptureFixture) -> None:
     spec, _ = small_job(tmp_path, stop_after=3)
     ledger = spec.job_dir / "ledger.journal"
     whole = ledger.read_bytes()
     last = whole.rstrip(b"\n").rsplit(b"\n", 1)[1]
     torn = whole + last[: len(last) // 2]  # a crash in the middle of an append
-    if appended_after:  # what an older version then did: append onto the torn line
+    if damage == "appended after":  # what an older version then did: append onto the torn line
         torn += last + b"\n"
+    if damage == "foreign JSON":  # parsed as JSON, kept, and Optuna failed on them
+        first, rest = whole.split(b"\n", 1)
+        torn = first + b'\n[1, 2]\n{"op_code": 4}\n"text"\n7\n' + rest
     ledger.write_bytes(torn)
     _, result = small_job(tmp_path)
-    assert "dropped a torn record" in caplog.text
+    assert "dropped a torn or foreign record" in caplog.text
     done = keys(spec.job_dir)
     assert len(done) == len(set(done)) == spec.evaluation_budget
     assert (spec.job_dir / "best.json").is_file() and result.reused == 3
@@ -273,6 +327,10 @@ def listeners(pids: set[int]) -> list[str]:
 @pytest.fixture
 def served(tmp_path: Path):
     """`serve` as a user starts it, in its own process: its URL and process."""
+    yield from serving(tmp_path)
+
+
+def serving(tmp_path: Path, *options: str):
     import os
     import socket
     import subprocess
@@ -284,7 +342,7 @@ def served(tmp_path: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "longrope_search.cli", "serve", "--port",
-                               str(port), "--results-dir", str(tmp_path / "runs")],
+                               str(port), "--results-dir", str(tmp_path / "runs"), *options],
                               cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": ""},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -332,3 +390,229 @@ def test_a_fresh_server_takes_two_submits_at_once(served) -> None:
         codes = list(pool.map(lambda s: httpx.post(f"{url}/api/jobs", json=s, timeout=60)
                               .status_code, specs))
     assert codes == [201, 201]
+
+
+# -- issue 31: export -o, damaged job folders, file-system refusals ---------------------------
+
+@pytest.fixture(scope="module")
+def finished_job(tmp_path_factory) -> Path:
+    """A results folder holding one finished job, ``h``."""
+    root = tmp_path_factory.mktemp("finished")
+    small_job(root)
+    return root
+
+
+def test_export_o_writes_only_to_a_regular_file_or_a_new_path(
+        finished_job: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``-o /dev/full`` became a 17 MB regular file; a FIFO and a symlink were replaced too."""
+    export = ["export", "h", "--results-dir", str(finished_job), "--format", "hf", "-o"]
+    fifo, target, link, folder = (tmp_path / n for n in ("fifo", "t.json", "l.json", "d"))
+    os.mkfifo(fifo)
+    target.write_text("keep")
+    link.symlink_to(target)
+    folder.mkdir()
+    for path, what in ((fifo, "a device, FIFO or socket"), (link, "a symbolic link"),
+                       (folder, "a directory")):
+        assert main([*export, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: -o: ") and what in err, err
+    assert main(["export", "h", "--results-dir", str(finished_job), "--format", "gguf",
+                 "--gguf", str(tmp_path / "in.gguf"), "-o", str(folder)]) == 2
+    assert "a directory" in capsys.readouterr().err
+    for hostile in hostile_ggufs(tmp_path).values():  # a message, not a traceback
+        assert main(["export", "h", "--results-dir", str(finished_job), "--format", "gguf",
+                     "--gguf", hostile, "-o", str(tmp_path / "out.gguf")]) == 2
+        assert capsys.readouterr().err.startswith("error: gguf: ")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink()
+    assert target.read_text() == "keep" and not any(folder.iterdir())
+    out = tmp_path / "config.json"  # an existing file keeps its mode, whatever the umask
+    out.write_text("{}")
+    os.chmod(out, 0o644)
+    old = os.umask(0o077)
+    try:
+        assert main([*export, str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert json.loads(out.read_text())["rope_parameters"]["rope_type"] == "longrope"
+    assert main([*export, str(tmp_path / "new.json")]) == 0  # a new path is fine
+    capsys.readouterr()
+    for fmt in ("vllm", "longrope"):  # --config was ignored: it patches a whole config.json
+        assert main(["export", "h", "--results-dir", str(finished_job), "--format", fmt,
+                     "--config"]) == 2
+        assert capsys.readouterr().err.startswith("error: config: ")
+
+
+def damage(folder: Path, how: str) -> None:
+    if how == "truncated table":
+        table = sorted((folder / "generations").glob("*.parquet"))[0]
+        table.write_bytes(table.read_bytes()[:100])
+    elif how == "state.json not JSON":
+        (folder / "state.json").write_text('{"state": "fin')
+    elif how == "state.json a list":
+        (folder / "state.json").write_text("[1]")
+    elif how == "state.json without state":
+        (folder / "state.json").write_text('{"progress": {}}')
+    elif how == "best.json cut off":
+        (folder / "best.json").write_text((folder / "best.json").read_text()[:50])
+    elif how == "job.yaml not YAML":
+        (folder / "job.yaml").write_text("name: [")
+    elif how == "job.yaml a directory":
+        (folder / "job.yaml").unlink()
+        (folder / "job.yaml").mkdir()
+
+
+DAMAGE = ["truncated table", "state.json not JSON", "state.json a list",
+          "state.json without state", "best.json cut off", "job.yaml not YAML",
+          "job.yaml a directory"]
+
+
+@pytest.fixture
+def damaged(finished_job: Path, tmp_path: Path) -> Path:
+    """A results folder with the finished job ``h`` and a damaged copy of it per kind."""
+    import shutil
+
+    root = tmp_path / "results"
+    shutil.copytree(finished_job / "h", root / "h")
+    for i, how in enumerate(DAMAGE):
+        copy = root / f"b{i}"
+        shutil.copytree(finished_job / "h", copy)
+        (copy / "job.yaml").write_text((copy / "job.yaml").read_text().replace(
+            "name: h", f"name: b{i}"))
+        damage(copy, how)
+    return root
+
+
+def test_a_damaged_job_folder_is_listed_as_broken_and_the_rest_is_served(
+        damaged: Path, capsys: pytest.CaptureFixture) -> None:
+    """Each of these damages made `serve` exit at start (ArrowInvalid from JobManager._load);
+    a folder with an invalid job.yaml vanished, and its name then got 409 "resume it" on submit
+    while resume said 404."""
+    manager = JobManager(damaged, lambda job: None, data_roots=[Path("/tmp")])
+    try:
+        client = TestClient(create_app(manager))
+        jobs = {j["name"]: j for j in client.get("/api/jobs").json()}
+        assert jobs["h"]["state"] == "finished"
+        broken = {f"b{i}" for i in range(len(DAMAGE))}
+        assert {n for n, j in jobs.items() if j["state"] == "broken"} == broken
+        assert all(jobs[n]["error"] for n in broken)
+        assert "generations/0000.parquet" in jobs["b0"]["error"]
+        assert "best.json" in jobs["b4"]["error"] and "job.yaml" in jobs["b6"]["error"]
+        r = client.get("/api/jobs/b5")
+        assert r.status_code == 409 and "broken" in r.json()["detail"]
+        assert client.post("/api/jobs/b5/resume").status_code == 409
+        r = client.post("/api/jobs", json={**TINY, "name": "b5"})
+        assert r.status_code == 409 and "broken" in r.json()["detail"]
+        assert client.get("/api/jobs/h/best").status_code == 200
+    finally:
+        manager.close()
+    assert main(["jobs", "--results-dir", str(damaged)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(" broken " in line for line in lines) == len(DAMAGE)
+    assert main(["status", "b0", "--results-dir", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: job: b0 is broken") and "Parquet" in err
+
+
+def test_a_path_through_a_file_is_a_message_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    (tmp_path / "file").write_text("")
+    assert main(["run", str(config), "--results-dir", str(tmp_path / "file" / "x"),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Not a directory. Fix:" in err
+
+
+def test_stalled_clients_are_disconnected_while_others_are_answered(tmp_path: Path) -> None:
+    """300 stalled connections all stayed open: no deadline for a request's head or body."""
+    import socket
+
+    import httpx
+
+    served = serving(tmp_path, "--request-timeout", "1")
+    url, _ = next(served)
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+        body = socket.create_connection(("127.0.0.1", port))
+        body.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        assert httpx.get(f"{url}/api/health", timeout=5).status_code == 200
+        time.sleep(2.5)
+        for sock in [*idle, slow, body]:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""  # closed by the server
+            sock.close()
+        with socket.create_connection(("127.0.0.1", port)) as big:
+            big.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 200_000)
+            big.settimeout(5)
+            assert big.recv(12) in (b"", b"HTTP/1.1 400")  # refused, not buffered
+        with httpx.Client() as client:  # a keep-alive client's second request still works
+            assert [client.get(f"{url}/api/health").status_code for _ in range(2)] == [200, 200]
+    finally:
+        served.close()
+
+
+def test_the_token_is_checked_before_the_body(api) -> None:
+    """An unauthenticated POST with malformed JSON got 422, telling a stranger about the API."""
+    _, client = api
+    for body in (b"{not json", b'{"name": 3}', b"[]"):
+        r = client.post("/api/jobs", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = client.post("/api/jobs", content=b"{not json",
+                    headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 422  # with the token: the body's error
+    assert client.get("/api/jobs/x/best").status_code == 401
+    assert client.get("/api/jobs", headers=AUTH).status_code == 200
+
+
+def test_late_and_vague_refusals_come_first_and_say_what(
+        finished_job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """Each of these was refused only after the weights loaded, or with a message that named
+    the wrong thing or gave an impossible fix."""
+    import shutil
+
+    from longrope_search.search.jobdir import JobDir, claim
+    from longrope_search.search.recovery import recovery_spec
+
+    no_weights(monkeypatch)
+
+    def refused(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        return capsys.readouterr().err
+
+    for flag in ("k", "stride", "batch-size"):  # --k 0 scored nothing, --stride 0 looped
+        assert refused("eval", f"--{flag}", "0").startswith(f"error: {flag}: must be ≥ 1")
+    root = tmp_path / "r"
+    shutil.copytree(finished_job, root)
+    edited = tmp_path / "h.yaml"  # the same job, edited: what differs is named
+    edited.write_text(yaml.safe_dump({**TINY, "evolution": {**TINY["evolution"],
+                                                            "generations": 2}}))
+    err = refused("run", str(edited), "--results-dir", str(root), "--no-progress")
+    assert "evolution.generations: 1 there, 2 here" in err
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert f"{empty} is empty" in refused("run", str(empty))
+    short = recovery_spec(root / "h")  # a -short job begun with other options
+    claim(JobDir(short.job_dir), short)
+    err = refused("recover", str(root / "h"), "--strategy", "tpe")
+    assert "run recover with the options it was started with" in err
+    assert "new job name" not in err
+    garbage = tmp_path / "g"
+    shutil.copytree(finished_job, garbage)
+    (garbage / "h" / "job.yaml").write_text("name: [")
+    err = refused("run", str(edited), "--results-dir", str(garbage), "--no-progress")
+    assert "job.yaml cannot be read" in err and "has not finished" not in err
+    cut = tmp_path / "c"
+    shutil.copytree(finished_job, cut)
+    (cut / "h" / "best.json").write_text('{"lambdas": [1.0]}')
+    assert "lacks original_length" in refused("recover", str(cut / "h"))
+    chain = tmp_path / "chain"
+    shutil.copytree(finished_job, chain)
+    (chain / "h" / "job.yaml").write_text(yaml.safe_dump(
+        {**TINY, "extension_ratio": None, "stages": [{"extension_ratio": 2}]}))
+    assert "is a chained job" in refused("recover", str(chain / "h"))

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from longrope_search.errors import ConfigError
-from longrope_search.search.driver import Driver
+from longrope_search.search.driver import Driver, EndReason
 from longrope_search.search.early_stopping import minibatch_rounds, prune_rule
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
@@ -38,6 +38,8 @@ BUILT_IN = ("evolution", "steady", "tpe", "cmaes", "random", "gradient", "memeti
 SMALL = {"extension_ratio": 8, "k_documents": 2, "seed": 0,
          "evolution": {"population": 10, "mutations": 4, "crossovers": 4, "top_k": 5,
                        "generations": 3}}
+
+LONG_PLAN = {**SMALL["evolution"], "generations": 40}  # the budget, not generation T, ends it
 
 
 class StandInEvaluator:
@@ -197,7 +199,8 @@ def test_steady_state_breeds_whenever_asked(tmp_path: Path) -> None:
 
 
 def test_steady_state_refreshes_its_parents_at_algorithm_1s_cadence(tmp_path: Path) -> None:
-    driver, _ = make_driver(tmp_path, "steady")  # refresh: N1 + N2 = 8 results
+    # refresh: N1 + N2 = 8 results; a plan long enough for every ask below
+    driver, _ = make_driver(tmp_path, "steady", evolution=LONG_PLAN)
     strategy = driver.strategy
     initial = [strategy.ask() for _ in range(10)]
     for i, ind in enumerate(initial):
@@ -351,7 +354,7 @@ def test_a_gradient_step_that_beats_the_grid_is_the_result(tmp_path: Path) -> No
 def memetic_run(tmp_path: Path, evaluations: int, **options: float | bool) -> Driver:
     """A finished memetic run (lr 0.1) on the stand-in, ``evaluations`` its budget."""
     driver, _ = make_driver(tmp_path, "memetic", strategy_options={"lr": 0.1, **options},
-                            budget={"evaluations": evaluations})
+                            budget={"evaluations": evaluations}, evolution=LONG_PLAN)
     driver.run()
     return driver
 
@@ -502,7 +505,7 @@ def test_an_out_of_range_strategy_option_is_refused(tmp_path: Path, strategy, op
 def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"strategy_options\.step"):
         make_driver(tmp_path, "gradient", strategy_options={"step": 3})
-    with pytest.raises(ConfigError, match=r"strategy_options\.lr: expected float"):
+    with pytest.raises(ConfigError, match=r"strategy_options\.lr: expected a number"):
         make_driver(tmp_path, "gradient", strategy_options={"lr": "fast"})
     with pytest.raises(ConfigError, match=r"strategy_options\.refresh"):
         make_driver(tmp_path, "steady", strategy_options={"refresh": -2})
@@ -514,3 +517,27 @@ def test_a_bad_strategy_option_names_itself(tmp_path: Path) -> None:
         make_driver(tmp_path, "memetic", strategy_options={"diverse": -3})
     with pytest.raises(ConfigError, match=r"strategy_options\.minibatches.*k_documents 2"):
         make_driver(tmp_path, "memetic", strategy_options={"minibatches": 3})
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "steady", "memetic"])
+def test_a_budget_beyond_the_plan_ends_with_generation_t(tmp_path: Path, strategy: str) -> None:
+    """``budget.evaluations: 1e30`` ran evolution past its T generations until it was killed:
+    the plan (P + T·(N1 + N2) candidates, T generations) ends the job, however much is left."""
+    options = {"strategy_options": {"steps": 2, "polish": 1}} if strategy == "memetic" else {}
+    driver, _ = make_driver(tmp_path, strategy, budget={"evaluations": 100_000}, **options)
+    driver.run()
+    cfg = driver.spec.evolution
+    assert driver.ended() is EndReason.STRATEGY
+    assert max(i.generation for i in driver.history) <= cfg.generations
+    if strategy != "memetic":  # memetic's polish adds its steps to the plan's candidates
+        assert driver.new_asks <= cfg.budget
+
+
+def test_budgets_have_an_upper_bound() -> None:
+    for budget, field in (({"evaluations": 10**30}, "budget.evaluations"),
+                          ({"tokens": 10**30}, "budget.tokens")):
+        with pytest.raises(ConfigError, match=rf"^{field}: must be ≤"):
+            job_from_dict({"name": "j", "extension_ratio": 2, "budget": budget})
+    with pytest.raises(ConfigError, match=r"^evolution\.generations: P \+ T"):
+        job_from_dict({"name": "j", "extension_ratio": 2,
+                       "evolution": {"generations": 100_000, "mutations": 1000}})

@@ -11,6 +11,7 @@ gigabytes were read.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +39,8 @@ class ModelSource:
         path = model_location(str(model))
         if cls(path).is_gguf:
             if not path.is_file():
-                raise ConfigError("model", f"{path} does not exist",
+                what = "is a folder, not a file" if path.is_dir() else "does not exist"
+                raise ConfigError("model", f"{path} {what}",
                                   "point model at a local .gguf file or model folder")
             _check_gguf(path, path.stat().st_mtime_ns)
             return cls(path)
@@ -88,7 +90,14 @@ class ModelSource:
         from transformers import AutoTokenizer
 
         folder, kwargs = self._args(trust_remote_code)
-        return AutoTokenizer.from_pretrained(folder, **kwargs)
+        try:
+            return AutoTokenizer.from_pretrained(folder, **kwargs)
+        except (ValueError, KeyError) as e:
+            if not self.is_gguf:
+                raise
+            raise ConfigError("model", f"{self.path.name} carries no tokenizer transformers "
+                              f"can build ({e})", "use a GGUF that llama.cpp's converter "
+                              "wrote (it stores the tokenizer as tokenizer.ggml.*)") from None
 
     def model(self, trust_remote_code: bool = False, **kwargs: Any) -> Any:
         """``AutoModelForCausalLM.from_pretrained`` (GGUF weights dequantized to ``dtype``)."""
@@ -96,6 +105,12 @@ class ModelSource:
 
         folder, source_kwargs = self._args(trust_remote_code)
         return AutoModelForCausalLM.from_pretrained(folder, **source_kwargs, **kwargs)
+
+
+#: what gguf.GGUFReader raises on a damaged or hostile header (a huge tensor or key count, a
+#: duplicate key, a truncated file)
+GGUF_READ_ERRORS = (ValueError, OSError, KeyError, IndexError, OverflowError, struct.error,
+                    MemoryError)
 
 
 @lru_cache(maxsize=8)
@@ -112,9 +127,12 @@ def _check_gguf(path: Path, mtime_ns: int) -> None:
 
     try:
         reader = gguf.GGUFReader(path)
-    except (ValueError, OSError) as e:
+    except GGUF_READ_ERRORS as e:
         raise ConfigError("model", f"{path} is not a GGUF file ({e})",
                           "give a .gguf model file or a model folder") from None
+    if "general.architecture" not in reader.fields:
+        raise ConfigError("model", f"{path.name} names no architecture (general.architecture "
+                          "is missing)", "use a GGUF that llama.cpp's converter wrote")
     arch = reader.fields["general.architecture"].contents()
     architectures = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})
     if arch not in architectures:
@@ -142,4 +160,4 @@ def _gguf_config(path: Path, mtime_ns: int) -> Any:
                           "use a GGUF that llama.cpp's converter wrote") from None
 
 
-__all__ = ["GGUF_SUFFIX", "ModelSource"]
+__all__ = ["GGUF_READ_ERRORS", "GGUF_SUFFIX", "ModelSource"]

@@ -20,15 +20,18 @@ factors are (``recovery``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from longrope_search.errors import ConfigError
 from longrope_search.io import write_json
 from longrope_search.model import LoadedModel
 from longrope_search.rope import rescale_ratio
 from longrope_search.search.driver import OnProgress, SearchResult, run_search
 from longrope_search.search.evaluator import Evaluators, local_evaluators
-from longrope_search.search.job import JobSpec, job_from_dict
+from longrope_search.search.job import JobSpec, StageSpec, job_from_dict, stage_options
 from longrope_search.search.jobdir import JobDir, check_claim, claim, running, stage_name
 from longrope_search.search.plan import Plan, prepare
 from longrope_search.search.recovery import recovery_spec
@@ -48,6 +51,7 @@ def stage_spec(chain: JobSpec, index: int) -> JobSpec:
     changes: dict[str, Any] = {"name": name, "results_dir": str(folder.stages), "stage": of}
     if stage.strategy is not None:
         changes["strategy"] = stage.strategy
+    changes["strategy_options"] = stage_options(chain, stage)
     if stage.budget is not None:
         changes["budget"] = stage.budget.model_dump(mode="json")
     if stage.factors == "short":
@@ -99,9 +103,21 @@ def check_chain(chain: JobSpec) -> Checked:
     out = []
     for i, stage in enumerate(chain.stages):
         if stage.factors == "long" or _previous(chain, i).read_best() is not None:
-            spec = stage_spec(chain, i)
-            out.append((spec, prepare(spec)))
+            with _in_stage(i):
+                spec = stage_spec(chain, i)
+                out.append((spec, prepare(spec)))
     return out
+
+
+@contextmanager
+def _in_stage(index: int) -> Iterator[None]:
+    """A stage's own field that fails (its length, strategy, …) is named as ``stages[i].x``."""
+    try:
+        yield
+    except ConfigError as e:
+        if e.field.split(".")[0].split("[")[0] not in StageSpec.model_fields:
+            raise
+        raise ConfigError(f"stages[{index}].{e.field}", e.problem, e.fix) from None
 
 
 def run_job(spec: JobSpec, *, evaluators: Evaluators | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from longrope_search.defaults import (
     EMBEDDED,
@@ -28,8 +28,12 @@ from longrope_search.errors import ConfigError
 from longrope_search.rope.attention import POLICIES
 from longrope_search.rope.seeds import SEED_NAMES
 from longrope_search.search.space import N_HAT_CHOICES
-from longrope_search.search.strategies import strategy_names
-from longrope_search.search.strategies.settings import EvolutionConfig
+from longrope_search.search.strategies import get_strategy, options_schema, strategy_names
+from longrope_search.search.strategies.settings import (
+    MAX_EVALUATIONS,
+    EvolutionConfig,
+    parse_options,
+)
 from longrope_search.validation import AtMost, SpecModel, config_error, spec_error
 
 PATH_FIELDS = ("model", "documents", "heldout_documents")  # the spec's paths (seed_files aside)
@@ -51,6 +55,7 @@ Weight = Annotated[float, Field(ge=0)]
 PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
 Positive = Annotated[float, Field(gt=0)]
 OneOrMore = Annotated[int, Field(ge=1)]
+MAX_TOKENS = 10**15  # forward tokens: a million evaluations of 5 documents at 200k tokens
 
 
 def _is_number(value: Any) -> bool:
@@ -101,6 +106,14 @@ class ScoringSpec(SpecModel):
             return value
         raise spec_error(f"must be auto or an integer ≥ 1, got {value!r}",
                          "use batch_size: auto, or e.g. batch_size: 4")
+
+    @model_validator(mode="after")
+    def _needles_need_needle_mode(self) -> ScoringSpec:
+        # a recorded job.yaml lists every key, so only a changed count is one the mode ignores
+        if self.mode != "needle" and self.needles != type(self).model_fields["needles"].default:
+            raise spec_error(f"needles is used by mode: needle only; mode is {self.mode}",
+                             "add mode: needle, or leave needles out", field="needles")
+        return self
 
     @model_validator(mode="after")
     def _windows_need_sliding(self) -> ScoringSpec:
@@ -173,14 +186,21 @@ class EarlyStoppingSpec(SpecModel):
                      "to allow")
 
 
+StrategyOptionsField = Annotated[dict[Annotated[str, Field(max_length=64)],
+                                      bool | int | float | str], Field(max_length=32),
+                                 WithJsonSchema(options_schema())]
+
+
 class BudgetSpec(SpecModel):
     """When the search stops: after this many candidates or forward tokens, whichever comes
     first (a strategy may also finish on its own)."""
 
-    evaluations: OneOrMore | None = Field(None, description="candidates to score; default the "
-                                          "evolution settings' budget")
-    tokens: OneOrMore | None = Field(None, description="forward tokens to spend, all candidates "
-                                     "together; default unlimited")
+    evaluations: OneOrMore | None = Field(None, le=MAX_EVALUATIONS, description="candidates "
+                                          "to score; default the evolution settings' budget "
+                                          "(evolution, steady and memetic end with generation "
+                                          "T however much is left)")
+    tokens: OneOrMore | None = Field(None, le=MAX_TOKENS, description="forward tokens to "
+                                     "spend, all candidates together; default unlimited")
 
 
 class StageSpec(SpecModel):
@@ -193,6 +213,8 @@ class StageSpec(SpecModel):
     factors: Factors = Field("long", description="long: a search at this stage's L'; short: "
                              "the recovery of the last long stage (last stage only)")
     strategy: str | None = Field(None, max_length=128, description="default: the job's")
+    strategy_options: StrategyOptionsField | None = Field(
+        None, description="default: the job's if the stage keeps the job's strategy, else none")
     budget: BudgetSpec | None = Field(None, description="default: the job's")
 
     @model_validator(mode="after")
@@ -258,10 +280,9 @@ class _JobFields(SpecModel):
                                 "(search and held-out); fixed while the search seed varies")
     strategy: str = Field("evolution", max_length=128, description="search strategy: "
                           f"{', '.join(strategy_names())} or a registered one")
-    strategy_options: Annotated[dict[Annotated[str, Field(max_length=64)],
-                                     bool | int | float | str], Field(max_length=32)] = Field(
-        default_factory=dict, description="the strategy's own settings, e.g. gradient: steps, "
-        "lr (see configs/README.md)")
+    strategy_options: StrategyOptionsField = Field(
+        default_factory=dict, description="the strategy's own settings, checked by its options "
+        "schema (one per strategy, below), e.g. gradient: steps, lr (see configs/README.md)")
     attention_factor: Policy | Positive = Field(
         "su", description=f"attention-factor policy ({', '.join(POLICIES)}) or a number m > 0")
     deploy: EngineName = Field(
@@ -313,6 +334,11 @@ class _JobFields(SpecModel):
                          "use attention_factor: su (LongRoPE's default), yarn, none, or e.g. 1.2")
 
     @model_validator(mode="after")
+    def _options_of_strategy(self) -> _JobFields:
+        _check_options(self.strategy, self.strategy_options)
+        return self
+
+    @model_validator(mode="after")
     def _n_hat_where_applied(self) -> _JobFields:
         # the default choices (as every recorded job.yaml lists them) mean "n̂ where applied"
         if applies_n_hat(self.deploy) or tuple(self.space.n_hat) == N_HAT_CHOICES:
@@ -354,9 +380,28 @@ class _JobFields(SpecModel):
                              field="stages")
         for i, st in enumerate(self.stages):
             if st.strategy is not None and st.strategy not in strategy_names():
-                raise spec_error(f"stage {i}: unknown strategy {st.strategy!r}",
-                                 f"use one of {', '.join(strategy_names())}", field="stages")
+                raise spec_error(f"unknown strategy {st.strategy!r}",
+                                 f"use one of {', '.join(strategy_names())}",
+                                 field=f"stages[{i}].strategy")
+            _check_options(st.strategy or self.strategy, stage_options(self, st),
+                           f"stages[{i}].")
         return self
+
+
+def stage_options(chain: _JobFields, stage: StageSpec) -> dict[str, Any]:
+    """A stage's ``strategy_options``: its own, else the chain's where it keeps its strategy."""
+    if stage.strategy_options is not None:
+        return stage.strategy_options
+    same = stage.strategy in (None, chain.strategy)
+    return dict(chain.strategy_options) if same else {}
+
+
+def _check_options(strategy: str, options: dict[str, Any], where: str = "") -> None:
+    """The options through the strategy's own schema, as a spec error at ``where``."""
+    try:
+        parse_options(strategy, get_strategy(strategy).Options, options)
+    except ConfigError as e:
+        raise spec_error(e.problem, e.fix, field=where + e.field) from None
 
 
 class JobSpec(_JobFields):
@@ -467,5 +512,12 @@ def load_job(path: str | Path) -> JobSpec:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError("config", f"{path} is not valid YAML ({e})", "fix the syntax") from None
-    return job_from_dict(data or {})
+        raise ConfigError("config", f"{path} is not valid YAML ({' '.join(str(e).split())})",
+                          "fix the syntax") from None
+    if data is None:
+        raise ConfigError("config", f"{path} is empty", f"{fix}: at least name and "
+                          "extension_ratio")
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} holds a {type(data).__name__}, not a mapping of "
+                          "spec keys", fix)
+    return job_from_dict(data)

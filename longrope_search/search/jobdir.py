@@ -44,7 +44,7 @@ import yaml
 from longrope_search.errors import ConfigError
 from longrope_search.io import LockHeld, atomic_write, take_lock
 from longrope_search.io import lock_holder as held_by
-from longrope_search.search.job import JobSpec, job_from_dict
+from longrope_search.search.job import JobSpec, load_job
 
 TABLE_SUFFIX = ".parquet"
 LEGACY_PART = "part-0.parquet"  # before schema version 4: generation=NNNN/part-0.parquet
@@ -239,14 +239,32 @@ def check_claim(job_dir: JobDir, spec: JobSpec) -> None:
     """Refuse a spec that differs from the one the folder already holds: resuming with a
     different spec would mix two searches. Where the results folder is (``results_dir``) is
     not part of the job, so ``runs`` and ``$PWD/runs`` are the same job. Reads only."""
-    if not job_dir.spec.is_file():
+    if not job_dir.spec.exists():
         return
-    # Read back through the spec, so keys added since (with their defaults) still match.
-    previous = job_from_dict(yaml.safe_load(job_dir.spec.read_text())).to_dict()
-    if _without_location(previous) != _without_location(spec.to_dict()):
+    try:  # read back through the spec, so keys added since (with their defaults) still match
+        previous = load_job(job_dir.spec).to_dict()
+    except ConfigError as e:
+        raise ConfigError("name", f"job '{job_dir.name}' exists in {job_dir.path}, but its "
+                          f"job.yaml cannot be read ({e.field}: {e.problem})",
+                          "repair or delete that folder, or use a new job name") from None
+    differ = differences(_without_location(previous), _without_location(spec.to_dict()))
+    if differ:
         raise ConfigError("name", f"job '{job_dir.name}' already exists in {job_dir.path} "
-                          "with a different spec",
+                          f"with a different spec ({'; '.join(differ)})",
                           "use a new job name, or delete the old folder")
+
+
+def differences(before: Any, after: Any, at: str = "", most: int = 4) -> list[str]:
+    """Where two specs differ, as ``key: before → after`` lines (the first ``most``)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out: list[str] = []
+        for key in sorted(before.keys() | after.keys()):
+            where = f"{at}.{key}" if at else str(key)
+            out += differences(before.get(key), after.get(key), where, most - len(out))
+            if len(out) >= most:
+                break
+        return out[:most]
+    return [] if before == after else [f"{at}: {before!r} there, {after!r} here"]
 
 
 def claim(job_dir: JobDir, spec: JobSpec) -> None:

@@ -79,7 +79,8 @@ class FlockLock:
 
 
 def repair(path: Path) -> list[bytes]:
-    """Drop a torn last line and any line that is not JSON; return what was dropped."""
+    """Drop a torn last line and any line that is not a journal record (a JSON object with
+    Optuna's ``op_code`` and ``worker_id``); return what was dropped."""
     if not path.is_file():
         return []
     data = path.read_bytes()
@@ -89,15 +90,16 @@ def repair(path: Path) -> list[bytes]:
     kept = []
     for line in lines:
         try:
-            json.loads(line)
-            kept.append(line)
+            record = json.loads(line)
         except ValueError:
-            dropped.append(line)
+            record = None
+        is_record = isinstance(record, dict) and {"op_code", "worker_id"} <= record.keys()
+        (kept if is_record else dropped).append(line)
     if dropped:
         atomic_write(path, lambda p: p.write_bytes(b"".join(k + b"\n" for k in kept)))
         for line in dropped:
-            log.warning("ledger %s: dropped a torn record (%d bytes): %r…", path, len(line),
-                        line[:80])
+            log.warning("ledger %s: dropped a torn or foreign record (%d bytes): %r…", path,
+                        len(line), line[:80])
     return dropped
 
 

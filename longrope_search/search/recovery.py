@@ -18,6 +18,8 @@ from longrope_search.errors import ConfigError
 from longrope_search.search.job import JobSpec, job_from_dict, load_job
 from longrope_search.search.jobdir import JobDir
 
+BEST_KEYS = ("original_length", "target_length", "extension_ratio", "attention_factor")
+
 
 def recovery_spec(long_job: str | Path, **changes: Any) -> JobSpec:
     """The short-factor job of a finished long job (its folder), next to it, named
@@ -28,6 +30,15 @@ def recovery_spec(long_job: str | Path, **changes: Any) -> JobSpec:
     if spec.factors != "long":
         raise ConfigError("job", f"{job.name} already searched short factors",
                           "give the long job it recovers")
+    if spec.stages:
+        raise ConfigError("job", f"{job.name} is a chained job; its stages are jobs in "
+                          f"{job.stages}", "recover its last long stage (longrope-search "
+                          f"recover {job.stages}/NN-…), or end the chain with a short stage: "
+                          "stages: [..., {factors: short}]")
+    missing = [k for k in BEST_KEYS if k not in best]
+    if missing:
+        raise ConfigError("job", f"{job.best} lacks {', '.join(missing)}",
+                          "it is not a best.json that longrope-search wrote: rerun the job")
     data = spec.to_dict()
     L = best["original_length"]
     data.update(

@@ -16,7 +16,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -95,6 +95,29 @@ class LimitBody:
         await refusal({"type": "http"}, None, send)
 
 
+class RequireToken:
+    """With a token, every ``/api/`` request must carry ``Authorization: Bearer <token>``;
+    checked before the body is parsed, so a client without it gets 401 whatever it sent."""
+
+    def __init__(self, app: Any, token: str | None) -> None:
+        self.app, self.expected = app, None if token is None else f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if (self.expected is not None and scope["type"] == "http"
+                and scope["path"].startswith("/api/")):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                refusal = JSONResponse({"detail": UNAUTHORIZED}, status_code=401,
+                                       headers={"WWW-Authenticate": "Bearer"})
+                return await refusal(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+UNAUTHORIZED = ("missing or wrong bearer token: send 'Authorization: Bearer <TOKEN>' (the token "
+                "the server was started with: --token or $LONGROPE_SEARCH_TOKEN); in the "
+                "dashboard open /dashboard/?token=<TOKEN>")
+
+
 def _gguf_file(job_dir: Path, short: Path | None) -> FileResponse:
     """The job's GGUF model with its factors, written once into the job folder (again when the
     job's best is newer), then served as a file."""
@@ -116,17 +139,8 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
     app = FastAPI(title="longrope-search", version=__version__,
                   description="Search LongRoPE rescale factors; watch generations; export.",
                   docs_url=None, redoc_url=None)  # the stock docs pages load from a CDN
+    app.add_middleware(RequireToken, token=token)  # inside LimitBody: a huge body is 413 first
     app.add_middleware(LimitBody)
-
-    def authorize(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: "
-                                "Bearer <TOKEN>' (the token the server was started with: "
-                                "--token or $LONGROPE_SEARCH_TOKEN); in the dashboard open "
-                                "/dashboard/?token=<TOKEN>", headers={"WWW-Authenticate": "Bearer"})
 
     def job_of(name: str) -> Job:
         if not re.fullmatch(JOB_NAME, name):
@@ -152,31 +166,29 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
     async def conflict(_: Request, e: JobConflict) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=409)
 
-    api = [Depends(authorize)]
-
-    @app.get("/api/health", dependencies=api, response_model=Health)
+    @app.get("/api/health", response_model=Health)
     def health() -> dict[str, Any]:
-        return {"ok": True, "version": __version__, "jobs": len(manager.jobs)}
+        return {"ok": True, "version": __version__, "jobs": len(manager.listed())}
 
-    @app.post("/api/jobs", status_code=201, dependencies=api, response_model=JobSummary)
+    @app.post("/api/jobs", status_code=201, response_model=JobSummary)
     def submit(spec: JobRequest) -> dict[str, Any]:
         """Queue a job: the spec as in a YAML config (``results_dir`` is ignored)."""
         return manager.submit(spec.model_dump(mode="json", exclude_unset=True)).summary()
 
-    @app.get("/api/jobs", dependencies=api, response_model=list[JobSummary])
+    @app.get("/api/jobs", response_model=list[JobSummary])
     def list_jobs() -> list[dict[str, Any]]:
-        return [j.summary() for j in sorted(manager.jobs.values(), key=lambda j: j.submitted)]
+        return [j.summary() for j in manager.listed()]
 
-    @app.get("/api/jobs/{name}", dependencies=api, response_model=JobDetail)
+    @app.get("/api/jobs/{name}", response_model=JobDetail)
     def job_detail(name: str) -> dict[str, Any]:
         return job_of(name).detail()
 
-    @app.get("/api/jobs/{name}/generations", dependencies=api,
+    @app.get("/api/jobs/{name}/generations",
              response_model=list[GenerationSummary])
     def generations(name: str) -> list[dict[str, Any]]:
         return reports.generation_summaries(job_of(name).dir)
 
-    @app.get("/api/jobs/{name}/generations/{generation}", dependencies=api,
+    @app.get("/api/jobs/{name}/generations/{generation}",
              response_model=list[TableRow])
     def generation(name: str, generation: int) -> list[dict[str, Any]]:
         rows = reports.generation_rows(job_of(name).dir, generation)
@@ -184,16 +196,16 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
             raise HTTPException(404, f"job {name!r} has no table for generation {generation}")
         return rows
 
-    @app.get("/api/jobs/{name}/candidates", dependencies=api, response_model=Candidates)
+    @app.get("/api/jobs/{name}/candidates", response_model=Candidates)
     def candidates(name: str) -> dict[str, list[Any]]:
         return reports.candidates(job_of(name).dir)
 
-    @app.get("/api/jobs/{name}/curve", dependencies=api, response_model=Curve)
+    @app.get("/api/jobs/{name}/curve", response_model=Curve)
     def curve(name: str) -> dict[str, Any]:
         """Best-so-far and median perplexity against cost spent (forward tokens), per table."""
         return reports.cost_curve(job_of(name).dir)
 
-    @app.get("/api/jobs/{name}/table", dependencies=api,
+    @app.get("/api/jobs/{name}/table",
              responses={200: {"content": {"application/vnd.apache.parquet": {},
                                           "text/csv": {}}}})
     def table(name: str, format: str = Query("parquet", pattern="^(parquet|csv)$")
@@ -204,7 +216,7 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
         return Response(reports.tables_file(job.dir, format), media_type=media, headers={
             "Content-Disposition": f'attachment; filename="{name}.generations.{format}"'})
 
-    @app.get("/api/jobs/{name}/best", dependencies=api, response_model=Best)
+    @app.get("/api/jobs/{name}/best", response_model=Best)
     def best(name: str) -> dict[str, Any]:
         job = job_of(name)
         out = reports.best(job.dir, job.spec.evolution.top_k)
@@ -212,17 +224,17 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
             raise HTTPException(404, f"job {name!r} has no finished evaluation yet")
         return out
 
-    @app.post("/api/jobs/{name}/cancel", dependencies=api, response_model=JobSummary)
+    @app.post("/api/jobs/{name}/cancel", response_model=JobSummary)
     def cancel(name: str) -> dict[str, Any]:
         job_of(name)
         return manager.cancel(name).summary()
 
-    @app.post("/api/jobs/{name}/resume", dependencies=api, response_model=JobSummary)
+    @app.post("/api/jobs/{name}/resume", response_model=JobSummary)
     def resume(name: str) -> dict[str, Any]:
         job_of(name)
         return manager.resume(name).summary()
 
-    @app.get("/api/jobs/{name}/export", dependencies=api)
+    @app.get("/api/jobs/{name}/export")
     def export(name: str, format: str = Query("hf", pattern="^(hf|vllm|longrope|gguf)$",
                                               description="gguf: the job's GGUF model with the "
                                               "factors (jobs whose model is a GGUF file)"),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from longrope_search.defaults import RESULTS_DIR
 from longrope_search.errors import ConfigError
 from longrope_search.service.client import Client
+from longrope_search.service.states import ACTIVE, BROKEN, FINISHED
 
 if TYPE_CHECKING:
     from longrope_search.search.job import JobSpec
@@ -26,6 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from longrope_search.service.app import create_app
+    from longrope_search.service.http import REQUEST_TIMEOUT, uvicorn_options
     from longrope_search.service.jobs import JobManager
     from longrope_search.service.runners import local_runner, ray_runner
 
@@ -33,6 +35,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(f"warning: serving on {args.host} without a token: anyone who reaches this port "
               "can run jobs; set --token or LONGROPE_SEARCH_TOKEN", file=sys.stderr)
+    if args.request_timeout is not None and not args.request_timeout > 0:
+        raise ConfigError("request-timeout", f"must be > 0, got {args.request_timeout}",
+                          "use e.g. --request-timeout 10")
     for option, value in (("workers", args.workers), ("max-running", args.max_running)):
         if value is not None and value < 1:
             raise ConfigError(option, f"must be ≥ 1, got {value}", f"use --{option} 1 or more")
@@ -66,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          allow_remote_code=args.allow_remote_code, check=check)
     print(banner(args.host, args.port, manager.results_dir, token), file=sys.stderr)
     try:  # on the socket bound above (uvicorn.run's fd), so the port cannot be lost meanwhile
-        uvicorn.run(create_app(manager, token=token), fd=sock.fileno(), log_level="warning")
+        uvicorn.run(create_app(manager, token=token), fd=sock.fileno(), log_level="warning",
+                    **uvicorn_options(args.request_timeout or REQUEST_TIMEOUT))
     finally:
         manager.close()
         sock.close()
@@ -152,6 +158,8 @@ def _cost(job: dict[str, Any]) -> str:
 
 
 def _line(job: dict[str, Any]) -> str:
+    if job["state"] == BROKEN:
+        return f"{job['name']:<28} {job['state']:<10} {job.get('error')}"
     done = job.get("candidates", 0)
     gen = job.get("generation")
     return (f"{job['name']:<28} {job['state']:<10} gen {'-' if gen is None else gen:>3}/"
@@ -182,11 +190,14 @@ class FolderJobs:
 
     def _job(self, name: str) -> Job:
         from longrope_search.search.job import JOB_NAME
-        from longrope_search.service.jobs import job_on_disk
+        from longrope_search.service.jobs import BrokenJob, job_on_disk
 
         folder = self.results_dir / name
         plain = re.match(JOB_NAME, name) and folder.is_dir()  # a name, never a path
         job = job_on_disk(folder) if plain else None
+        if isinstance(job, BrokenJob):
+            raise ConfigError("job", f"{name} is broken: {job.reason}",
+                              f"repair or remove {folder}")
         if job is not None:
             return job
         raise ConfigError("job", f"no job {name!r} in {self.results_dir}",
@@ -249,8 +260,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def _follow(client: Source, name: str) -> int:
     from tqdm.auto import tqdm
 
-    from longrope_search.service.jobs import ACTIVE
-
     job = client.job(name)
     tokens = job.get("budget_tokens")  # the bar counts what `run`'s does: tokens if budgeted
     with tqdm(total=tokens or job["budget"], desc=name, unit="tok" if tokens else "cand",
@@ -270,7 +279,7 @@ def _follow(client: Source, name: str) -> int:
     print(_line(job))
     if job.get("error"):
         print(f"error: {job['error']}", file=sys.stderr)
-    return 0 if job["state"] == "finished" else 1
+    return 0 if job["state"] == FINISHED else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -299,6 +308,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from longrope_search.io import output_file, write_json
+
+    if args.output is not None:
+        output_file(args.output)  # before anything is read or converted
     source = _source(args, args.job)
     if args.format == "gguf":
         return _export_gguf(args, source)
@@ -306,8 +319,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     for note in (data.get("longrope_search") or {}).get("notes", []):
         print(f"note: {note}", file=sys.stderr)
     if args.output:
-        from longrope_search.io import write_json
-
         write_json(args.output, data)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
@@ -369,6 +380,9 @@ def add_commands(sub: Any) -> None:
                    help="GPUs per worker (default 1 when the cluster has GPUs, else 0)")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (or $RAY_ADDRESS); implies --ray")
+    p.add_argument("--request-timeout", type=float, default=None,
+                   help="seconds a client has to send a whole request before the connection "
+                        "is closed (default 10)")
     p.add_argument("--max-running", type=int, default=1,
                    help="jobs running at once; the others queue")
     p.add_argument("--allow-remote-code", action="store_true",

@@ -5,13 +5,16 @@ A job's folder holds its spec (``job.yaml``), its ledger, its Parquet tables and
 queued or running when it stopped are queued again and resume from their ledgers.
 
 States (:class:`State`): ``queued`` → ``running`` (→ ``cancelling``) → ``finished`` |
-``failed`` | ``cancelled``; ``resume`` puts a cancelled or failed job back in the queue. Jobs
+``failed`` | ``cancelled``; ``resume`` puts a cancelled or failed job back in the queue. A
+folder whose files cannot be read is ``broken``: listed with the reason, never run, so one
+damaged folder leaves every other job served. Jobs
 run one at a time by default (``max_running``), each on its own pool of Ray scorer workers, so
 submissions queue for the workers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -19,7 +22,6 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +31,17 @@ from longrope_search.io import LockHeld, take_lock, write_json
 from longrope_search.search.chain import check_job
 from longrope_search.search.job import PATH_FIELDS, JobSpec, job_from_dict, load_job
 from longrope_search.search.jobdir import JobDir, claim, lock_holder
-
-
-class State(StrEnum):
-    """A job's state in the service (``state.json``, the API, the CLI, the dashboard)."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    CANCELLING = "cancelling"  # running, asked to stop: it stops at its next evaluation
-    FINISHED = "finished"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-QUEUED, RUNNING, CANCELLING, FINISHED, FAILED, CANCELLED = State
-ACTIVE = (QUEUED, RUNNING, CANCELLING)
+from longrope_search.service.states import (
+    ACTIVE,
+    BROKEN,
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    State,
+)
 
 
 class JobCancelled(Exception):
@@ -123,6 +121,27 @@ class Job:
             "finished": self.finished})
 
 
+@dataclass(frozen=True)
+class BrokenJob:
+    """A job folder whose files cannot be read (a cut-off table, a ``state.json`` that is not
+    JSON, an invalid ``job.yaml``): listed with the reason, never run or resumed."""
+
+    name: str
+    reason: str
+    submitted: float = 0.0
+    state: str = BROKEN
+
+    @property
+    def conflict(self) -> str:
+        return (f"job {self.name!r} is broken ({self.reason}): repair or remove its folder, "
+                "or use another name")
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "state": BROKEN, "submitted": self.submitted,
+                "error": self.reason, "generations": 0, "evaluations": 0, "reused": 0,
+                "pruned": 0, "candidates": 0, "budget": 0, "strategy": "", "stages": []}
+
+
 #: Runs one job to its end; raises JobCancelled when ``job.cancel`` is set.
 Runner = Callable[[Job], None]
 
@@ -164,6 +183,7 @@ class JobManager:
         self.max_running = max_running
         self.allow_remote_code = allow_remote_code
         self.jobs: dict[str, Job] = {}
+        self.broken: dict[str, BrokenJob] = {}  # folders whose files cannot be read
         self.queue: deque[str] = deque()
         self.lock = threading.Condition()
         self.stopping = False
@@ -177,6 +197,9 @@ class JobManager:
     def _load(self) -> None:
         """Jobs already on disk; those cut off by a stop go back in the queue."""
         for job in jobs_on_disk(self.results_dir):
+            if isinstance(job, BrokenJob):
+                self.broken[job.name] = job
+                continue
             if job.state in ACTIVE and lock_holder(job.files) is None:  # else: run elsewhere
                 job.state = QUEUED
                 self.queue.append(job.name)
@@ -189,6 +212,8 @@ class JobManager:
             raise ConfigError("spec", "must be a JSON object", "send the YAML config's fields")
         data = {k: v for k, v in data.items() if k != "results_dir"}
         spec = _in_results(job_from_dict(data), self.results_dir)  # first: bounds every list
+        if spec.name in self.broken:  # its folder exists: say why it is not a job to resume
+            raise JobConflict(self.broken[spec.name].conflict)
         check_paths(data, self.data_roots)
         if data.get("trust_remote_code") and not self.allow_remote_code:
             raise ConfigError("trust_remote_code", "this server does not run a model folder's "
@@ -210,10 +235,17 @@ class JobManager:
         return job
 
     def get(self, name: str) -> Job:
+        """The job; KeyError if there is none, JobConflict if its folder is broken."""
         job = self.jobs.get(name)
         if job is None:
+            if name in self.broken:
+                raise JobConflict(self.broken[name].conflict)
             raise KeyError(name)
         return job
+
+    def listed(self) -> list[Job | BrokenJob]:
+        """Every job, broken ones included, in the order they were submitted."""
+        return sorted([*self.jobs.values(), *self.broken.values()], key=lambda j: j.submitted)
 
     def cancel(self, name: str) -> Job:
         job = self.get(name)
@@ -294,32 +326,79 @@ class JobManager:
                 self.lock.notify_all()
 
 
-def jobs_on_disk(results_dir: Path) -> list[Job]:
-    """The jobs in a results folder as their files describe them, by name."""
-    found = (job_on_disk(folder) for folder in sorted(Path(results_dir).iterdir()))
+def jobs_on_disk(results_dir: Path) -> list[Job | BrokenJob]:
+    """The jobs in a results folder as their files describe them, by name; a damaged folder
+    is a :class:`BrokenJob`, a folder without ``job.yaml`` no job."""
+    found = (job_on_disk(folder) for folder in sorted(Path(results_dir).iterdir())
+             if folder.is_dir())
     return [job for job in found if job is not None]
 
 
-def job_on_disk(folder: Path) -> Job | None:
+def job_on_disk(folder: Path) -> Job | BrokenJob | None:
     """The job in ``folder`` as its files describe it (a server's ``state.json``, or for a job
     run by ``longrope-search run`` what it wrote); None where the folder holds no job."""
     files = JobDir(folder)
+    if not files.spec.exists() and not files.spec.is_symlink():
+        return None
     try:
-        spec = load_job(files.spec) if files.spec.is_file() else None
-    except ConfigError:
-        return None
-    if spec is None or spec.name != files.name:
-        return None
+        return _read_job(files)
+    except ConfigError as e:
+        reason = f"{e.field}: {e.problem}" if e.field != "job" else e.problem
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        reason = f"{type(e).__name__}: {e}"  # what the checks above did not foresee
+    return BrokenJob(files.name, " ".join(reason.split())[:500].rstrip("."), _mtime(files.spec))
+
+
+def _read_job(files: JobDir) -> Job:
+    if not files.spec.is_file():
+        raise ConfigError("job", "job.yaml is not a file", "restore it")
+    spec = load_job(files.spec)
+    if spec.name != files.name:
+        raise ConfigError("job", f"job.yaml names job {spec.name!r}, not {files.name!r}",
+                          "rename the folder or restore its job.yaml")
     job = Job(_in_results(spec, files.path.parent))
+    _check_files(files)
     saved = files.read_state()
     if saved is not None:
-        job.state, job.progress = saved["state"], saved.get("progress", {})
-        job.error, job.submitted = saved.get("error"), saved.get("submitted") or 0.0
+        if not isinstance(saved, dict) or saved.get("state") not in set(State) - {BROKEN}:
+            raise ConfigError("job", "state.json has no valid state", "remove state.json")
+        job.state, job.progress = saved["state"], dict(saved.get("progress") or {})
+        job.error, job.submitted = saved.get("error"), float(saved.get("submitted") or 0.0)
         job.started, job.finished = saved.get("started"), saved.get("finished")
     else:  # a job run by `longrope-search run`, not by a server
-        job.state, job.progress = _progress_from_tables(folder)
+        job.state, job.progress = _progress_from_tables(files.path)
         job.submitted = files.spec.stat().st_mtime
     return job
+
+
+def _check_files(files: JobDir) -> None:
+    """Read what the API serves from a job folder: its JSON files must be JSON objects and
+    every factor table's footer must read (a cut-off write of an older version, a bad copy)."""
+    import pyarrow.parquet as pq
+
+    for path in (files.state, files.best, files.comparison):
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError("job", f"{path.name} cannot be read ({e})", "restore it") from None
+        if not isinstance(data, dict):
+            raise ConfigError("job", f"{path.name} is not a JSON object", "restore it")
+    for _, table in files.tables():
+        try:
+            pq.read_metadata(table)
+        except (OSError, ValueError) as e:
+            where = table.relative_to(files.path) if table.is_relative_to(files.path) else table
+            raise ConfigError("job", f"{where} is not a readable Parquet table "
+                              f"({str(e).rstrip('.')})", "restore it") from None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _progress_from_tables(job_dir: Path) -> tuple[str, dict[str, Any]]:

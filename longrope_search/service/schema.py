@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from longrope_search.service.jobs import State
+from longrope_search.service.states import State
 
 
 class _Open(BaseModel):

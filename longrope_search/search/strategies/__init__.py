@@ -16,6 +16,7 @@ package through an entry point, which the CLI and the service pick up::
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import Any
 
 from longrope_search.errors import ConfigError
 from longrope_search.search.strategies.base import SearchProblem, Strategy
@@ -64,5 +65,12 @@ def get_strategy(name: str) -> type[Strategy]:
     return STRATEGIES[name]
 
 
+def options_schema() -> dict[str, Any]:
+    """The JSON schema of ``strategy_options``: any one of the built-in strategies' schemas."""
+    return {"type": "object", "maxProperties": 32,
+            "anyOf": [{**cls.Options.model_json_schema(), "title": f"{name} options"}
+                      for name, cls in STRATEGIES.items()]}
+
+
 __all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "SearchProblem", "Strategy", "get_strategy",
-           "register_strategy", "strategy_names"]
+           "options_schema", "register_strategy", "strategy_names"]

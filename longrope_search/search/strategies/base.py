@@ -36,15 +36,17 @@ table in :mod:`longrope_search.search.strategies` (or, from your own package, ca
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from longrope_search.errors import ConfigError
 from longrope_search.search.space import Genome, SearchSpace
-from longrope_search.search.strategies.settings import EvolutionConfig
+from longrope_search.search.strategies.settings import (
+    EvolutionConfig,
+    StrategyOptions,
+    parse_options,
+)
 from longrope_search.search.trial import Evaluation, Individual
 
 
@@ -68,9 +70,12 @@ class Strategy(ABC):
     #: whether the candidates it proposes depend on the order results arrive in (only
     #: strategies without a barrier): in-process and Ray runs then make different tables.
     order_dependent: ClassVar[bool] = False
+    #: its ``strategy_options`` (types, defaults, bounds); the job spec checks them with it
+    Options: ClassVar[type[StrategyOptions]] = StrategyOptions
 
     def __init__(self, problem: SearchProblem) -> None:
         self.problem = problem
+        self.options = parse_options(type(self).__name__, self.Options, problem.options)
 
     @abstractmethod
     def ask(self) -> Individual | None:
@@ -79,30 +84,6 @@ class Strategy(ABC):
     @abstractmethod
     def tell(self, individual: Individual, evaluation: Evaluation) -> None:
         """The result of one individual that ``ask`` returned."""
-
-    def settings(self, defaults: Mapping[str, Any],
-                 bounds: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
-        """The strategy's options over its ``defaults``; an unknown key, a value of another
-        type or one outside its ``bounds`` (inclusive; a number without bounds must not be
-        negative) is refused, naming ``strategy_options.<key>``."""
-        out = dict(defaults)
-        for key, value in self.problem.options.items():
-            if key not in defaults:
-                raise ConfigError(f"strategy_options.{key}", "unknown option for this "
-                                  "strategy", f"use any of {sorted(defaults)}")
-            kind = type(defaults[key])
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if type(value) is not kind:
-                raise ConfigError(f"strategy_options.{key}", f"expected {kind.__name__}, got "
-                                  f"{value!r}", f"e.g. {key}: {defaults[key]!r}")
-            lo, hi = (bounds or {}).get(key, (0, math.inf))
-            if kind in (int, float) and not lo <= value <= hi:
-                raise ConfigError(f"strategy_options.{key}", f"{value!r} is outside "
-                                  f"[{lo:g}, {hi:g}]", f"give a value in that range, e.g. "
-                                  f"{key}: {defaults[key]!r}")
-            out[key] = value
-        return out
 
     @property
     def finished(self) -> bool:

@@ -102,6 +102,8 @@ class Evolution(Strategy):
         if not self.to_ask:
             if self.untold:
                 return None  # the generation barrier
+            if self.generation >= self.problem.evolution.generations:
+                return None  # generation T is done: so is the plan, whatever budget is left
             self.generation += 1
             self.members = next_generation(self.generation, self.members, self.results,
                                            self.problem.space, self.problem.evolution,
@@ -109,6 +111,12 @@ class Evolution(Strategy):
             self.to_ask = deque(self.members)
         self.untold += 1
         return self.to_ask.popleft()
+
+    @property
+    def finished(self) -> bool:
+        """Generation T asked and told (Algorithm 1's plan; a larger budget does not extend it)."""
+        return (not self.to_ask and not self.untold
+                and self.generation >= self.problem.evolution.generations)
 
     def tell(self, individual: Individual, evaluation: Evaluation) -> None:
         self.results[individual.key] = evaluation

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.strategies.base import SearchProblem, Strategy
+from longrope_search.search.strategies.settings import StrategyOptions
 from longrope_search.search.trial import GRADIENT, MINIBATCH, OK, Evaluation, Individual
 
 BETAS, EPS = (0.9, 0.999), 1e-8
@@ -146,15 +147,20 @@ class LogLambda:
         return grad
 
 
+class GradientOptions(StrategyOptions):
+    """gradient's options: the steps of each descent and Adam's step size."""
+
+    steps: int = Field(30, ge=1, le=10_000, description="steps per start")
+    lr: float = Field(0.05, ge=1e-6, le=10, description="Adam's step size on x = log λ")
+
+
 class GradientDescent(Strategy):
     # each descent is deterministic, but the starts take turns in the order results arrive
     order_dependent = True
-    DEFAULTS: ClassVar[dict[str, int | float]] = {"steps": 30, "lr": 0.05}
-    BOUNDS: ClassVar[dict[str, tuple[float, float]]] = {"steps": (1, 10_000), "lr": (1e-6, 10)}
+    Options = GradientOptions
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
-        self.options = self.settings(self.DEFAULTS, self.BOUNDS)
         self.coords = LogLambda(problem.space)
         self.starts = [self.coords.start(name, g) for name, g in problem.seed_candidates]
         if problem.budget is not None:  # leave room for the n̂ sweep within the budget

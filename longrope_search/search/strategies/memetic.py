@@ -30,17 +30,33 @@ counted in evaluations, ``budget.evaluations``, a step counts as one).
 from __future__ import annotations
 
 from collections import deque
-from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from longrope_search.errors import ConfigError
 from longrope_search.search.strategies.base import SearchProblem
 from longrope_search.search.strategies.evolution import Evolution
 from longrope_search.search.strategies.gradient import LogLambda, Start
+from longrope_search.search.strategies.settings import StrategyOptions
 from longrope_search.search.trial import OK, Evaluation, Individual, ranked
 
 STEP_COST = 3  # a gradient step's forward tokens, in forwards (one forward, one backward)
+
+
+class MemeticOptions(StrategyOptions):
+    """memetic's options (the module docstring says what each does)."""
+
+    every: int = Field(3, ge=1, le=10_000, description="polish after every every-th generation")
+    polish: int = Field(2, ge=1, le=10_000, description="candidates polished each time")
+    steps: int = Field(8, ge=1, le=10_000, description="gradient steps per polished candidate")
+    lr: float = Field(0.05, ge=1e-6, le=10, description="Adam's step size on x = log λ")
+    at_start: bool = Field(True, description="polish after generation 0 too")
+    first_steps: int = Field(0, ge=0, le=10_000, description="steps of the first polish "
+                             "(0: as steps)")
+    diverse: int = Field(0, ge=0, le=10_000, description="0: polish the best; n: the max-min "
+                         "diverse ones of the n best")
+    minibatches: int = Field(1, ge=1, le=1_000, description="step t on documents i ≡ t mod n")
 
 
 class Memetic(Evolution):
@@ -49,17 +65,10 @@ class Memetic(Evolution):
     # measured best on the embedded model at 8× (results/bench_strategies.md): polishing from
     # generation 0 and every 3 generations reached at half the budget what every 10 reached
     # with all of it
-    DEFAULTS: ClassVar[dict[str, int | float | bool]] = {"every": 3, "polish": 2, "steps": 8,
-                                                         "lr": 0.05, "at_start": True,
-                                                         "first_steps": 0, "diverse": 0,
-                                                         "minibatches": 1}
-    BOUNDS: ClassVar[dict[str, tuple[float, float]]] = {
-        "every": (1, 10_000), "polish": (1, 10_000), "steps": (1, 10_000), "lr": (1e-6, 10),
-        "minibatches": (1, 1_000)}
+    Options = MemeticOptions
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
-        self.options = self.settings(self.DEFAULTS, self.BOUNDS)
         k = problem.k_documents
         if k is not None and self.options["minibatches"] > k:
             raise ConfigError("strategy_options.minibatches",
@@ -84,6 +93,10 @@ class Memetic(Evolution):
         ind = self._ask_step() if self.polishing else super().ask()
         self.asked += ind is not None and ind.is_new
         return ind
+
+    @property
+    def finished(self) -> bool:
+        return super().finished and not self.polishing and not self._polish_due()
 
     def tell(self, individual: Individual, evaluation: Evaluation) -> None:
         if individual.is_new:

@@ -1,25 +1,34 @@
-"""Settings every strategy shares: population, operators, top-k (Algorithm 1's names)."""
+"""Settings every strategy shares (population, operators, top-k: Algorithm 1's names), and
+the base of each strategy's own ``strategy_options``."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from collections.abc import Mapping
+from typing import Any
 
-from longrope_search.validation import SpecModel, spec_error
+from pydantic import Field, ValidationError, model_validator
+
+from longrope_search.errors import ConfigError
+from longrope_search.validation import SpecModel, config_error, spec_error
 
 PAPER = "the paper: P 64, N1 16, N2 16, k 32, p 0.3, T 40"
+MAX_EVALUATIONS = 1_000_000  # candidates in one job: weeks of scoring even for a small model
 
 
 class EvolutionConfig(SpecModel):
     """Algorithm 1's hyperparameters; defaults are the paper's for targets up to 256k."""
 
-    population: int = Field(64, ge=2, description="P, candidates in the first generation")
-    mutations: int = Field(16, ge=0, description="N1, mutated children per later generation")
-    crossovers: int = Field(16, ge=0, description="N2, crossed-over children per later "
-                            "generation")
+    population: int = Field(64, ge=2, le=MAX_EVALUATIONS,
+                            description="P, candidates in the first generation")
+    mutations: int = Field(16, ge=0, le=MAX_EVALUATIONS,
+                           description="N1, mutated children per later generation")
+    crossovers: int = Field(16, ge=0, le=MAX_EVALUATIONS,
+                            description="N2, crossed-over children per later generation")
     top_k: int = Field(32, ge=1, description="k, parents kept from each generation (≤ population)")
     mutation_prob: float = Field(0.3, gt=0, le=1, description="p, chance that a mutation moves "
                                  "each λ_i")
-    generations: int = Field(40, ge=0, description="T, generations after the first")
+    generations: int = Field(40, ge=0, le=MAX_EVALUATIONS,
+                             description="T, generations after the first")
 
     @model_validator(mode="after")
     def _consistent(self) -> EvolutionConfig:
@@ -30,6 +39,10 @@ class EvolutionConfig(SpecModel):
         if self.children == 0 and self.generations:
             raise spec_error("no mutations and no crossovers", "set mutations or crossovers "
                              f"> 0, or generations: 0 ({PAPER})", field="mutations")
+        if self.budget > MAX_EVALUATIONS:
+            raise spec_error(f"P + T·(N1 + N2) is {self.budget:,} candidates, more than "
+                             f"{MAX_EVALUATIONS:,}", "use fewer generations or children "
+                             f"({PAPER}: 1,344)", field="generations")
         return self
 
     @property
@@ -41,3 +54,25 @@ class EvolutionConfig(SpecModel):
     def budget(self) -> int:
         """Algorithm 1's evaluations: P + T·(N1 + N2) (pruned ones included)."""
         return self.population + self.generations * self.children
+
+
+class StrategyOptions(SpecModel):
+    """A strategy's ``strategy_options``: one field per option, with its type, default and
+    bounds. A strategy without options keeps this empty model, which refuses every key."""
+
+
+def parse_options(strategy: str, model: type[StrategyOptions],
+                  options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` validated by the strategy's ``model``, over its defaults; a bad one is
+    refused naming ``strategy_options.<key>``."""
+    if options and not model.model_fields:
+        key = next(iter(options))
+        raise ConfigError(f"strategy_options.{key}", f"strategy {strategy!r} takes no options",
+                          "remove strategy_options, or choose a strategy that has this option "
+                          "(configs/README.md lists each one's)")
+    try:
+        return model.model_validate(dict(options)).model_dump()
+    except ValidationError as e:
+        error = config_error(e, model, root="strategy_options")
+    field = error.field if error.field == "strategy_options" else f"strategy_options.{error.field}"
+    raise ConfigError(field, error.problem, error.fix)

@@ -21,24 +21,31 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from longrope_search.search.strategies.base import SearchProblem, Strategy
 from longrope_search.search.strategies.evolution import breed, initial_population
+from longrope_search.search.strategies.settings import StrategyOptions
 from longrope_search.search.trial import OK, Evaluation, Individual
+
+
+class SteadyOptions(StrategyOptions):
+    """steady's options."""
+
+    refresh: int = Field(0, ge=0, le=1_000_000, description="children between two cullings "
+                         "of the population (0: N1 + N2)")
 
 
 class SteadyState(Strategy):
     order_dependent = True
-    DEFAULTS: ClassVar[dict[str, int]] = {"refresh": 0}  # 0: N1 + N2
+    Options = SteadyOptions
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
         cfg = problem.evolution
-        refresh = self.settings(self.DEFAULTS)["refresh"]  # ≥ 0, as every option without bounds
-        self.refresh = refresh or max(1, cfg.children)
+        self.refresh = self.options["refresh"] or max(1, cfg.children)
         self.rng = np.random.default_rng([problem.seed, 1])
         self.seen: set[str] = set()
         self.to_ask = deque(initial_population(problem.space, problem.seed_candidates,
@@ -58,6 +65,8 @@ class SteadyState(Strategy):
             self.born += 1
             return self.to_ask.popleft()
         cfg = self.problem.evolution
+        if self.born >= cfg.budget:
+            return None  # Algorithm 1's P + T·(N1 + N2) candidates: the plan is done
         if len(self.ranking) < cfg.top_k and self.initial_untold:
             return None  # too few parents yet: breeding from one would waste the pool
         if not self.parents or self.told >= self.refresh:
@@ -72,6 +81,10 @@ class SteadyState(Strategy):
                       self.rng, cfg.mutation_prob, self.seen)
         self.born += 1
         return child
+
+    @property
+    def finished(self) -> bool:
+        return not self.to_ask and self.born >= self.problem.evolution.budget
 
     def tell(self, individual: Individual, evaluation: Evaluation) -> None:
         self.initial_untold.discard(individual.key)

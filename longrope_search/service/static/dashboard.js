@@ -303,7 +303,8 @@
     } catch (e) {
       if (run !== state.detailRun) return;
       showError(e);
-      if (!(e instanceof ApiError && e.status === 404)) schedule(run);  // retry after errors
+      // retry after errors, not for a job that is gone (404) or broken (409)
+      if (!(e instanceof ApiError && [404, 409].includes(e.status))) schedule(run);
     } finally {
       if (run === state.detailRun) state.loading = false;
     }
