@@ -47,6 +47,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from longrope_search.errors import ConfigError
+from longrope_search.reaper import descendants, reap_when_gone
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
 from longrope_search.search.evaluator import Evaluators, Finished, Work
@@ -165,9 +166,15 @@ def connect(address: str | None = None, **init_kwargs: Any) -> None:
     """
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        os.environ.pop("RAY_ADDRESS", None)  # empty: Ray would take "" for an address
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              **({} if address else init_kwargs))
+    if not address:
+        reap_when_gone(os.getpid(), descendants(os.getpid()))
+
+
 
 
 class RayEvaluator:

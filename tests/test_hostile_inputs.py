@@ -616,3 +616,56 @@ def test_late_and_vague_refusals_come_first_and_say_what(
     (chain / "h" / "job.yaml").write_text(yaml.safe_dump(
         {**TINY, "extension_ratio": None, "stages": [{"extension_ratio": 2}]}))
     assert "is a chained job" in refused("recover", str(chain / "h"))
+
+
+def test_resume_after_job_yaml_was_edited_is_refused_at_once(finished_job: Path,
+                                                             tmp_path: Path) -> None:
+    """The runner refused it after the weights loaded, and the job failed."""
+    import shutil
+
+    root = tmp_path / "results"
+    shutil.copytree(finished_job, root)
+    (root / "h" / "state.json").write_text('{"state": "cancelled", "submitted": 0}')
+    ran: list[str] = []
+    manager = JobManager(root, lambda job: ran.append(job.name), data_roots=[Path("/tmp")])
+    try:
+        client = TestClient(create_app(manager))
+        spec = yaml.safe_load((root / "h" / "job.yaml").read_text())
+        spec["evolution"]["generations"] = 2
+        (root / "h" / "job.yaml").write_text(yaml.safe_dump(spec))
+        r = client.post("/api/jobs/h/resume")
+        assert r.status_code == 409 and "evolution.generations: 1 there" not in r.text
+        assert "evolution.generations" in r.json()["detail"]
+        assert client.get("/api/jobs/h").json()["state"] == "cancelled" and ran == []
+    finally:
+        manager.close()
+
+
+def test_a_sigkilled_ray_run_leaves_no_ray_process(tmp_path: Path) -> None:
+    """After SIGKILL of `run --ray` two orphaned Ray agent processes lived about 80 s."""
+    import signal
+    import subprocess
+    import sys
+
+    from longrope_search.reaper import descendants, start_time
+
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "evolution": {**TINY["evolution"],
+                                                            "generations": 20}}))
+    proc = subprocess.Popen([sys.executable, "-m", "longrope_search.cli", "run", str(config),
+                             "--ray", "--workers", "1", "--results-dir", str(tmp_path / "runs"),
+                             "--no-progress"], env={**os.environ, "RAY_ADDRESS": ""},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = tmp_path / "runs" / "h" / "ledger.journal"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (
+            ledger.exists() and ledger.read_bytes().count(b"\n") >= 3):
+        time.sleep(0.2)  # a few evaluations in: the cluster and its worker are up
+    ray_procs = {pid: start_time(pid) for pid in descendants(proc.pid)}
+    assert proc.poll() is None and len(ray_procs) >= 3  # gcs, raylet, agents, the worker
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(start_time(p) == t for p, t in ray_procs.items()):
+        time.sleep(0.5)
+    assert [p for p, t in ray_procs.items() if start_time(p) == t] == []

@@ -30,7 +30,7 @@ from longrope_search.errors import ConfigError
 from longrope_search.io import LockHeld, take_lock, write_json
 from longrope_search.search.chain import check_job
 from longrope_search.search.job import PATH_FIELDS, JobSpec, job_from_dict, load_job
-from longrope_search.search.jobdir import JobDir, claim, lock_holder
+from longrope_search.search.jobdir import JobDir, check_claim, claim, lock_holder
 from longrope_search.service.states import (
     ACTIVE,
     BROKEN,
@@ -267,6 +267,12 @@ class JobManager:
             if job.state not in (CANCELLED, FAILED):
                 raise JobConflict(f"job {name!r} is {job.state}; only cancelled or failed jobs "
                                   "can be resumed")
+            try:  # an edited job.yaml is refused now, not by the runner after weights load
+                check_claim(job.files, job.spec)
+            except ConfigError as e:
+                raise JobConflict(f"job {name!r} cannot resume: {e.problem}; restore its "
+                                  "job.yaml, or submit the new spec under another name"
+                                  ) from None
             job.state, job.error, job.finished = QUEUED, None, None
             job.cancel.clear()
             job.save()
