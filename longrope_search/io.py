@@ -72,6 +72,19 @@ def output_file(path: str | Path, option: str = "-o") -> Path:
     return path
 
 
+def writable_folder(path: str | Path, option: str) -> None:
+    """Refuse a folder that cannot be made or written (a path through a file, a read-only or
+    unwritable folder), before any work goes into what would be written there."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(option, f"{existing} is a file, so {path} cannot be a folder",
+                          "give a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(option, f"{existing} is not writable", "give a folder this user may "
+                          "write in (and on a file system that is not read-only)")
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
 

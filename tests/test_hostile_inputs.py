@@ -514,46 +514,31 @@ def test_a_damaged_job_folder_is_listed_as_broken_and_the_rest_is_served(
     assert err.startswith("error: job: b0 is broken") and "Parquet" in err
 
 
-def test_a_path_through_a_file_is_a_message_not_a_traceback(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_file_system_refusals_are_messages_not_tracebacks(
+        finished_job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """A results folder through a file was a NotADirectoryError after the header; a full disk
+    a raw OSError."""
+    import errno
+
+    import longrope_search.io as io_module
+
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(TINY))
     (tmp_path / "file").write_text("")
+    no_weights(monkeypatch)  # refused before
     assert main(["run", str(config), "--results-dir", str(tmp_path / "file" / "x"),
-                 "--no-progress"]) == 1
+                 "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith("error: results_dir: ")
+
+    def full(path, write):  # the disk fills while the export is written
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(io_module, "atomic_write", full)
+    assert main(["export", "h", "--results-dir", str(finished_job), "--format", "hf",
+                 "-o", str(tmp_path / "out.json")]) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "Not a directory. Fix:" in err
-
-
-def test_stalled_clients_are_disconnected_while_others_are_answered(tmp_path: Path) -> None:
-    """300 stalled connections all stayed open: no deadline for a request's head or body."""
-    import socket
-
-    import httpx
-
-    served = serving(tmp_path, "--request-timeout", "1")
-    url, _ = next(served)
-    try:
-        port = int(url.rsplit(":", 1)[1])
-        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
-        slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")  # the head never ends
-        body = socket.create_connection(("127.0.0.1", port))
-        body.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-        assert httpx.get(f"{url}/api/health", timeout=5).status_code == 200
-        time.sleep(2.5)
-        for sock in [*idle, slow, body]:
-            sock.settimeout(5)
-            assert sock.recv(1) == b""  # closed by the server
-            sock.close()
-        with socket.create_connection(("127.0.0.1", port)) as big:
-            big.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 200_000)
-            big.settimeout(5)
-            assert big.recv(12) in (b"", b"HTTP/1.1 400")  # refused, not buffered
-        with httpx.Client() as client:  # a keep-alive client's second request still works
-            assert [client.get(f"{url}/api/health").status_code for _ in range(2)] == [200, 200]
-    finally:
-        served.close()
+    assert "Traceback" not in err and "out.json: No space left on device. Fix: free space" in err
 
 
 def test_the_token_is_checked_before_the_body(api) -> None:

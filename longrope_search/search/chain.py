@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from longrope_search.errors import ConfigError
-from longrope_search.io import write_json
+from longrope_search.io import writable_folder, write_json
 from longrope_search.model import LoadedModel
 from longrope_search.rope import rescale_ratio
 from longrope_search.search.driver import OnProgress, SearchResult, run_search
@@ -91,6 +91,7 @@ Checked = list[tuple[JobSpec, tuple[Plan, Strategy]]]  # per stage: its spec, pr
 def check_job(spec: JobSpec) -> Checked:
     """Everything cheap about a job, chained or not, before anything is written or loaded;
     what was prepared, for :func:`run_job` to use instead of reading it all again."""
+    writable_folder(spec.results_dir, "results_dir")
     check_claim(JobDir(spec.job_dir), spec)  # a name clash, before any weights load
     if spec.stages:
         return check_chain(spec)
