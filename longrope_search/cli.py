@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import errno
 import math
-import platform
 import shlex
 import sys
 import time
@@ -95,6 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from longrope_search.evaluation.documents import load_documents
     from longrope_search.evaluation.sweep import perplexity_by_length
     from longrope_search.model import read_geometry
+    from longrope_search.model.identity import versions
     from longrope_search.model.source import ModelSource
 
     # Everything cheap is checked before the model is loaded.
@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "seed": args.seed, "mode": args.mode, "stride": args.stride, "dtype": str(loaded.dtype),
         "fixed_ratio": args.fixed_ratio,
         "device": str(loaded.device), "original_length": L, "lengths": lengths,
-        "seconds": round(time.time() - t0, 1), "versions": _versions()})
+        "seconds": round(time.time() - t0, 1), "versions": versions()})
     return 0
 
 
@@ -172,6 +172,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     """Passkey retrieval accuracy by length for the seeds and any factor files."""
     from longrope_search.evaluation.passkey import passkey_accuracy
     from longrope_search.model import read_geometry
+    from longrope_search.model.identity import versions
     from longrope_search.model.source import ModelSource
     from longrope_search.rope import seed_candidate
 
@@ -204,7 +205,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     _write_outputs(out, "passkey", trials, {
         "command": args.command_line, "model": str(args.model), "original_length": L,
         "lengths": lengths, "trials": args.trials, "seed": args.seed, "accuracy": rows,
-        "versions": _versions()})
+        "versions": versions()})
     return 0
 
 
@@ -328,14 +329,6 @@ def _ray_evaluators(args: argparse.Namespace) -> Evaluators:
                   f"{t['candidates_per_second']:.2f}/s busy", file=sys.stderr)
 
     return ray_evaluators(workers, gpus_per_worker=gpus, on_done=report)
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"longrope_search": __version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:

@@ -24,7 +24,6 @@ model, n̂ included.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from longrope_search.deploy import (
     two_sets_safe,
 )
 from longrope_search.errors import ConfigError
+from longrope_search.model.identity import model_fingerprint, versions
 from longrope_search.rope import Candidate, RopeGeometry
 from longrope_search.search.jobdir import JobDir
 
@@ -60,32 +60,6 @@ SAME_RESULTS = ("both apply the same factors at every length to this model, so t
                 "results by length hold")
 OTHER_RESULTS = ("they apply the factors differently ({why}), so the job's results by length "
                  "do not describe this export; search with deploy: {engine} for figures that do")
-# What identifies a checkpoint's architecture; max_position_embeddings is left out on purpose,
-# since exporting changes it.
-FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size")
-
-
-def model_fingerprint(config: Any) -> str:
-    """A short hash of a transformers config's architecture and RoPE geometry: an export and the
-    model it is applied to must agree on it."""
-    geometry = RopeGeometry.from_config(config)
-    facts = {k: getattr(config, k, None) for k in FINGERPRINT_KEYS}
-    facts.update(rotary_dim=geometry.rotary_dim, rope_theta=geometry.base,
-                 original_length=geometry.original_length)
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    from longrope_search import __version__
-
-    return {"longrope_search": __version__, "torch": torch.__version__,
-            "transformers": transformers.__version__}
-
-
 def _factors(values: Any) -> list[float]:
     """λ as plain JSON numbers; rounding drops float noise such as 1.4000000000000001 (λ lie on
     a 0.01 grid, so nothing is lost)."""

@@ -21,8 +21,9 @@ import longrope_search
 from longrope_search.defaults import EMBEDDED_MODEL
 from longrope_search.errors import ConfigError
 from longrope_search.evaluation.documents import load_documents
-from longrope_search.export import export_job, model_fingerprint
+from longrope_search.export import export_job
 from longrope_search.gguf_export import export_gguf
+from longrope_search.model.identity import model_fingerprint
 from longrope_search.search.driver import run_search
 from longrope_search.search.job import job_from_dict, load_job
 

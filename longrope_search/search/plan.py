@@ -321,7 +321,7 @@ def baselines(plan: Plan) -> list[Candidate]:
 def best_record(plan: Plan, best: Candidate, ev: Evaluation) -> dict[str, Any]:
     """The searched factors in longrope-search's own format (``longrope-search eval --factors``
     reads it)."""
-    from longrope_search.export import model_fingerprint, versions
+    from longrope_search.model.identity import model_fingerprint, versions
 
     config = ModelSource.of(plan.spec.model_path).config(plan.spec.trust_remote_code)
     return {
