@@ -22,7 +22,7 @@ the candidate the engine actually applies; the held-out comparison and the expor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 import numpy as np
 
@@ -39,13 +39,27 @@ class Engine(str, Enum):
     PYTHON = "python"  # longrope_search.apply_factors on a transformers model
 
 
+class ExportFormat(StrEnum):
+    """What ``export --format`` writes (the CLI's choices, the API's ``format``)."""
+
+    HF = "hf"  # the rope_parameters block for config.json (or the whole config, patched)
+    VLLM = "vllm"  # the rope_scaling override and --max-model-len
+    LONGROPE = "longrope"  # the whole record, for apply_factors
+    GGUF = "gguf"  # a GGUF model file with the factors (gguf_export)
+
+
+EXPORT_FORMATS = tuple(f.value for f in ExportFormat)
+#: the exports that are JSON documents (export_job); gguf is a model file
+JSON_FORMATS = (ExportFormat.HF, ExportFormat.VLLM, ExportFormat.LONGROPE)
+
+
 @dataclass(frozen=True)
 class EngineRules:
     """What an engine does with an export."""
 
     n_hat: bool  # applies n̂
     refills_cache_for: frozenset[str]  # model types whose KV cache it re-fills at L
-    export_format: str  # the export it reads (export.FORMATS)
+    export_format: ExportFormat  # the export it reads
     how: str  # one line for the comparison's header
 
 
@@ -56,26 +70,27 @@ NONE: frozenset[str] = frozenset()
 
 ENGINES: dict[Engine, EngineRules] = {
     Engine.TRANSFORMERS: EngineRules(
-        False, PHI3_FAMILY, "hf", "transformers: the long factors at every length (a Phi-3 "
-        "model: the short ones up to L), one attention factor, no n̂"),
+        False, PHI3_FAMILY, ExportFormat.HF, "transformers: the long factors at every length "
+        "(a Phi-3 model: the short ones up to L), one attention factor, no n̂"),
     Engine.VLLM: EngineRules(
-        False, NONE, "vllm", "vLLM: the long factors and long_mscale for every prompt once "
-        "max_model_len > L, no n̂"),
+        False, NONE, ExportFormat.VLLM, "vLLM: the long factors and long_mscale for every "
+        "prompt once max_model_len > L, no n̂"),
     Engine.SGLANG: EngineRules(
-        False, NONE, "hf", "SGLang: the long factors at every length (its per-batch switch "
-        "would mix rotations in the KV cache), no n̂"),
+        False, NONE, ExportFormat.HF, "SGLang: the long factors at every length (its "
+        "per-batch switch would mix rotations in the KV cache), no n̂"),
     Engine.LLAMACPP: EngineRules(
-        False, NONE, "gguf", "llama.cpp: the long factors for a context -c > L, one attention "
-        "factor, no n̂"),
+        False, NONE, ExportFormat.GGUF, "llama.cpp: the long factors for a context -c > L, "
+        "one attention factor, no n̂"),
     Engine.PYTHON: EngineRules(
-        True, NONE, "longrope", "apply_factors: the long factors at every position from n̂ "
-        "on"),
+        True, NONE, ExportFormat.LONGROPE, "apply_factors: the long factors at every "
+        "position from n̂ on"),
 }
 ENGINE_NAMES = tuple(e.value for e in Engine)
 DEFAULT_ENGINE = Engine.TRANSFORMERS
 #: which engine reads each export format, for the warning on exports for another engine
-FORMAT_ENGINES = {"hf": (Engine.TRANSFORMERS, Engine.SGLANG), "vllm": (Engine.VLLM,),
-                  "gguf": (Engine.LLAMACPP,), "longrope": (Engine.PYTHON,)}
+FORMAT_ENGINES = {ExportFormat.HF: (Engine.TRANSFORMERS, Engine.SGLANG),
+                  ExportFormat.VLLM: (Engine.VLLM,), ExportFormat.GGUF: (Engine.LLAMACPP,),
+                  ExportFormat.LONGROPE: (Engine.PYTHON,)}
 
 
 def applies_n_hat(engine: Engine | str) -> bool:

@@ -33,7 +33,9 @@ from typing import Any
 from longrope_search.deploy import (
     DEFAULT_ENGINE,
     FORMAT_ENGINES,
+    JSON_FORMATS,
     Engine,
+    ExportFormat,
     applies_n_hat,
     two_sets_safe,
 )
@@ -42,7 +44,6 @@ from longrope_search.model.identity import model_fingerprint, versions
 from longrope_search.rope import Candidate, RopeGeometry
 from longrope_search.search.jobdir import JobDir
 
-FORMATS = ("hf", "vllm", "longrope")  # and gguf, in gguf_export
 RECORD_FORMAT = "longrope-search/factors"
 RECORD_VERSION = 1
 N_HAT_NOTE = ("n_hat = {n_hat} was searched, but inference engines (transformers, vLLM, SGLang, "
@@ -228,9 +229,10 @@ def export_job(job_dir: str | Path, fmt: str, *, with_config: bool = False,
         short_factors: a short-factor job whose best λ become ``short_factor``; default the
             job's recovery job (``<job>-short``) if it has finished, else ones.
     """
-    if fmt not in FORMATS:
-        raise ConfigError("format", f"unknown export format {fmt!r}", f"use one of {FORMATS}")
-    if with_config and fmt != "hf":
+    if fmt not in JSON_FORMATS:
+        raise ConfigError("format", f"{fmt!r} is not a JSON export",
+                          f"use one of {', '.join(JSON_FORMATS)} (gguf: gguf_export)")
+    if with_config and fmt != ExportFormat.HF:
         raise ConfigError("config", f"the {fmt} export is not a config.json: only hf patches "
                           "the model's whole config", "drop --config (config=true), or export "
                           "--format hf --config")
@@ -238,19 +240,19 @@ def export_job(job_dir: str | Path, fmt: str, *, with_config: bool = False,
     best = JobDir(job_dir).finished_best()
     searched = short_factors_for(job_dir, best, Path(short_factors) if short_factors else None)
     raw = None
-    if with_config or fmt == "longrope" or not best.get("model_fingerprint") or \
+    if with_config or fmt == ExportFormat.LONGROPE or not best.get("model_fingerprint") or \
             not best.get("model_type"):
         raw, config = _model_config(job_dir)
         best.setdefault("model_fingerprint", model_fingerprint(config))
         best["model_type"] = best.get("model_type") or getattr(config, "model_type", None)
-    if fmt == "longrope":
+    if fmt == ExportFormat.LONGROPE:
         return _record(job_dir, best, searched, raw)
     short, notes = engine_short_factors(best, searched, fmt, best["model_type"])
     notes = [searched.note, *notes] if searched.note else notes
     block = rope_parameters(best, short.factors, _partial_rotary_factor(raw))
     target = int(best["target_length"])
     provenance = _provenance(best, short, fmt, notes)
-    if fmt == "hf":
+    if fmt == ExportFormat.HF:
         if not with_config:
             return {"rope_parameters": block, "max_position_embeddings": target,
                     "longrope_search": provenance}

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from longrope_search.deploy import ExportFormat
 from longrope_search.errors import ConfigError
 from longrope_search.export import ShortFactors, export_notes, short_factors_for
 from longrope_search.io import atomic_write
@@ -165,7 +166,7 @@ def _notes(best: dict[str, Any], short: ShortFactors, arch: str) -> list[str]:
                                            ppl=best.get("search_ppl_without_n_hat")))
     if short_dropped:
         notes.append(NOTES["short"])
-    return [*notes, *export_notes(best, "gguf")]
+    return [*notes, *export_notes(best, ExportFormat.GGUF)]
 
 
 __all__ = ["export_gguf", "gguf_notes", "job_model_gguf", "llamacpp_command"]

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 
 from longrope_search import __version__
+from longrope_search.deploy import ExportFormat
 from longrope_search.errors import ConfigError
 from longrope_search.search.job import JOB_NAME, JobRequest
 from longrope_search.service import reports
@@ -235,9 +236,9 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
         return manager.resume(name).summary()
 
     @app.get("/api/jobs/{name}/export")
-    def export(name: str, format: str = Query("hf", pattern="^(hf|vllm|longrope|gguf)$",
-                                              description="gguf: the job's GGUF model with the "
-                                              "factors (jobs whose model is a GGUF file)"),
+    def export(name: str, format: Annotated[ExportFormat, Query(
+                   description="gguf: the job's GGUF model with the factors (jobs whose model "
+                   "is a GGUF file)")] = ExportFormat.HF,
                config: bool = Query(False, description="hf: the whole patched config.json"),
                short_from: str | None = Query(None, pattern=JOB_NAME,
                                               description="job whose λ become short_factor"),
@@ -246,10 +247,10 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
 
         job = job_of(name)
         short = job_of(short_from).dir if short_from else None
-        if format == "gguf":
+        if format == ExportFormat.GGUF:
             return _gguf_file(job.dir, short)
         data = export_job(job.dir, format, with_config=config, short_factors=short)
-        suffix = "config" if config and format == "hf" else format
+        suffix = "config" if config and format == ExportFormat.HF else format.value
         return JSONResponse(data, headers={
             "Content-Disposition": f'attachment; filename="{name}.{suffix}.json"'})
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longrope_search.defaults import RESULTS_DIR
+from longrope_search.deploy import EXPORT_FORMATS, ExportFormat
 from longrope_search.errors import ConfigError
 from longrope_search.service.client import Client
 from longrope_search.service.states import ACTIVE, BROKEN, FINISHED
@@ -313,7 +314,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output is not None:
         output_file(args.output)  # before anything is read or converted
     source = _source(args, args.job)
-    if args.format == "gguf":
+    if args.format == ExportFormat.GGUF:
         return _export_gguf(args, source)
     data = source.export(args.job, args.format, config=args.config, short_from=args.short_from)
     for note in (data.get("longrope_search") or {}).get("notes", []):
@@ -419,7 +420,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("export", help="factor JSON for transformers, vLLM or longrope-search, "
                        "or a GGUF model for llama.cpp")
     p.add_argument("job")
-    p.add_argument("--format", choices=["hf", "vllm", "longrope", "gguf"], default="hf")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=ExportFormat.HF.value)
     p.add_argument("--gguf", type=Path, default=None,
                    help="gguf: the model's GGUF file to copy with the factors (-o: the new one); "
                         "default the job's model when it is a GGUF")

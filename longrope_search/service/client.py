@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from longrope_search.deploy import ExportFormat
+
 DEFAULT_URL = "http://127.0.0.1:8321"
 NOTES_HEADER = "X-Longrope-Notes"  # a GGUF export's notes (a JSON list), beside the file
 
@@ -99,7 +101,7 @@ class Client:
 
     def export_gguf(self, name: str, to: Path, *, short_from: str | None = None) -> list[str]:
         """The job's GGUF model with its factors, written to ``to``; the export's notes."""
-        return self.download(_export_path(name, "gguf", False, short_from), to)
+        return self.download(_export_path(name, ExportFormat.GGUF, False, short_from), to)
 
     def best(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/api/jobs/{_quote(name)}/best")
