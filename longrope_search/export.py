@@ -43,6 +43,7 @@ from longrope_search.errors import ConfigError
 from longrope_search.model.identity import model_fingerprint, versions
 from longrope_search.rope import Candidate, RopeGeometry
 from longrope_search.search.jobdir import JobDir
+from longrope_search.search.trial import OK, seed_name
 
 RECORD_FORMAT = "longrope-search/factors"
 RECORD_VERSION = 1
@@ -314,8 +315,8 @@ def _seed_ppl_from_tables(job_dir: Path) -> dict[str, float]:
     if not path.is_file():
         return {}
     rows = pq.read_table(path, columns=["operator", "status", "ppl"]).to_pylist()
-    return {r["operator"].removeprefix("seed:"): r["ppl"] for r in rows
-            if r["operator"].startswith("seed:") and r["status"] == "ok"}
+    return {seed_name(r["operator"]): r["ppl"] for r in rows
+            if seed_name(r["operator"]) is not None and r["status"] == OK}
 
 
 # -- applying an export -----------------------------------------------------------------------

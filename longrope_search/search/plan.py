@@ -39,7 +39,7 @@ from longrope_search.rope import Candidate, RopeGeometry, attention_factor, seed
 from longrope_search.search.job import JobSpec
 from longrope_search.search.space import N_HAT_CHOICES, Genome, SearchSpace, critical_dim
 from longrope_search.search.strategies import SearchProblem, Strategy, get_strategy
-from longrope_search.search.trial import Evaluation
+from longrope_search.search.trial import Evaluation, seed_operator
 
 BASELINES = ("pi", "ntk", "yarn")  # what the held-out comparison measures the best against
 UNMODIFIED = "unmodified"  # the comparison's row of the model as it was trained
@@ -314,7 +314,7 @@ def baselines(plan: Plan) -> list[Candidate]:
     ones = np.ones(plan.geometry.num_pairs)
     m = plan.attention_factor
     return [Candidate(ones, 0, 1.0, UNMODIFIED), Candidate(ones, 0, m, "ones"),
-            *(Candidate(plan.space.lambdas(g), 0, m, f"seed:{name}") for name, g in plan.seeds
+            *(Candidate(plan.space.lambdas(g), 0, m, seed_operator(name)) for name, g in plan.seeds
               if np.any(plan.space.lambdas(g) != 1.0))]
 
 

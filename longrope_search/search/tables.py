@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from longrope_search.io import atomic_write
 from longrope_search.search.jobdir import TABLE_SUFFIX, JobDir
 from longrope_search.search.space import SearchSpace
-from longrope_search.search.trial import OK, PARENT, Evaluation, Individual, lambdas_of
+from longrope_search.search.trial import MISSING, OK, PARENT, Evaluation, Individual, lambdas_of
 
 SCHEMA_VERSION = 4
 
@@ -100,7 +100,7 @@ def write_generation(job_dir: JobDir, generation: int, individuals: Sequence[Ind
             "documents_scored": len(ev.nll) if ev else None,
             "mean_nll": ev.mean_nll if complete else None,
             "ppl": ev.ppl if complete else None,
-            "status": ev.status if ev else "missing",
+            "status": ev.status if ev else MISSING,
             "worker": ev.extra.get("worker") if ev else None,
             "seconds": ev.extra.get("seconds") if ev else None,
             "timestamp": (datetime.fromtimestamp(ev.extra["timestamp"], tz=timezone.utc)

@@ -12,17 +12,43 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 
 import numpy as np
 
 from longrope_search.search.space import Genome, SearchSpace
 
-#: Evaluation statuses: complete, stopped early by the pruning rule, failed, or a gradient step
-#: on a minibatch of the documents (its NLL is over those documents only, so like a pruned one
-#: it is no result and ranks nowhere).
-OK, PRUNED, FAILED, MINIBATCH = "ok", "pruned", "failed", "minibatch"
-STATUSES = (OK, PRUNED, FAILED, MINIBATCH)
+
+class Status(StrEnum):
+    """An evaluation's status (the ledger's, the tables' ``status`` column, the API's)."""
+
+    OK = "ok"  # complete
+    PRUNED = "pruned"  # stopped early by the pruning rule
+    FAILED = "failed"  # the scorer raised (a worker died on it too often)
+    # a gradient step on a minibatch of the documents: its NLL is over those documents only,
+    # so like a pruned one it is no result and ranks nowhere
+    MINIBATCH = "minibatch"
+    MISSING = "missing"  # in a table only: asked, never scored (its run stopped first)
+
+
+OK, PRUNED, FAILED, MINIBATCH = (s.value for s in (Status.OK, Status.PRUNED, Status.FAILED,
+                                                   Status.MINIBATCH))
+MISSING = Status.MISSING.value
+STATUSES = (OK, PRUNED, FAILED, MINIBATCH)  # what an evaluation can have
+
+#: The operator prefix of a seed candidate: ``seed:pi``, ``seed:yarn``, ``seed:<file>``.
+SEED_PREFIX = "seed:"
+
+
+def seed_operator(name: str) -> str:
+    """The operator of the seed candidate ``name`` (a seed method or a factor file)."""
+    return f"{SEED_PREFIX}{name}"
+
+
+def seed_name(operator: str) -> str | None:
+    """The seed an operator names, or None for any other operator."""
+    return operator.removeprefix(SEED_PREFIX) if operator.startswith(SEED_PREFIX) else None
 
 #: The ``minibatch`` (index, count) of a step on all the documents: every one, in one batch.
 ALL_DOCUMENTS = (0, 1)

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.ledger import recorded
-from longrope_search.search.trial import GRADIENT, MINIBATCH, OK, PARENT
+from longrope_search.search.trial import FAILED, GRADIENT, MINIBATCH, OK, PARENT, PRUNED, seed_name
 
 COST = ("cost_tokens", "cost_spent_tokens")
 CANDIDATE_COLUMNS = ("candidate_id", "operator", "status", "ppl", "n_hat", *COST)
@@ -159,7 +159,7 @@ def _infer_tasks(tables: list[_Table]) -> None:
               if op == "gradient" for p in ps or []}
     for t in tables:
         if "task" not in t.cols:
-            t.cols["task"] = [GRADIENT if op == "gradient" or (op.startswith("seed:") and
+            t.cols["task"] = [GRADIENT if op == "gradient" or (seed_name(op) is not None and
                                                                cid in starts) else None
                               for op, cid in zip(t.cols["operator"], t.cols["candidate_id"],
                                                  strict=True)]
@@ -181,8 +181,8 @@ def _summaries(tables: list[_Table]) -> list[dict[str, Any]]:
         if t.spent() is not None:
             spent = max(spent or 0, t.spent())
         out.append({"generation": t.generation, "population": len(t.cols["status"]),
-                    "new": len(new), "ok": new.count(OK), "pruned": new.count("pruned"),
-                    "failed": new.count("failed"),
+                    "new": len(new), "ok": new.count(OK), "pruned": new.count(PRUNED),
+                    "failed": new.count(FAILED),
                     "best_ppl": _finite(min(ok)) if ok else None,
                     "median_ppl": _finite(float(np.median(ok))) if ok else None,
                     "cost_tokens": sum(costs) if costs or not new else None,
@@ -306,9 +306,8 @@ def best(job_dir: Path, top_k: int) -> dict[str, Any] | None:
     top = rows[0]
     seeds: dict[str, list[float]] = {}
     for r in sorted(every, key=lambda r: r["status"] != OK):  # a pruned seed still has λ
-        if r["operator"].startswith("seed:"):
-            seeds.setdefault(r["operator"].removeprefix("seed:"),
-                             [float(v) for v in r["lambdas"]])
+        if (name := seed_name(r["operator"])) is not None:
+            seeds.setdefault(name, [float(v) for v in r["lambdas"]])
     out: dict[str, Any] = {
         "candidate_id": top["candidate_id"], "lambdas": [float(v) for v in top["lambdas"]],
         "n_hat": top["n_hat"], "attention_factor": top["attention_factor"],

@@ -21,7 +21,7 @@ from longrope_search.search.operators import crossover, mutate
 from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.strategies.base import SearchProblem, Strategy
 from longrope_search.search.strategies.settings import EvolutionConfig
-from longrope_search.search.trial import PARENT, Evaluation, Individual, ranked
+from longrope_search.search.trial import PARENT, Evaluation, Individual, ranked, seed_operator
 
 
 def initial_population(space: SearchSpace, seed_candidates: Sequence[tuple[str, Genome]],
@@ -35,7 +35,7 @@ def initial_population(space: SearchSpace, seed_candidates: Sequence[tuple[str, 
     for name, genome in seed_candidates:
         if genome.key not in seen and len(pop) < size:
             seen.add(genome.key)
-            pop.append(Individual(genome, 0, f"seed:{name}"))
+            pop.append(Individual(genome, 0, seed_operator(name)))
     bases = list(pop)
     while len(pop) < size:
         parent = bases[len(pop) % len(bases)]

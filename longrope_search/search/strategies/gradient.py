@@ -31,7 +31,14 @@ from pydantic import Field
 from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.strategies.base import SearchProblem, Strategy
 from longrope_search.search.strategies.settings import StrategyOptions
-from longrope_search.search.trial import GRADIENT, MINIBATCH, OK, Evaluation, Individual
+from longrope_search.search.trial import (
+    GRADIENT,
+    MINIBATCH,
+    OK,
+    Evaluation,
+    Individual,
+    seed_operator,
+)
 
 BETAS, EPS = (0.9, 0.999), 1e-8
 
@@ -177,7 +184,7 @@ class GradientDescent(Strategy):
             if start.t >= self.options["steps"]:
                 continue  # this descent is over
             ind = self.coords.step(start, start.t,
-                                   "gradient" if start.t else f"seed:{start.name}")
+                                   "gradient" if start.t else seed_operator(start.name))
             self.of[ind.key] = i
             return ind
         if self.of:

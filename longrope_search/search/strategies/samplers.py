@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.strategies.base import SearchProblem, Strategy
-from longrope_search.search.trial import OK, PRUNED, Evaluation, Individual
+from longrope_search.search.trial import OK, PRUNED, Evaluation, Individual, seed_operator
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -61,7 +61,7 @@ class SamplerStrategy(Strategy):
         super().__init__(problem)
         self.study = optuna.create_study(direction="minimize", sampler=self.sampler())
         self.dists = distributions(problem.space)
-        self.seed_names = [f"seed:{name}" for name, _ in problem.seed_candidates]
+        self.seed_names = [seed_operator(name) for name, _ in problem.seed_candidates]
         for _, genome in problem.seed_candidates:  # asked first, in this order
             self.study.enqueue_trial(params_of(genome, problem.space))
         self.batch = 0
