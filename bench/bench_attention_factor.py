@@ -23,9 +23,10 @@ import torch
 from longrope_search.io import atomic_write, write_json
 from longrope_search.model import load_model
 from longrope_search.rope import Candidate
+from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import comparison_documents, plan_job, scorer_for
+from longrope_search.search.plan import comparison_documents, plan_job
 
 OFFSETS = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)  # m − the job's m
 

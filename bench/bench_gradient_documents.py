@@ -36,8 +36,9 @@ from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.io import atomic_write, write_json
 from longrope_search.model import LoadedModel, load_model
 from longrope_search.rope import Candidate, seed_candidate
+from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import load_job
-from longrope_search.search.plan import Plan, comparison_documents, plan_job, scorer_for
+from longrope_search.search.plan import Plan, comparison_documents, plan_job
 from longrope_search.search.strategies.gradient import Start, isotonic
 
 LR, BATCH = 0.05, 8

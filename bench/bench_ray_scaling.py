@@ -52,7 +52,8 @@ from longrope_search.search.driver import SearchResult, run_search
 from longrope_search.search.evaluator import Finished
 from longrope_search.search.job import JobSpec, job_from_dict
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import best_record, check_documents, plan_job
+from longrope_search.search.outcome import best_record
+from longrope_search.search.plan import check_documents, plan_job
 from longrope_search.search.tables import write_generation
 from longrope_search.search.trial import OK, PRUNED, Evaluation
 

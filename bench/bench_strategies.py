@@ -35,9 +35,10 @@ from longrope_search.io import atomic_write, write_json
 from longrope_search.model import LoadedModel, load_model
 from longrope_search.rope import seed_candidate
 from longrope_search.search.driver import run_search
+from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import JobSpec, job_from_dict
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import comparison_documents, plan_job, scorer_for
+from longrope_search.search.plan import comparison_documents, plan_job
 
 CHECKPOINTS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)  # fractions of the full budget reported
 

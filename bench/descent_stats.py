@@ -32,9 +32,10 @@ import yaml
 from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.model import LoadedModel, load_model
 from longrope_search.rope import Candidate
+from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import Plan, plan_job, scorer_for
+from longrope_search.search.plan import Plan, plan_job
 from longrope_search.search.strategies.gradient import isotonic
 
 

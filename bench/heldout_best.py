@@ -19,9 +19,10 @@ import yaml
 
 from longrope_search.model import load_model
 from longrope_search.rope import Candidate
+from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import comparison_documents, plan_job, scorer_for
+from longrope_search.search.plan import comparison_documents, plan_job
 from longrope_search.search.trial import GRADIENT, OK
 
 

@@ -24,8 +24,10 @@ from longrope_search.errors import ConfigError
 from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.rope import Candidate
 from longrope_search.search.driver import run_search
+from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import job_from_dict
-from longrope_search.search.plan import NO_N_HAT, UNMODIFIED, plan_job, prepare, scorer_for
+from longrope_search.search.outcome import NO_N_HAT, UNMODIFIED
+from longrope_search.search.plan import plan_job, prepare
 from longrope_search.search.trial import OK
 
 LAM = np.linspace(1.0, 8.0, 32)

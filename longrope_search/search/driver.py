@@ -42,13 +42,8 @@ from longrope_search.search.evaluator import Evaluator, local_evaluators
 from longrope_search.search.job import JobSpec
 from longrope_search.search.jobdir import JobDir, claim
 from longrope_search.search.ledger import Ledger
-from longrope_search.search.plan import (
-    Plan,
-    best_record,
-    comparison_documents,
-    comparison_semantics,
-    prepare,
-)
+from longrope_search.search.outcome import best_record, comparison_semantics
+from longrope_search.search.plan import Plan, comparison_documents, prepare
 from longrope_search.search.space import Genome
 from longrope_search.search.strategies import Strategy
 from longrope_search.search.tables import migrate as migrate_tables

@@ -24,8 +24,10 @@ from longrope_search.evaluation.perplexity import Scorer
 from longrope_search.model import LoadedModel, load_model
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
+from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import JobSpec
-from longrope_search.search.plan import Plan, compare_on_documents, plan_job, scorer_for
+from longrope_search.search.outcome import compare_on_documents
+from longrope_search.search.plan import Plan, plan_job
 from longrope_search.search.trial import (
     ALL_DOCUMENTS,
     FAILED,

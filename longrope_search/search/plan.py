@@ -1,49 +1,30 @@
-"""From a job spec to what a search needs, checked before any weights load.
+"""From a job spec to what is searched, checked before any weights load.
 
-:func:`plan_job` reads the model's config (no weights) and builds the space and the seed
-candidates; :func:`check_documents` reads the tokenizer and the documents (no weights) so that
-too-short or missing documents are refused before a job folder exists. The scorer, the best
-record and the held-out comparison are built here too, for the driver and the Ray workers.
+:func:`plan_job` reads the model's config (no weights): the lengths, the space and the seed
+candidates; :func:`make_strategy` builds the strategy (refusing bad options);
+:func:`check_documents` reads the tokenizer and the documents (no weights) so that too-short
+or missing documents are refused before a job folder exists. How a candidate is then scored
+is :mod:`.fitness`; what a finished job reports is :mod:`.outcome`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from longrope_search.deploy import (
-    ENGINES,
-    Engine,
-    FactorSets,
     default_lengths,
-    deployed,
     two_sets_safe,
 )
 from longrope_search.errors import ConfigError
-from longrope_search.evaluation.documents import load_documents
-from longrope_search.evaluation.needles import (
-    NeedleDocument,
-    answer_labels,
-    depths,
-    needle_documents,
-)
-from longrope_search.evaluation.perplexity import MultiLengthScorer, PerplexityScorer, Scorer
 from longrope_search.factor_file import load_factor_file
-from longrope_search.model import LoadedModel
 from longrope_search.model.loading import attention_window, check_attn_implementation
 from longrope_search.model.source import ModelSource
-from longrope_search.rope import Candidate, RopeGeometry, attention_factor, seed_candidate
+from longrope_search.rope import RopeGeometry, attention_factor, seed_candidate
+from longrope_search.search.fitness import documents_of, needles_of
 from longrope_search.search.job import JobSpec
 from longrope_search.search.space import N_HAT_CHOICES, Genome, SearchSpace, critical_dim
 from longrope_search.search.strategies import SearchProblem, Strategy, get_strategy
-from longrope_search.search.trial import Evaluation, seed_operator
-
-BASELINES = ("pi", "ntk", "yarn")  # what the held-out comparison measures the best against
-UNMODIFIED = "unmodified"  # the comparison's row of the model as it was trained
-NO_N_HAT = "best, n̂ = 0 (exported)"  # deploy: python's row of what the other engines get
 
 
 @dataclass
@@ -196,142 +177,10 @@ def check_documents(plan: Plan) -> None:
     for field, path in (("documents", spec.documents_path),
                         ("heldout_documents", comparison_documents(spec))):
         try:
-            docs = _documents(spec, plan, tokenizer, path)
+            docs = documents_of(spec, plan, tokenizer, path)
         except ConfigError as e:
             raise ConfigError(field, e.problem, e.fix) from None
         if spec.scoring.mode == "needle":
-            _needles(plan, tokenizer, docs)  # room for the needles in L'?
+            needles_of(plan, tokenizer, docs)  # room for the needles in L'?
 
 
-def _documents(spec: JobSpec, plan: Plan, tokenizer: Any, path: Path) -> list:
-    tokens = spec.scoring.document_tokens or plan.target_length
-    return load_documents(path, tokenizer, min_tokens=tokens, k=spec.k_documents,
-                          seed=spec.documents_seed, max_tokens=tokens,
-                          text_field=spec.text_field)
-
-
-def scorer_for(plan: Plan, loaded: LoadedModel, documents: Path | None = None) -> Scorer:
-    """The job's fitness on its search documents (or ``documents``): at L' in the scoring
-    mode, or the weighted multi-length fitness of ``scoring.lengths``."""
-    spec = plan.spec
-    docs = _documents(spec, plan, loaded.tokenizer, documents or spec.documents_path)
-    sc = spec.scoring
-    if sc.lengths:
-        return MultiLengthScorer([_truncated(plan, loaded, docs, n) for n in sc.lengths],
-                                 sc.length_weights)
-    return _target_scorer(plan, loaded, docs)
-
-
-def _target_scorer(plan: Plan, loaded: LoadedModel, docs: list) -> PerplexityScorer:
-    """Perplexity at L' in the job's scoring mode (needles hidden in the documents too)."""
-    sc = plan.spec.scoring
-    if sc.mode == "needle":
-        needled = _needles(plan, loaded.tokenizer, docs)
-        return PerplexityScorer(loaded.model, plan.geometry, [n.ids for n in needled],
-                                length=plan.target_length, batch_size=sc.batch_size,
-                                groups=[answer_labels(n) for n in needled])
-    return PerplexityScorer(loaded.model, plan.geometry, docs, length=plan.target_length,
-                            mode=sc.mode, stride=sc.stride, batch_size=sc.batch_size)
-
-
-def _truncated(plan: Plan, loaded: LoadedModel, docs: list, length: int) -> PerplexityScorer:
-    """Each document's first ``length`` tokens, one forward each."""
-    return PerplexityScorer(loaded.model, plan.geometry, docs, length=length,
-                            batch_size=plan.spec.scoring.batch_size)
-
-
-def _needles(plan: Plan, tokenizer: Any, docs: list) -> list[NeedleDocument]:
-    """The documents with needles: the same for every candidate (seeded by documents_seed)."""
-    spec = plan.spec
-    return needle_documents(docs, tokenizer, plan.target_length, spec.scoring.needles,
-                            spec.documents_seed)
-
-
-def compare_on_documents(plan: Plan, loaded: LoadedModel, best: Candidate,
-                         documents: Path) -> list[dict[str, Any]]:
-    """The best candidate against the baselines on other documents, typically held-out ones
-    never used as fitness, at every length of ``plan.comparison_lengths``.
-
-    Each row has ``ppl`` at L' in the job's scoring mode (needle retrieval too) and
-    ``ppl_by_length``: each document's first n tokens, one forward, every method as it is
-    deployed (:func:`methods_at`): the searched factors as the job's engine applies them,
-    the unmodified model, and PI, NTK and YaRN at the job's fixed ratio.
-    """
-    docs = _documents(plan.spec, plan, loaded.tokenizer, documents)
-    by_length = {n: _truncated(plan, loaded, docs, n).score(methods_at(plan, best, n))
-                 for n in plan.comparison_lengths}
-    at_target = methods_at(plan, best, plan.target_length)
-    sc = plan.spec.scoring
-    if plan.target_length in by_length and sc.mode == "truncate":
-        results = by_length[plan.target_length]
-    else:  # the job's own mode at L' (sliding windows, needles)
-        scorer = _target_scorer(plan, loaded, docs)
-        results = scorer.score(at_target)
-    rows = [{"method": r.candidate.name, "ppl": r.ppl, "mean_nll": r.mean_nll,
-             "ppl_by_length": {str(n): res[i].ppl for n, res in by_length.items()}}
-            for i, r in enumerate(results)]
-    if sc.mode == "needle":  # retrieval accuracy by depth beside the loss
-        for row, cand in zip(rows, at_target, strict=True):
-            row["depths"] = list(depths(sc.needles))
-            row["accuracy_by_depth"] = scorer.retrieved(cand).mean(axis=0).tolist()
-    best_ppl = rows[0]["ppl"]
-    for r in rows:
-        r["gain_vs_this_pct"] = 100 * (r["ppl"] - best_ppl) / r["ppl"]
-    return rows
-
-
-def comparison_semantics(spec: JobSpec) -> str:
-    """Which semantics the comparison's rows use: the job's engine for the searched factors,
-    deployed configs at the job's ratio for the seeds."""
-    if spec.factors == "short":
-        return "short factors at the recovery's length, under the long job's attention factor"
-    return (f"perplexity by prompt length; best as deploy: {spec.deploy} applies it "
-            f"({ENGINES[Engine(spec.deploy)].how}); the unmodified model; PI, NTK and YaRN "
-            "configured for the job's ratio, the same at every length")
-
-
-def methods_at(plan: Plan, best: Candidate, length: int) -> list[Candidate]:
-    """What the comparison scores at ``length``, the searched factors first: as the job's
-    engine deploys them (n̂ only for ``python``, which also gets a row without it), then the
-    baselines. For short factors: the baselines of :func:`baselines`."""
-    if plan.spec.factors == "short":
-        return [best, *baselines(plan)]
-    ones = np.ones(plan.geometry.num_pairs)
-    sets = FactorSets(best, ones if plan.two_sets else None)
-    out = [deployed(plan.spec.deploy, sets, length, plan.original_length, best.name)]
-    if out[0].n_hat:
-        out.append(Candidate(best.lambdas, 0, best.attention_factor, NO_N_HAT))
-    return [*out, Candidate(ones, 0, 1.0, UNMODIFIED), *baselines(plan)]
-
-
-def baselines(plan: Plan) -> list[Candidate]:
-    """What the held-out comparison measures the best against: PI, NTK and YaRN at the job's
-    ratio, each with its own attention factor, at every length (a deployed config); or for
-    short factors: the unmodified model, ones under the job's attention factor (what an engine
-    without short factors applies) and each seed (the long factors) under it."""
-    if plan.spec.factors == "long":
-        return [seed_candidate(n, plan.geometry, plan.extension_ratio) for n in BASELINES]
-    ones = np.ones(plan.geometry.num_pairs)
-    m = plan.attention_factor
-    return [Candidate(ones, 0, 1.0, UNMODIFIED), Candidate(ones, 0, m, "ones"),
-            *(Candidate(plan.space.lambdas(g), 0, m, seed_operator(name)) for name, g in plan.seeds
-              if np.any(plan.space.lambdas(g) != 1.0))]
-
-
-def best_record(plan: Plan, best: Candidate, ev: Evaluation) -> dict[str, Any]:
-    """The searched factors in longrope-search's own format (``longrope-search eval --factors``
-    reads it)."""
-    from longrope_search.model.identity import model_fingerprint, versions
-
-    config = ModelSource.of(plan.spec.model_path).config(plan.spec.trust_remote_code)
-    return {
-        "lambdas": best.lambdas.tolist(), "n_hat": best.n_hat,
-        "attention_factor": best.attention_factor,
-        "original_length": plan.original_length, "target_length": plan.target_length,
-        "extension_ratio": plan.extension_ratio, "factors": plan.spec.factors,
-        "search_ppl": ev.ppl,
-        "search_nll": list(ev.nll), "job": plan.spec.name, "strategy": plan.spec.strategy,
-        "deploy": plan.spec.deploy, "model_type": plan.model_type,
-        "model": str(plan.spec.model_path), "model_fingerprint": model_fingerprint(config),
-        "rope_theta": plan.geometry.base, "versions": versions(),
-    }

@@ -8,8 +8,8 @@ States (:class:`State`): ``queued`` → ``running`` (→ ``cancelling``) → ``f
 ``failed`` | ``cancelled``; ``resume`` puts a cancelled or failed job back in the queue. A
 folder whose files cannot be read is ``broken``: listed with the reason, never run, so one
 damaged folder leaves every other job served. Jobs
-run one at a time by default (``max_running``), each on its own pool of Ray scorer workers, so
-submissions queue for the workers.
+run one at a time by default (``max_running``), in the server's process or, with
+``serve --ray``, each on its own pool of Ray scorer workers; the others queue.
 """
 
 from __future__ import annotations

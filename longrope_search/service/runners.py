@@ -1,4 +1,5 @@
-"""How the service runs a job: on a pool of Ray scorer workers (default) or in this process.
+"""How the service runs a job: in this process (default), or on a pool of Ray scorer workers
+(``serve --ray``).
 Either way the one search driver runs it (stage by stage for a chained job), end-of-job steps
 included."""
 
