@@ -21,10 +21,10 @@ import torch
 import yaml
 
 from longrope_search.io import atomic_write, write_json
-from longrope_search.search.chain import run_job
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.plan import plan_job
+from longrope_search.search.run import run_job
 
 SPLIT = (0.25, 0.25, 0.5)  # of the budget, per stage
 

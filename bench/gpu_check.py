@@ -68,9 +68,9 @@ from longrope_search.io import atomic_write
 from longrope_search.model import load_model
 from longrope_search.model.loading import check_attn_implementation
 from longrope_search.rope import RopeGeometry, seed_candidate
-from longrope_search.search.chain import run_job
 from longrope_search.search.job import JobSpec, ScoringSpec, job_from_dict
 from longrope_search.search.plan import plan_job
+from longrope_search.search.run import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 2**30

@@ -249,11 +249,11 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _search(spec: JobSpec, args: argparse.Namespace) -> int:
-    from longrope_search.search.chain import check_job, run_job
     from longrope_search.search.driver import summarize
     from longrope_search.search.jobdir import JobDir
     from longrope_search.search.outcome import comparison_semantics
     from longrope_search.search.plan import window_note
+    from longrope_search.search.run import check_job, run_job
 
     if args.workers is not None and args.workers < 1:  # before Ray starts
         raise ConfigError("workers", f"must be ≥ 1, got {args.workers}", "use --workers 1 or more")

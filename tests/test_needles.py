@@ -15,8 +15,8 @@ from longrope_search.evaluation.documents import load_documents
 from longrope_search.evaluation.needles import answer_labels, depths, needle_documents
 from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.rope import seed_candidate
-from longrope_search.search.chain import run_job
 from longrope_search.search.job import job_from_dict
+from longrope_search.search.run import run_job
 
 LENGTH = 1024
 

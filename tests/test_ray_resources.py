@@ -207,7 +207,7 @@ def no_job(monkeypatch: pytest.MonkeyPatch) -> None:
     def run_job(*args: Any, **kwargs: Any) -> None:
         raise Stop
 
-    monkeypatch.setattr("longrope_search.search.chain.run_job", run_job)
+    monkeypatch.setattr("longrope_search.search.run.run_job", run_job)
 
 
 @pytest.fixture

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from longrope_search.errors import ConfigError
-from longrope_search.io import writable_folder, write_json
-from longrope_search.model import LoadedModel
+from longrope_search.io import write_json
 from longrope_search.rope import rescale_ratio
 from longrope_search.search.driver import OnProgress, SearchResult, run_search
-from longrope_search.search.evaluator import Evaluators, local_evaluators
+from longrope_search.search.evaluator import Evaluators
 from longrope_search.search.job import JobSpec, StageSpec, job_from_dict, stage_options
-from longrope_search.search.jobdir import JobDir, check_claim, claim, running, stage_name
+from longrope_search.search.jobdir import JobDir, claim, stage_name
 from longrope_search.search.plan import Plan, prepare
 from longrope_search.search.recovery import recovery_spec
 from longrope_search.search.strategies import Strategy
@@ -88,16 +87,6 @@ def _mapped_seed(chain: JobSpec, index: int, previous: JobDir) -> Path:
 Checked = list[tuple[JobSpec, tuple[Plan, Strategy]]]  # per stage: its spec, prepared
 
 
-def check_job(spec: JobSpec) -> Checked:
-    """Everything cheap about a job, chained or not, before anything is written or loaded;
-    what was prepared, for :func:`run_job` to use instead of reading it all again."""
-    writable_folder(spec.results_dir, "results_dir")
-    check_claim(JobDir(spec.job_dir), spec)  # a name clash, before any weights load
-    if spec.stages:
-        return check_chain(spec)
-    return [(spec, prepare(spec))]
-
-
 def check_chain(chain: JobSpec) -> Checked:
     """Every stage's spec, model config, strategy and documents, before any weights load (a
     short stage is checked once the stage it recovers has finished)."""
@@ -119,24 +108,6 @@ def _in_stage(index: int) -> Iterator[None]:
         if e.field.split(".")[0].split("[")[0] not in StageSpec.model_fields:
             raise
         raise ConfigError(f"stages[{index}].{e.field}", e.problem, e.fix) from None
-
-
-def run_job(spec: JobSpec, *, evaluators: Evaluators | None = None,
-            loaded: LoadedModel | None = None, progress: bool = True,
-            on_progress: OnProgress | None = None,
-            checked: Checked | None = None) -> SearchResult:
-    """Run (or resume) a job, chained or not, scoring with ``evaluators`` (default: in this
-    process, on ``loaded`` or the spec's model loaded once). Everything cheap is checked before
-    an evaluator is opened (``checked``: what :func:`check_job` returned just before, used once)."""
-    evaluators = evaluators or local_evaluators(loaded)
-    checked = checked or check_job(spec)
-    with running(JobDir(spec.job_dir)):  # one process per job, before any weights load
-        if spec.stages:
-            return run_chain(spec, evaluators=evaluators, progress=progress,
-                             on_progress=on_progress, checked=checked)
-        with evaluators(spec) as evaluator:
-            return run_search(spec, evaluator=evaluator, progress=progress,
-                              on_progress=on_progress, prepared=checked[0][1])
 
 
 def run_chain(chain: JobSpec, *, evaluators: Evaluators, progress: bool = True,

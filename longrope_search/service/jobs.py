@@ -28,9 +28,9 @@ from typing import Any
 from longrope_search.defaults import is_named_location
 from longrope_search.errors import ConfigError
 from longrope_search.io import LockHeld, take_lock, write_json
-from longrope_search.search.chain import check_job
 from longrope_search.search.job import PATH_FIELDS, JobSpec, job_from_dict, load_job
 from longrope_search.search.jobdir import JobDir, check_claim, claim, lock_holder
+from longrope_search.search.run import check_job
 from longrope_search.service.states import (
     ACTIVE,
     BROKEN,

@@ -5,7 +5,7 @@ included."""
 
 from __future__ import annotations
 
-from longrope_search.search.chain import run_job
+from longrope_search.search.run import run_job
 from longrope_search.service.jobs import Job, Runner, progress_hook
 
 
