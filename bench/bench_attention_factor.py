@@ -7,26 +7,28 @@ free) would pay only if the held-out perplexity moves with m near the job's valu
 measures how much.
 
     python bench/bench_attention_factor.py results/bench_strategies/embedded-8x-memetic-s0 \
-        results/bench_strategies_qwen2-c/qwen2-c-8x-evolution-s0
+        results/bench_strategies/qwen2-c/qwen2-c-8x-evolution-s0   # → runs/bench_attention_factor/
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import (
+    add_out,
+    add_threads,
+    command_line,
+    finished_job,
+    heldout_scorer,
+    job_model,
+    parser,
+    set_threads,
+    write_report,
+)
 
-from longrope_search.io import atomic_write, write_json
-from longrope_search.model import load_model
 from longrope_search.rope import Candidate
-from longrope_search.search.fitness import scorer_for
-from longrope_search.search.job import load_job
-from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import comparison_documents, plan_job
+from longrope_search.search.plan import plan_job
 
 OFFSETS = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)  # m − the job's m
 
@@ -34,11 +36,9 @@ OFFSETS = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)  # m − the job's m
 def measure(job: Path) -> tuple[list[str], dict]:
     """Held-out perplexity of ``job``'s best λ and n̂ with each m of the grid: a report section
     and its data."""
-    job_dir = JobDir(job)
-    spec, best = load_job(job_dir.spec), job_dir.finished_best()
+    _, spec, best = finished_job(job)
     plan = plan_job(spec)
-    loaded = load_model(spec.model_path, dtype=spec.scoring.dtype, device=spec.scoring.device)
-    scorer = scorer_for(plan, loaded, comparison_documents(spec))
+    scorer = heldout_scorer(plan, job_model(spec))
     m0 = float(best["attention_factor"])
     lambdas = np.asarray(best["lambdas"], dtype=np.float64)
     grid = [round(m0 + d, 4) for d in OFFSETS]
@@ -58,16 +58,14 @@ def measure(job: Path) -> tuple[list[str], dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("jobs", type=Path, nargs="+",
                     help="finished job folders (their job.yaml and best.json)")
-    ap.add_argument("--out", type=Path, default=Path("results/bench_attention_factor"))
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    add_out(ap, "runs/bench_attention_factor/bench_attention_factor")
+    add_threads(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = shlex.join(["python", "bench/bench_attention_factor.py", *sys.argv[1:]])
+    set_threads(args.threads)
+    command = command_line()
     lines = ["# Held-out perplexity against the attention factor m", "",
              f"Command: `{command}`", ""]
     data = []
@@ -75,8 +73,7 @@ def main() -> None:
         section, row = measure(job)
         lines += section
         data.append(row)
-    atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text("\n".join(lines)))
-    write_json(args.out.with_suffix(".json"), {"command": command, "jobs": data})
+    write_report(args.out, "\n".join(lines), {"jobs": data}, command)
     print("\n".join(lines))
 
 

@@ -5,22 +5,26 @@ with the previous best mapped to its ratio); the direct search spends all of it 
 the config's settings and documents; the held-out perplexity of each final best at 8× answers
 whether the chain pays. Runs are ordinary resumable jobs in ``--runs-dir``.
 
-    python bench/bench_chain.py --fraction 0.25 --out results/bench_chain
+    python bench/bench_chain.py --fraction 0.25      # → runs/bench_chain/bench_chain.md
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 import yaml
+from common import (
+    add_out,
+    add_runs_dir,
+    add_threads,
+    command_line,
+    parser,
+    set_threads,
+    write_report,
+)
 
-from longrope_search.io import atomic_write, write_json
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.plan import plan_job
@@ -52,18 +56,16 @@ def heldout(job_dir: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--config", type=Path, default=Path("configs/embedded-8x.yaml"))
     ap.add_argument("--fraction", type=float, default=0.25,
                     help="budget as a fraction of the config's Algorithm 1 budget")
     ap.add_argument("--strategy", default="evolution")
-    ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench_chain"))
-    ap.add_argument("--out", type=Path, default=Path("results/bench_chain"))
-    ap.add_argument("--threads", type=int, default=None)
+    add_runs_dir(ap, "runs/bench_chain")
+    add_out(ap, "runs/bench_chain/bench_chain")
+    add_threads(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     jobs = specs(args.config, args.fraction, args.strategy, args.runs_dir)
     rows = {}
     for name in ("direct", "chain"):
@@ -77,7 +79,7 @@ def main() -> None:
                                          .sum())}
     base = rows["direct"]["heldout_ppl"]
     lines = ["# Chained stages against a direct search at equal cost", "",
-             f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`", "",
+             f"Command: `{command_line()}`", "",
              f"Budget: {jobs['tokens'] / 1e6:.2f}M forward tokens each ({args.fraction:g} of "
              f"the config's Algorithm 1 budget), strategy `{args.strategy}`; the chain spends "
              f"{', '.join(f'{f:g}' for f in SPLIT)} of it on its stages (2×, 4×, 8×).", "",
@@ -86,8 +88,7 @@ def main() -> None:
     for name, r in rows.items():
         lines.append(f"| {name} | {r['cost_tokens'] / 1e6:.2f} | {r['search_ppl']:.3f} | "
                      f"{r['heldout_ppl']:.3f} | {100 * (r['heldout_ppl'] / base - 1):+.2f}% |")
-    atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text("\n".join(lines) + "\n"))
-    write_json(args.out.with_suffix(".json"), {"rows": rows, "command": sys.argv})
+    write_report(args.out, "\n".join(lines) + "\n", {"rows": rows}, command_line())
     print("\n".join(lines))
 
 

@@ -10,24 +10,28 @@ scored on all the search documents and compared with the recorded descent's best
 (exp(NLL − its lowest NLL) − 1; below zero: the half-document descent found a better point).
 
     python bench/bench_descent_halves.py results/bench_strategies/embedded-8x-memetic-b0.25-s* \
-        --out results/bench_descent_halves --threads 2
+        --threads 2                      # → runs/bench_descent_halves/bench_descent_halves.md
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from descent_stats import descents, job_scorer
+from common import (
+    add_out,
+    add_threads,
+    command_line,
+    descents,
+    job_scorer,
+    parser,
+    set_threads,
+    write_report,
+)
 
 from longrope_search.evaluation.gradient import gradient
 from longrope_search.evaluation.perplexity import PerplexityScorer
-from longrope_search.io import atomic_write, write_json
 from longrope_search.rope import Candidate
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.strategies.gradient import LogLambda, Start
@@ -96,21 +100,17 @@ def markdown(command: str, table: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, first_paragraph=True)
     ap.add_argument("jobs", nargs="+", type=Path, help="finished memetic job folders")
     ap.add_argument("--min-generation", type=int, default=3,
                     help="redo the descents of this generation's polish and later ones")
-    ap.add_argument("--out", type=Path, default=Path("results/bench_descent_halves"))
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    add_out(ap, "runs/bench_descent_halves/bench_descent_halves")
+    add_threads(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = shlex.join(["python", "bench/bench_descent_halves.py", *sys.argv[1:]])
+    set_threads(args.threads)
+    command = command_line()
     table = pd.DataFrame([r for job in args.jobs for r in redo(job, args.min_generation)])
-    write_json(args.out.with_suffix(".json"), {"command": command,
-                                               "rows": table.to_dict("records")})
-    atomic_write(args.out.with_suffix(".md"),
-                 lambda p: p.write_text(markdown(command, table)))
+    write_report(args.out, markdown(command, table), {"rows": table.to_dict("records")}, command)
 
 
 if __name__ == "__main__":

@@ -4,23 +4,20 @@ Runs a job as configured (early stopping on) and the same job with early stoppin
 seed, side by side; a job already in its results folder is read back from its ledger rather
 than scored again.
 
-    python bench/bench_early_stopping.py configs/embedded-8x.yaml   # → results/early_stopping.md
+    python bench/bench_early_stopping.py configs/embedded-8x.yaml   # → runs/bench_early_stopping/
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from common import add_out, command_line, job_model, parser, write_report
 
-from longrope_search.io import atomic_write, write_json
-from longrope_search.model import load_model
-from longrope_search.search.driver import run_search
 from longrope_search.search.job import job_from_dict, load_job
 from longrope_search.search.jobdir import JobDir
+from longrope_search.search.run import run_search
 
 
 def document_evaluations(job_dir: Path) -> tuple[int, int, int]:
@@ -31,18 +28,17 @@ def document_evaluations(job_dir: Path) -> tuple[int, int, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("config", type=Path)
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    add_out(ap, "runs/bench_early_stopping", folder=True)
     args = ap.parse_args()
+    command = command_line()
     config = {**load_job(args.config).to_dict(), "strategy": "evolution"}  # Algorithm 1, as
     config.pop("budget", None)  # measured: its 1,344 evaluations, whatever the config runs
     on_spec = job_from_dict(config)
     off_spec = job_from_dict({**on_spec.to_dict(), "name": f"{on_spec.name}-no-early-stopping",
                               "early_stopping": {"enabled": False}})
-    loaded = load_model(on_spec.model_path, dtype=on_spec.scoring.dtype,
-                        device=on_spec.scoring.device)
+    loaded = job_model(on_spec)
     on = run_search(on_spec, loaded=loaded)
     off = run_search(off_spec, loaded=loaded)
     docs_on, n_on, pruned = document_evaluations(on.job_dir)
@@ -55,7 +51,7 @@ def main() -> None:
             else f"rule `bound`, margin {es.margin} nats")
     text = f"""# Early stopping
 
-Command: `python bench/bench_early_stopping.py {args.config}`
+Command: `{command}`
 
 Job `{on_spec.name}` ({n_on} candidates, {on_spec.k_documents} documents each, early stopping
 {rule}) against the same job and seed without early stopping.
@@ -70,13 +66,12 @@ Job `{on_spec.name}` ({n_on} candidates, {on_spec.k_documents} documents each, e
 Document evaluations saved: **{100 * saved:.1f}%**. Best candidate unchanged: **{same}**.
 """
     print(text)
-    atomic_write(args.out / "early_stopping.md", lambda p: p.write_text(text))
-    write_json(args.out / "early_stopping.json", {
-        "command": " ".join(sys.argv), "job": on_spec.name, "rule": es.rule,
+    write_report(args.out / "early_stopping", text, {
+        "job": on_spec.name, "rule": es.rule,
         "margin": es.margin, "z": es.z, "documents_on": docs_on,
         "documents_off": docs_off, "saved_fraction": saved, "pruned": pruned,
         "best_unchanged": same, "best_ppl_on": on.best_evaluation.ppl,
-        "best_ppl_off": off.best_evaluation.ppl})
+        "best_ppl_off": off.best_evaluation.ppl}, command)
 
 
 if __name__ == "__main__":

@@ -7,24 +7,20 @@ loss (:func:`longrope_search.evaluation.gradient.gradient`); the forward is the 
 ``score``. Peak memory is measured as in ``bench_scorer.py`` (resident high-water mark above the
 level before each run on CPU; CUDA's max_memory_allocated on a GPU).
 
-    python bench/bench_gradient.py --lengths 4096 8192 16384   # → results/bench_gradient.md
+    python bench/bench_gradient.py --lengths 4096 8192 16384   # → runs/bench_gradient/
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
-import shlex
-import sys
-from pathlib import Path
 
 import torch
 from bench_scorer import MiB, measure
+from common import add_out, command_line, parser, write_report
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from longrope_search.evaluation.gradient import gradient
 from longrope_search.evaluation.perplexity import PerplexityScorer
-from longrope_search.io import atomic_write, write_json
 from longrope_search.rope import RopeGeometry, seed_candidate
 
 
@@ -52,17 +48,16 @@ def run(lengths: list[int], device: torch.device, layers: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384])
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", type=Path, default=Path("results/bench_gradient"))
+    add_out(ap, "runs/bench_gradient/bench_gradient")
     args = ap.parse_args()
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = run(args.lengths, device, args.layers)
-    command = shlex.join(["python", "bench/bench_gradient.py", *sys.argv[1:]])
+    command = command_line()
     lines = ["# Gradient step vs forward: peak memory and time", "", f"Command: `{command}`", "",
              f"Random Llama, 32k vocabulary, hidden 256, {args.layers} layers, fp32, "
              f"{device} ({platform.processor() or platform.machine()}, "
@@ -74,8 +69,7 @@ def main() -> None:
               f"{r['memory_ratio']:.2f}× | {r['forward_seconds']:.2f} | "
               f"{r['gradient_seconds']:.2f} | {r['time_ratio']:.2f}× | {r['nll_agrees']} |"
               for r in rows]
-    atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text("\n".join(lines) + "\n"))
-    write_json(args.out.with_suffix(".json"), {"command": command, "rows": rows})
+    write_report(args.out, "\n".join(lines) + "\n", {"rows": rows}, command)
 
 
 if __name__ == "__main__":

@@ -16,29 +16,36 @@ Costs are in ``fixed`` steps (one forward and one backward of every search docum
 ``--report`` of them each arm's current λ is scored on the search and held-out documents.
 
     python bench/bench_gradient_documents.py --steps 60 --report 5 --threads 2
+                                        # → runs/bench_gradient_documents/
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    add_out,
+    add_threads,
+    command_line,
+    heldout_scorer,
+    job_model,
+    parser,
+    set_threads,
+    write_report,
+)
 
 from longrope_search.evaluation.documents import iter_raw_documents
 from longrope_search.evaluation.gradient import gradient
 from longrope_search.evaluation.perplexity import PerplexityScorer
-from longrope_search.io import atomic_write, write_json
-from longrope_search.model import LoadedModel, load_model
+from longrope_search.model import LoadedModel
 from longrope_search.rope import Candidate, seed_candidate
 from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import load_job
-from longrope_search.search.plan import Plan, comparison_documents, plan_job
+from longrope_search.search.plan import Plan, plan_job
 from longrope_search.search.strategies.gradient import Start, isotonic
 
 LR, BATCH = 0.05, 8
@@ -67,11 +74,9 @@ class Setting:
 
     @classmethod
     def of(cls, plan: Plan) -> Setting:
-        spec = plan.spec
-        loaded = load_model(spec.model_path, dtype=spec.scoring.dtype,
-                            device=spec.scoring.device)
-        return cls(plan, loaded, scorer_for(plan, loaded),
-                   scorer_for(plan, loaded, comparison_documents(spec)), windows(plan, loaded))
+        loaded = job_model(plan.spec)
+        return cls(plan, loaded, scorer_for(plan, loaded), heldout_scorer(plan, loaded),
+                   windows(plan, loaded))
 
 
 def step_scorer(arm: str, setting: Setting, t: int, rng: np.random.Generator
@@ -112,27 +117,25 @@ def descend(arm: str, setting: Setting, cost: int, report: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, first_paragraph=True)
     ap.add_argument("--config", type=Path, default=Path("configs/embedded-8x.yaml"))
     ap.add_argument("--steps", type=int, default=60, help="each arm's cost, in fixed steps")
     ap.add_argument("--report", type=int, default=15,
                     help="score every arm every N fixed steps' cost")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    ap.add_argument("--out", type=Path, default=Path("results/bench_gradient_documents"))
+    add_threads(ap)
+    add_out(ap, "runs/bench_gradient_documents/bench_gradient_documents")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     setting = Setting.of(plan_job(load_job(args.config)))
     rows = [r for arm in ARMS for r in descend(arm, setting, args.steps, args.report)]
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    write_json(args.out.with_suffix(".json"), {"command": command, "rows": rows})
+    command = command_line()
     lines = ["# Gradient steps on the search documents, on other windows, or on half of them", "",
              f"Command: `{command}`", "",
              "| arm | cost (fixed steps) | steps | search ppl | held-out ppl |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['arm']} | {r['cost']:g} | {r['step']} | {r['search_ppl']:.3f} "
               f"| {r['heldout_ppl']:.3f} |" for r in rows]
-    atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text("\n".join(lines) + "\n"))
+    write_report(args.out, "\n".join(lines) + "\n", {"rows": rows}, command)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ resumable job in ``--runs-dir``; the held-out comparison by length (``comparison
 searched factors as the job's engine applies them, the unmodified model, YaRN at the job's
 ratio) is read from each finished job. Writes ``<out>.md`` and ``<out>.json``.
 
-    python bench/bench_lengths.py --seeds 0,1,2 --runs-dir runs/bench_lengths \\
-        --out results/bench_lengths
+    python bench/bench_lengths.py --seeds 0,1,2     # → runs/bench_lengths/bench_lengths.md
     python bench/bench_lengths.py --config configs/qwen2-c-8x.yaml \\
         --search-from configs/embedded-8x.yaml ...   # the main job's search on another model
 """
@@ -17,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+from common import add_out, add_runs_dir, command_line, parser, write_report
 
-from longrope_search.io import atomic_write, write_json
-from longrope_search.search.driver import run_search
 from longrope_search.search.job import JobSpec, job_from_dict
 from longrope_search.search.jobdir import JobDir
+from longrope_search.search.run import run_search
 
 #: fitness name → (lengths as multiples of L, weights); None: the config's own (L' alone)
 FITNESSES: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
@@ -114,19 +111,18 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--config", type=Path, default=Path("configs/embedded-8x.yaml"))
     ap.add_argument("--search-from", type=Path, default=None,
                     help="take the strategy, its options, the budget and early stopping from "
                          "this config (e.g. the main job's, on another model's --config)")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--runs-dir", type=Path, default=Path("runs/bench_lengths"))
-    ap.add_argument("--out", type=Path, default=Path("results/bench_lengths"))
+    add_runs_dir(ap, "runs/bench_lengths")
+    add_out(ap, "runs/bench_lengths/bench_lengths")
     ap.add_argument("--keep", type=Path, default=None,
                     help="copy each finished run here, without its ledger (for results/)")
     args = ap.parse_args()
-    args.command_line = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    args.command_line = command_line()
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: whole sets first
         for fitness in FITNESSES:
@@ -148,9 +144,8 @@ def main() -> int:
 
 
 def write(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    write_json(args.out.with_suffix(".json"), {"command": args.command_line, "runs": runs})
     text = report(runs, args)
-    atomic_write(args.out.with_suffix(".md"), lambda tmp: tmp.write_text(text))
+    write_report(args.out, text, {"runs": runs}, args.command_line)
     return text
 
 

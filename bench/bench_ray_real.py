@@ -6,12 +6,11 @@ coordinator and measurements as ``bench_ray_scaling.py``; the workers are the re
 runs must find the same best candidate: the generation's pruning thresholds are fixed before it
 starts, so the order in which workers finish does not change any result.
 
-    python bench/bench_ray_real.py     # → results/bench_ray_real.md, .json
+    python bench/bench_ray_real.py     # → runs/bench_ray_real/bench_ray_real.md, .json
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -22,8 +21,8 @@ from typing import Any
 import ray
 import yaml
 from bench_ray_scaling import TimedPool, measure_search, warm_up
+from common import add_out, command_line, parser, write_report
 
-from longrope_search.io import atomic_write, write_json
 from longrope_search.search.job import JobSpec, job_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,11 +54,11 @@ def run(config: Path, workers: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--config", type=Path, default=Path("configs/embedded-8x.yaml"))
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    add_out(ap, "runs/bench_ray_real", folder=True)
     args = ap.parse_args()
+    command = command_line()
     imports = warm_up(job(args.config, 1))
     # OMP_NUM_THREADS=1: one torch thread per worker, so two workers do not fight over 2 cores
     ray.init(num_cpus=os.cpu_count(), num_gpus=0, include_dashboard=False, log_to_driver=False,
@@ -70,7 +69,7 @@ def main() -> None:
                and r["best_n_hat"] == rows[0]["best_n_hat"] for r in rows)
     lines = [
         "# Search on Ray with the real scorer (embedded model, CPU)", "",
-        f"Command: `python {' '.join(sys.argv)}`", "",
+        f"Command: `{command}`", "",
         f"Job: `{args.config}`"
         f" with P {BUDGET['population']}, N1 {BUDGET['mutations']}, N2 {BUDGET['crossovers']}, "
         f"k {BUDGET['top_k']}, {BUDGET['generations']} generations, bfloat16 on CPU. Real "
@@ -98,11 +97,9 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    atomic_write(args.out / "bench_ray_real.md", lambda p: p.write_text(text))
-    write_json(args.out / "bench_ray_real.json", {"command": " ".join(sys.argv),
-                                                  "cpu_cores": os.cpu_count(),
-                                                  "same_best": same, "speedup": speedup,
-                                                  "rows": rows})
+    write_report(args.out / "bench_ray_real", text, {"cpu_cores": os.cpu_count(),
+                                                     "same_best": same, "speedup": speedup,
+                                                     "rows": rows}, command)
     if not same:
         sys.exit("the best candidate differs between 1 and 2 workers")
 

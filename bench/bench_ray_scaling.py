@@ -27,7 +27,7 @@ Reported apart, because they are per job or per process, not per candidate: the 
 of a best candidate with n̂ > 0, the held-out comparison, best.json), and the process's one-time
 library imports, paid before the clock starts.
 
-    python bench/bench_ray_scaling.py --workers 64     # → results/bench_ray_scaling_64w.md
+    python bench/bench_ray_scaling.py --workers 64     # → runs/bench_ray_scaling/*_64w.md
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -45,15 +44,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import ray
+from common import add_out, command_line, parser, write_report
 
 from longrope_search.distributed import RayEvaluator
-from longrope_search.io import atomic_write, write_json
-from longrope_search.search.driver import SearchResult, run_search
 from longrope_search.search.evaluator import Finished
 from longrope_search.search.job import JobSpec, job_from_dict
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.outcome import best_record
 from longrope_search.search.plan import check_documents, plan_job
+from longrope_search.search.run import SearchResult, run_search
 from longrope_search.search.tables import write_generation
 from longrope_search.search.trial import OK, PRUNED, Evaluation
 
@@ -342,8 +341,7 @@ def settings(text: str) -> list[tuple[int, int]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--workers", type=int, default=64)
     ap.add_argument("--strategy", default="evolution,steady",
                     help="comma-separated strategies, each run at every setting")
@@ -353,9 +351,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="median evaluation time")
     ap.add_argument("--spread", type=float, default=0.25, help="lognormal sigma")
     ap.add_argument("--prune-fraction", type=float, default=0.1)
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    add_out(ap, "runs/bench_ray_scaling", folder=True)
     args = ap.parse_args()
-    command = f"python {' '.join(sys.argv)}"
+    command = command_line()
     load = os.getloadavg()
     w = args.workers
     strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
@@ -366,12 +364,12 @@ def main() -> None:
     text = markdown(rows, args, imports, command, load)
     print(text)
     name = f"bench_ray_scaling_{w}w"
-    atomic_write(args.out / f"{name}.md", lambda p: p.write_text(text))
-    write_json(args.out / f"{name}.json", {
-        "command": command, "cpu_cores": os.cpu_count(), "load_average_at_start": list(load),
+    write_report(args.out / name, text, {
+        "cpu_cores": os.cpu_count(), "load_average_at_start": list(load),
         "targets": {"steady_utilisation_min": TARGET_UTILISATION,
                     "coordinator_ms_per_candidate_max": TARGET_OVERHEAD_MS},
-        "verdicts": verdicts(rows, w), "one_time_imports_seconds": imports, "rows": rows})
+        "verdicts": verdicts(rows, w), "one_time_imports_seconds": imports, "rows": rows},
+        command)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Part B — peak memory against sequence length for a random-initialised Llama wi
 Peak memory is the process's resident high-water mark above its level before each run (Linux:
 the mark is reset through /proc/self/clear_refs), or CUDA's max_memory_allocated on a GPU.
 
-    python bench/bench_scorer.py            # writes results/bench_scorer.{md,json}
+    python bench/bench_scorer.py            # writes runs/bench_scorer/bench_scorer.{md,json}
 """
 
 from __future__ import annotations
@@ -21,19 +21,18 @@ import gc
 import math
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import add_out, command_line, parser, write_report
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from longrope_search.defaults import EMBEDDED_HELDOUT_DOCS, EMBEDDED_MODEL
 from longrope_search.evaluation.documents import load_documents
 from longrope_search.evaluation.perplexity import PerplexityScorer
-from longrope_search.io import atomic_write, write_json
 from longrope_search.model import apply_candidates, load_model
 from longrope_search.rope import RopeGeometry, seed_candidate
 
@@ -151,7 +150,7 @@ def part_b(args: argparse.Namespace) -> dict:
 def report(a: dict, b: dict, args: argparse.Namespace, device: str) -> str:
     lines = [
         "# Scorer benchmark", "",
-        f"Command: `python bench/bench_scorer.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"Command: `{command_line()}`",
         f"Machine: {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"Python {platform.python_version()}.", "",
         f"## A. Embedded model at 8·L = {a['length']} tokens, {a['documents']} documents, "
@@ -176,15 +175,14 @@ def report(a: dict, b: dict, args: argparse.Namespace, device: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--dtype", default="auto", help="scorer dtype (baseline is always float32)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--docs", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384])
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    add_out(ap, "runs/bench_scorer", folder=True)
     args = ap.parse_args()
     a = part_a(args)
     b = part_b(args)
@@ -192,9 +190,8 @@ def main() -> None:
     text = report(a, b, args, device)
     print(text)
     name = "bench_scorer" if not torch.cuda.is_available() else "bench_scorer_gpu"
-    atomic_write(args.out / f"{name}.md", lambda p: p.write_text(text))
-    write_json(args.out / f"{name}.json", {"command": " ".join(sys.argv), "device": device,
-                                          "part_a": a, "part_b": b})
+    write_report(args.out / name, text, {"device": device, "part_a": a, "part_b": b},
+                 command_line())
 
 
 if __name__ == "__main__":

@@ -5,28 +5,23 @@ the unmodified model; the long job's ``hf --config`` export with short_factor = 
 recovery); the same export carrying the recovery job's short factors. The recovery is meant to
 bring L/2 and L back to the unmodified model while L' keeps the long search's perplexity.
 
-    python bench/bench_short.py results/embedded-8x --out results/short_recovery
+    python bench/bench_short.py results/embedded-8x     # → runs/bench_short/short_recovery.md
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import shlex
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from common import add_out, command_line, finished_job, heldout_documents, parser, write_report
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from longrope_search.evaluation.documents import load_documents
 from longrope_search.export import export_job
-from longrope_search.io import atomic_write, write_json
-from longrope_search.search.job import load_job
-from longrope_search.search.jobdir import JobDir
 
 MODEL_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
@@ -49,14 +44,12 @@ def folder_with(config: dict, model_path: Path, root: Path, name: str) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("job", type=Path, help="the long job (its recovery job beside it)")
-    ap.add_argument("--out", type=Path, default=Path("results/short_recovery"))
+    add_out(ap, "runs/bench_short/short_recovery")
     args = ap.parse_args()
     torch.manual_seed(0)
-    job = JobDir(args.job)
-    best, spec = job.finished_best(), load_job(job.spec)
+    job, spec, best = finished_job(args.job)
     L, target = best["original_length"], best["target_length"]
     with_recovery = export_job(job.path, "hf", with_config=True)
     if "short_factor_from" not in with_recovery["longrope_search"]:
@@ -64,8 +57,7 @@ def main() -> None:
     without = json.loads(json.dumps(with_recovery))
     without["rope_parameters"]["short_factor"] = [1.0] * len(best["lambdas"])
     tok = AutoTokenizer.from_pretrained(spec.model_path)
-    docs = load_documents(spec.heldout_path, tok, min_tokens=target, k=12, max_tokens=target,
-                          seed=spec.documents_seed)
+    docs = heldout_documents(spec, tok, target)
     lengths = [L // 2, L, target]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +71,7 @@ def main() -> None:
             rows[name] = {n: ppl(model, docs, n) for n in lengths}
     base = rows["unmodified"]
     lines = [f"# Short-context recovery in plain transformers ({job.name})", "",
-             f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`", "",
+             f"Command: `{command_line()}`", "",
              f"Held-out perplexity, {len(docs)} documents cut into windows of each length, "
              "`from_pretrained` on the exported config.json (transformers applies its one "
              f"attention_factor, {best['attention_factor']:.4f}, at every length). Recovery job: "
@@ -91,10 +83,8 @@ def main() -> None:
         cells = [f"{r[n]:.3f}" + ("" if name == "unmodified" or n == target
                                   else f" ({100 * (r[n] / base[n] - 1):+.2f}%)") for n in lengths]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    atomic_write(args.out.with_suffix(".md"),
-                 lambda p: p.write_text("\n".join(lines) + "\n"))
-    write_json(args.out.with_suffix(".json"), {"lengths": lengths, "ppl": rows,
-                                               "command": sys.argv})
+    write_report(args.out, "\n".join(lines) + "\n", {"lengths": lengths, "ppl": rows},
+                 command_line())
     print("\n".join(lines))
 
 

@@ -12,14 +12,13 @@ full budget, the best-so-far candidate scored on the held-out documents (never u
 Writes ``<out>.md``, ``<out>.json`` and ``<out>.png`` (curves: mean over seeds, band min–max).
 
     python bench/bench_strategies.py --strategies evolution,steady --seeds 0,1,2
+                                       # → runs/bench_strategies/bench_strategies.{md,json,png}
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import shlex
 import sys
 import time
 import warnings
@@ -28,17 +27,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
+from common import (
+    add_out,
+    add_runs_dir,
+    add_threads,
+    command_line,
+    heldout_scorer,
+    job_model,
+    parser,
+    set_threads,
+    write_report,
+)
 
 from longrope_search.io import atomic_write, write_json
-from longrope_search.model import LoadedModel, load_model
+from longrope_search.model import LoadedModel
 from longrope_search.rope import seed_candidate
-from longrope_search.search.driver import run_search
-from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import JobSpec, job_from_dict
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import comparison_documents, plan_job
+from longrope_search.search.plan import plan_job
+from longrope_search.search.run import run_search
 
 CHECKPOINTS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)  # fractions of the full budget reported
 
@@ -113,7 +121,7 @@ def heldout(spec: JobSpec, loaded: LoadedModel, points: pd.DataFrame,
             for r in points.itertuples()
             if isinstance(r.candidate_id, str) and r.candidate_id not in cache}
     if todo:
-        scorer = scorer_for(plan, loaded, comparison_documents(spec))
+        scorer = heldout_scorer(plan, loaded)
         for res in scorer.score(list(todo.values())):
             cache[res.candidate.name] = res.ppl
     return [cache.get(c) if isinstance(c, str) else None for c in points.candidate_id]
@@ -121,7 +129,7 @@ def heldout(spec: JobSpec, loaded: LoadedModel, points: pd.DataFrame,
 
 def baselines(spec: JobSpec, loaded: LoadedModel) -> dict[str, float]:
     plan = plan_job(spec)
-    scorer = scorer_for(plan, loaded, comparison_documents(spec))
+    scorer = heldout_scorer(plan, loaded)
     cands = [seed_candidate(n, plan.geometry, plan.extension_ratio) for n in ("pi", "ntk", "yarn")]
     return {r.candidate.name: r.ppl for r in scorer.score(cands)}
 
@@ -205,15 +213,13 @@ def plot(runs: list[dict[str, Any]], base: dict[str, float], path: Path) -> None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--config", type=Path, default=Path("configs/embedded-8x.yaml"))
     ap.add_argument("--strategies", default="evolution,steady,tpe,cmaes,random")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--runs-dir", type=Path, default=Path("results/bench_strategies"),
-                    help="job folders (their ledgers are not committed; finished runs are)")
-    ap.add_argument("--out", type=Path, default=Path("results/bench_strategies"))
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    add_runs_dir(ap, "runs/bench_strategies")
+    add_out(ap, "runs/bench_strategies/bench_strategies")
+    add_threads(ap)
     ap.add_argument("--budget-fractions", default="1",
                     help="run with these fractions of the full budget (0 < f ≤ 1); one below 1 "
                          "makes jobs of their own, NAME-STRATEGY-bF-sSEED")
@@ -227,9 +233,8 @@ def main() -> None:
     fractions = [float(f) for f in args.budget_fractions.split(",")]
     if not all(0 < f <= 1 for f in fractions):
         ap.error(f"--budget-fractions is {args.budget_fractions}: give numbers in (0, 1]")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = shlex.join(["python", "bench/bench_strategies.py", *sys.argv[1:]])
+    set_threads(args.threads)
+    command = command_line()
     strategies = args.strategies.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     labelled = {st + ("" if f == 1 else f" ({f:g} budget)"):
@@ -238,8 +243,7 @@ def main() -> None:
     specs = [spec for group in labelled.values() for spec in group]
     label = {spec.name: lab for lab, group in labelled.items() for spec in group}
     full = full_budget(specs[0])
-    loaded = load_model(specs[0].model_path, dtype=specs[0].scoring.dtype,
-                        device=specs[0].scoring.device)
+    loaded = job_model(specs[0])
     cache_path = args.runs_dir / f"{args.config.stem}.heldout.json"  # ppl by candidate
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     runs = []
@@ -264,11 +268,9 @@ def main() -> None:
         sys.exit("no finished run to report")
     base = baselines(specs[0], loaded)
     summary = summarize(runs)
-    atomic_write(args.out.with_suffix(".md"), lambda p: p.write_text(
-        markdown(command, runs, summary, base, specs[0], full,
-                 args.notes.read_text() if args.notes else "")))
-    write_json(args.out.with_suffix(".json"), {"command": command, "baselines": base,
-                                               "runs": runs})
+    write_report(args.out, markdown(command, runs, summary, base, specs[0], full,
+                                    args.notes.read_text() if args.notes else ""),
+                 {"baselines": base, "runs": runs}, command)
     plot(runs, base, args.out.with_suffix(".png"))
     print(summary.to_string())
 

@@ -1,5 +1,5 @@
 """The device check: one command, prepared once, run when a GPU is lent (≤ 8 minutes on one
-H100/H200). It writes ``results/gpu/gpu_check_<gpu>.{md,json}`` (``--out`` elsewhere), both
+H100/H200). It writes ``runs/gpu/gpu_check_<gpu>.{md,json}`` (``--out`` elsewhere), both
 rewritten after every part, so a run killed half-way still leaves what it measured.
 
 1. **Scorer** — a Llama-2-7B-shaped Llama (hidden 4096, 32 layers, 32 heads, intermediate 11008,
@@ -26,7 +26,7 @@ Hopper; a gradient step within 4.5 forwards.
 at 64/128/256/512 tokens, the gradient step at 128, sdpa and eager, and the search on the
 embedded model (128 → 1024) with a budget of a handful of evaluations.
 
-    python bench/gpu_check.py                   # on the GPU box: results/gpu/gpu_check_<gpu>.*
+    python bench/gpu_check.py                   # on the GPU box: runs/gpu/gpu_check_<gpu>.*
     python bench/gpu_check.py --skip search flex_attention
     python bench/gpu_check.py --tiny --out /tmp/check
 """
@@ -651,7 +651,8 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings]:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="the same logic on a CPU, in seconds")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "gpu")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "gpu",
+                    help="folder of the check's .md and .json (default runs/gpu)")
     ap.add_argument("--skip", nargs="+", default=[], metavar="PART",
                     help=f"leave out parts ({', '.join(PARTS)}) or attention kernels "
                     f"({', '.join(GPU_ATTN + CPU_ATTN[1:])})")

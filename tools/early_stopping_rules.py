@@ -7,19 +7,22 @@ candidates it stops that belonged in the generation's new top-k. Only those chan
 rule that stops none of them leaves every generation's parents, and so the best candidate, as
 they were.
 
-    python bench/early_stopping_rules.py results/embedded-8x-no-early-stopping \\
-        results/embedded-8x-no-early-stopping-bf16
+    python tools/early_stopping_rules.py \\
+        results/bench_early_stopping/embedded-8x-no-early-stopping \\
+        results/bench_early_stopping/embedded-8x-no-early-stopping-bf16    # → runs/…_rules.md
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py
+from common import command_line, parser
 
 from longrope_search.io import atomic_write
 from longrope_search.search.early_stopping import PruneRule, floor_bound, sequential_test
@@ -114,15 +117,15 @@ def report(job_dir: Path, k: int) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("job_dirs", type=Path, nargs="+", metavar="job_dir")
     ap.add_argument("--top-k", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=Path("results/early_stopping_rules.md"))
+    ap.add_argument("--out", type=Path, default=Path("runs/early_stopping_rules.md"),
+                    help="the report (default runs/early_stopping_rules.md)")
     args = ap.parse_args()
     lines = [
         "# Early stopping: pruning rules replayed", "",
-        f"Command: `python bench/early_stopping_rules.py {' '.join(sys.argv[1:])}`", "",
+        f"Command: `{command_line()}`", "",
         "Each rule is replayed with the package's own code on a run without early stopping. A "
         "parent stopped is a child that would have entered its generation's new top-k. Stopping "
         "one changes every later generation, and so, in practice, the best candidate.", "",

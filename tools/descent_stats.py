@@ -14,42 +14,24 @@ search documents and compared with its best iterate x_b (exp(NLL − lowest NLL)
 of its last 3 and last 5 iterates, an exponential average (weights ½ per step back), and the
 extrapolations Π(x_b + α·(x_b − x_0)), α = ½ and 1, past its best along its whole move.
 
-    python bench/descent_stats.py results/bench_strategies/embedded-8x-memetic-b0.25-s* \
+    python tools/descent_stats.py results/bench_strategies/embedded-8x-memetic-b0.25-s* \
         results/bench_strategies/embedded-8x-memetic-s? --paths
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import yaml
 
-from longrope_search.evaluation.perplexity import PerplexityScorer
-from longrope_search.model import LoadedModel, load_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py
+from common import add_threads, descents, job_scorer, parser, set_threads
+
 from longrope_search.rope import Candidate
-from longrope_search.search.fitness import scorer_for
-from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import Plan, plan_job
 from longrope_search.search.strategies.gradient import isotonic
-
-
-def descents(tables: pd.DataFrame) -> list[pd.DataFrame]:
-    """Each descent's steps in order, from a job's tables."""
-    steps = tables[tables.operator == "gradient"].set_index("candidate_id")
-    after = {row.parents[0]: key for key, row in steps.iterrows()}
-    out = []
-    for key in [k for k, row in steps.iterrows() if row.parents[0] not in steps.index]:
-        path = [key]
-        while path[-1] in after:
-            path.append(after[path[-1]])
-        out.append(steps.loc[path])
-    return out
 
 
 def describe(path: pd.DataFrame, tables: pd.DataFrame) -> dict[str, float]:
@@ -75,19 +57,6 @@ def iterate_points(path: pd.DataFrame) -> dict[str, np.ndarray]:
     return {name: np.exp(v) for name, v in points.items()}
 
 
-@functools.cache
-def _model(path: Path, dtype: str, device: str) -> LoadedModel:
-    return load_model(path, dtype=dtype, device=device)
-
-
-def job_scorer(job: Path) -> tuple[Plan, LoadedModel, PerplexityScorer]:
-    """A finished job's plan, its model (loaded once per model) and its search scorer."""
-    spec = job_from_dict(yaml.safe_load(JobDir(job).spec.read_text()))
-    plan = plan_job(spec)
-    loaded = _model(spec.model_path, spec.scoring.dtype, spec.scoring.device)
-    return plan, loaded, scorer_for(plan, loaded)
-
-
 def rescore(jobs: list[Path]) -> pd.DataFrame:
     """Each descent's iterate points against its best iterate, scored on its job's documents."""
     rows = []
@@ -106,15 +75,14 @@ def rescore(jobs: list[Path]) -> pd.DataFrame:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, first_paragraph=True)
     ap.add_argument("jobs", nargs="+", type=Path, help="job folders")
     ap.add_argument("--paths", action="store_true", help="also each descent's search ppl")
     ap.add_argument("--rescore", action="store_true",
                     help="also score averages and extrapolations of each descent's iterates")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    add_threads(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     rows = []
     for job in args.jobs:
         tables = pd.read_parquet(JobDir(job).generations)

@@ -6,19 +6,21 @@ own PI and YaRN (``--rope-scaling linear|yarn --rope-scale s --yarn-orig-ctx L``
 two engines share the documents and the scaling formulas, so any gap is arithmetic and, for a
 quantized GGUF, llama.cpp's quantized matmuls against transformers' dequantized weights.
 
-    python bench/engines_agree.py results/smollm2-135m/eval/eval.json \\
-        --out results/smollm2-135m/engines_agree.md
+    python tools/engines_agree.py results/smollm2-135m/eval/eval.json \\
+        --out runs/smollm2-135m/engines_agree.md
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py
+from common import command_line, parser, write_report
+
 from longrope_search.evaluation.documents import load_documents
-from longrope_search.io import atomic_write, write_json
 from longrope_search.llamacpp.perplexity import llamacpp_ppl
 from longrope_search.model.source import ModelSource
 
@@ -26,8 +28,7 @@ ENGINE_METHODS = ("none", "pi", "yarn")  # what llama.cpp scales by itself
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("eval_json", type=Path)
     ap.add_argument("--out", type=Path, required=True, help="a .md table (and .json beside it)")
     ap.add_argument("--threads", type=int, default=None)
@@ -56,11 +57,11 @@ def main() -> None:
                          "gap_pct": 100 * (ppl / ours[method, length] - 1),
                          "seconds": round(time.time() - t0, 1)})
             print(rows[-1], flush=True)
-    write_json(args.out.with_suffix(".json"), {"eval": str(args.eval_json), "rows": rows})
     lines = ["| method | length | llama.cpp | transformers (eval) | gap |", "|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['length']} | {r['llama.cpp']:.3f} | {r['transformers']:.3f} "
               f"| {r['gap_pct']:+.2f}% |" for r in rows]
-    atomic_write(args.out, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    write_report(args.out, "\n".join(lines) + "\n", {"eval": str(args.eval_json), "rows": rows},
+                 command_line())
     print("\n".join(lines))
 
 
