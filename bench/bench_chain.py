@@ -37,7 +37,7 @@ def specs(config: Path, fraction: float, strategy: str, runs: Path) -> dict:
     data = yaml.safe_load(config.read_text())
     base = job_from_dict(data)
     plan = plan_job(base)
-    tokens = int(fraction * base.evolution.budget * base.k_documents * plan.target_length)
+    tokens = int(fraction * base.search.budget * base.k_documents * plan.target_length)
     common = {**data, "strategy": strategy, "results_dir": str(runs)}
     s = plan.extension_ratio
     direct = job_from_dict({**common, "name": f"direct-{strategy}",

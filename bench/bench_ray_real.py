@@ -34,7 +34,7 @@ def job(config: Path, workers: int) -> JobSpec:
     data.pop("budget", None)  # Algorithm 1 with the small budget below, whatever the config runs
     data.update(name=f"{data['name']}-ray-{workers}w", strategy="evolution",
                 results_dir=tempfile.mkdtemp(prefix="real-"),
-                evolution={**data.get("evolution", {}), **BUDGET},
+                search={**data.get("search", {}), **BUDGET},
                 scoring={**data.get("scoring", {}), "dtype": "bfloat16", "device": "cpu"})
     return job_from_dict(data)
 

@@ -51,7 +51,7 @@ from longrope_search.search.evaluator import Finished
 from longrope_search.search.job import JobSpec, job_from_dict
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.outcome import best_record
-from longrope_search.search.plan import check_documents, plan_job
+from longrope_search.search.plan import plan_job
 from longrope_search.search.run import SearchResult, run_search
 from longrope_search.search.tables import write_generation
 from longrope_search.search.trial import OK, PRUNED, Evaluation
@@ -133,8 +133,7 @@ def warm_up(spec: JobSpec) -> float:
     model's geometry and the document check, pandas through pyarrow's Parquet writer, the best
     record's) and return how long they took."""
     t0 = time.perf_counter()
-    plan = plan_job(spec)
-    check_documents(plan)
+    plan = plan_job(spec)  # the document check included
     write_generation(JobDir(Path(tempfile.mkdtemp(prefix="warm-")) / "warm-up"), 0, [], {},
                      plan.space, 1.0)
     genome = plan.seeds[0][1]
@@ -207,7 +206,7 @@ def sized_job(name: str, strategy: str, children: int, generations: int) -> JobS
     return job_from_dict({
         "name": name, "strategy": strategy, "extension_ratio": 8, "k_documents": 2,
         "results_dir": tempfile.mkdtemp(prefix="sim-"),
-        "evolution": {"population": 2 * children, "mutations": children // 2,
+        "search": {"population": 2 * children, "mutations": children // 2,
                       "crossovers": children - children // 2, "top_k": children,
                       "generations": generations},
     })
@@ -221,7 +220,7 @@ def run(strategy: str, workers: int, children: int, generations: int,
     pool = TimedPool(spec, workers, gpus_per_worker=1, cpus_per_worker=0.01,
                      worker_cls=ray.remote(sim))
     pool.ready()
-    row = {"children_per_generation": children, "population": spec.evolution.population,
+    row = {"children_per_generation": children, "population": spec.search.population,
            "generations": generations, **measure_search(spec, pool)[1]}
     pool.shutdown()
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)

@@ -53,7 +53,7 @@ CHECKPOINTS = (0.125, 0.25, 0.375, 0.5, 0.75, 1.0)  # fractions of the full budg
 
 def full_budget(base: JobSpec) -> int:
     """Forward tokens of the config's Algorithm 1 budget in complete evaluations."""
-    return base.evolution.budget * base.k_documents * plan_job(base).target_length
+    return base.search.budget * base.k_documents * plan_job(base).target_length
 
 
 def job(config: Path, strategy: str, seed: int, runs_dir: Path, fraction: float = 1.0) -> JobSpec:
@@ -64,7 +64,7 @@ def job(config: Path, strategy: str, seed: int, runs_dir: Path, fraction: float 
     short = "" if fraction == 1 else f"-b{fraction:g}"
     return job_from_dict({**data, "name": f"{base.name}-{strategy}{short}-s{seed}",
                           "seed": seed, "strategy": strategy, "results_dir": str(runs_dir),
-                          "budget": {"evaluations": 10 * base.evolution.budget,
+                          "budget": {"evaluations": 10 * base.search.budget,
                                      "tokens": int(fraction * full_budget(base))}})
 
 
@@ -151,7 +151,7 @@ def markdown(command: str, runs: list[dict[str, Any]], summary: pd.DataFrame,
              base: dict[str, float], spec: JobSpec, full: int, notes: str = "") -> str:
     lines = ["# Search strategies at equal cost", "", f"Command: `{command}`", "",
              f"Full budget: {full / 1e6:.2f}M forward tokens (the cost of "
-             f"{spec.evolution.budget} complete evaluations); curves in the PNG beside this.",
+             f"{spec.search.budget} complete evaluations); curves in the PNG beside this.",
              "", *([notes.strip(), ""] if notes.strip() else []),
              "Held-out perplexity of the hand-made methods: "
              + ", ".join(f"{k} {v:.2f}" for k, v in base.items()) + ".", "",

@@ -113,9 +113,8 @@ def job_model(spec: JobSpec, dtype: str | None = None) -> LoadedModel:
 def heldout_scorer(plan: Plan, loaded: LoadedModel) -> Scorer:
     """The job's fitness on its held-out documents (its search documents if it names none)."""
     from longrope_search.search.fitness import scorer_for
-    from longrope_search.search.plan import comparison_documents
 
-    return scorer_for(plan, loaded, comparison_documents(plan.spec))
+    return scorer_for(plan, loaded, plan.heldout)
 
 
 def heldout_documents(spec: JobSpec, tokenizer: Any, length: int, k: int = 12

@@ -405,7 +405,7 @@ def search_settings(settings: Settings, folder: Path) -> dict[str, Any]:
             "model": model, "documents": "embedded", "heldout_documents": "embedded",
             "extension_ratio": 8, "k_documents": 2,
             "strategy_options": {"polish": 1, "steps": 2},
-            "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+            "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                           "generations": 2},
             "budget": {"evaluations": 8}}
         if model != "embedded":  # a real model in tiny mode: its own documents still needed
@@ -421,7 +421,7 @@ def search_settings(settings: Settings, folder: Path) -> dict[str, Any]:
                                    else {"target_length": 16384, "k_documents": 2})
         spec = {"model": model, "documents": str(search), "heldout_documents": str(heldout),
                 **lengths, "strategy_options": {"polish": 1, "steps": 4, "every": 2},
-                "evolution": {"population": 8, "mutations": 4, "crossovers": 4, "top_k": 4,
+                "search": {"population": 8, "mutations": 4, "crossovers": 4, "top_k": 4,
                               "generations": 4},
                 "budget": {"evaluations": 24}}
     if "attn_implementation" in ScoringSpec.model_fields:  # recorded in job.yaml where known

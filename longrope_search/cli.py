@@ -10,17 +10,21 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from longrope_search import __version__
 from longrope_search.defaults import EMBEDDED_HELDOUT_DOCS, EMBEDDED_MODEL, RESULTS_DIR
 from longrope_search.errors import ConfigError
+from longrope_search.evaluation.modes import TRUNCATE, WINDOW_MODES
 from longrope_search.rope import SEED_NAMES
 from longrope_search.service.client import ApiError
 
 if TYPE_CHECKING:
-    from longrope_search.search.evaluator import Evaluators
+    from contextlib import AbstractContextManager
+
+    from longrope_search.search.evaluator import Evaluator, Evaluators
     from longrope_search.search.job import JobSpec
+    from longrope_search.search.plan import Plan
 
 
 def _int_list(field: str, text: str) -> list[int]:
@@ -114,7 +118,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tokenizer = ModelSource.of(args.model).tokenizer(args.trust_remote_code)
     try:  # documents missing or too short: refused before the weights load
         docs = load_documents(documents_source, tokenizer, min_tokens=max(lengths), k=args.k,
-                              seed=args.seed, max_tokens=max(lengths) if args.mode == "truncate"
+                              seed=args.documents_seed,
+                              max_tokens=max(lengths) if args.mode == TRUNCATE
                               else args.max_tokens, text_field=args.text_field)
     except ConfigError as e:
         raise ConfigError("documents", e.problem, e.fix) from None
@@ -135,7 +140,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _write_outputs(out, "eval", rows, {
         "command": args.command_line,
         "model": str(args.model), "documents": str(documents_source), "k": args.k,
-        "seed": args.seed, "mode": args.mode, "stride": args.stride, "dtype": str(loaded.dtype),
+        "documents_seed": args.documents_seed, "mode": args.mode, "stride": args.stride,
+        "dtype": str(loaded.dtype),
         "fixed_ratio": args.fixed_ratio,
         "device": str(loaded.device), "original_length": L, "lengths": lengths,
         "seconds": round(time.time() - t0, 1), "versions": versions()})
@@ -249,38 +255,32 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _search(spec: JobSpec, args: argparse.Namespace) -> int:
-    from longrope_search.search.driver import summarize
-    from longrope_search.search.jobdir import JobDir
-    from longrope_search.search.outcome import comparison_semantics
-    from longrope_search.search.plan import window_note
-    from longrope_search.search.run import check_job, run_job
+    from longrope_search.search.run import run_job, summarize
 
     if args.workers is not None and args.workers < 1:  # before Ray starts
         raise ConfigError("workers", f"must be ≥ 1, got {args.workers}", "use --workers 1 or more")
-    if args.ray and args.gpus_per_worker:  # before Ray starts
+    if on_ray(args) and args.gpus_per_worker:  # before Ray starts
         from workers.scorer import check_placement  # imports Ray: only for a Ray run
 
         check_placement(spec.scoring.device, args.gpus_per_worker)
-    checked = check_job(spec)  # config, strategy and documents, before any weights load
-    plan = checked[0][1][0]  # every stage has the job's model
-    lengths = "" if spec.stages else \
-        f"L = {plan.original_length} → L' = {plan.target_length} tokens, "
-    print(f"job {spec.name}: {lengths}{_describe(spec)}", file=sys.stderr)
-    note = window_note(plan)
-    if note:
-        print(note, file=sys.stderr)
-    result = run_job(spec, evaluators=_ray_evaluators(args) if args.ray else None,
-                     progress=not args.no_progress, checked=checked)
+    def announce(plan: Plan) -> None:  # checked, before any weights load
+        lengths = "" if spec.stages else \
+            f"L = {plan.original_length} → L' = {plan.target_length} tokens, "
+        print(f"job {spec.name}: {lengths}{_describe(spec)}", file=sys.stderr)
+        for note in plan.notes:
+            print(note, file=sys.stderr)
+
+    result = run_job(spec, evaluators=_ray_evaluators(args) if on_ray(args) else None,
+                     progress=not args.no_progress, on_plan=announce)
     docs = result.comparison_documents
     if docs.is_absolute() and docs.is_relative_to(Path.cwd()):
         docs = docs.relative_to(Path.cwd())
     which = "held-out" if spec.heldout_path else "search"
     print(summarize(result))
-    print(f"\non {which} documents ({docs}); {comparison_semantics(spec)}:")
+    print(f"\non {which} documents ({docs}); {result.semantics}:")
     print(comparison_table(result.comparison))
-    job = JobDir.of(spec)
-    print(f"\nfactor tables: {job.generations}  (pandas.read_parquet)")
-    print(f"best factors: {job.best}")
+    print(f"\nfactor tables: {result.tables}  (pandas.read_parquet)")
+    print(f"best factors: {result.best_file}")
     return 0
 
 
@@ -314,67 +314,79 @@ def _describe(spec: JobSpec) -> str:
 
 
 def _ray_evaluators(args: argparse.Namespace) -> Evaluators:
-    """A Ray pool per job (per stage of a chain) that reports its workers when it is done;
-    refused here, before any weights load, when the cluster cannot hold it."""
-    import ray
-
+    """A Ray pool per job (per stage of a chain) that reports its workers when it is done.
+    Ray starts when the first pool opens, after the job's checks; a pool the cluster cannot
+    hold is refused then, before any weights load."""
     from longrope_search.distributed import RayEvaluator, connect, pool_size, ray_evaluators
-
-    connect(args.address)
-    workers, gpus, note = pool_size(args.workers, args.gpus_per_worker, ray.cluster_resources())
-    print(note, file=sys.stderr)
 
     def report(pool: RayEvaluator) -> None:
         for t in pool.throughput():
             print(f"worker {t['worker']}: {t['candidates']} candidates, "
                   f"{t['candidates_per_second']:.2f}/s busy", file=sys.stderr)
 
-    return ray_evaluators(workers, gpus_per_worker=gpus, on_done=report)
+    pools: list[Evaluators] = []
+
+    def evaluators(plan: Plan) -> AbstractContextManager[Evaluator]:
+        if not pools:
+            import ray
+
+            connect(args.address)
+            workers, gpus, note = pool_size(args.workers, args.gpus_per_worker,
+                                            ray.cluster_resources())
+            print(note, file=sys.stderr)
+            pools.append(ray_evaluators(workers, gpus_per_worker=gpus, on_done=report))
+        return pools[0](plan)
+
+    return evaluators
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
+    ray_options(p, per="")
+
+
+def ray_options(p: argparse.ArgumentParser, *, per: str) -> None:
+    """The Ray flags of ``run``, ``recover`` and ``serve`` (``per``: " per job" for a server)."""
     p.add_argument("--ray", action="store_true",
-                   help="score on a pool of Ray workers (local Ray unless --address/RAY_ADDRESS)")
-    p.add_argument("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001")
+                   help="score on a pool of Ray workers (a local Ray cluster unless --address); "
+                        "default: in this process, every listener on loopback")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join, e.g. ray://head:10001; implies --ray")
     p.add_argument("--workers", type=int, default=None,
-                   help="Ray scorer actors (model replicas; default one per GPU of the cluster)")
+                   help=f"Ray scorer actors{per} (model replicas; default one per GPU of the "
+                        "cluster)")
     p.add_argument("--gpus-per-worker", type=float, default=None,
                    help="GPUs per worker (default 1 when the cluster has GPUs, else 0)")
 
 
+def on_ray(args: argparse.Namespace) -> bool:
+    """Whether a search scores on Ray: ``--ray`` or ``--address`` (``serve`` also takes
+    ``$RAY_ADDRESS``)."""
+    return bool(args.ray or args.address)
+
+
+COMMANDS = """commands, by what they do:
+  search   run, recover                    search a job's factors (long, then short ones)
+  measure  eval, passkey                   perplexity or passkey retrieval by length
+  results  jobs, status, export            read job folders (or a server); export factors
+  service  serve, submit, cancel, resume   the HTTP API and dashboard, and its queue
+every command reads and writes runs/ unless told otherwise (--results-dir, --out)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longrope-search", description=__doc__)
+    from longrope_search.service.cli import add_result_commands, add_service_commands
+
+    parser = argparse.ArgumentParser(prog="longrope-search", description=__doc__,
+                                     epilog=COMMANDS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_search_commands, _measure_commands, add_result_commands, add_service_commands):
+        add(sub)
+    return parser
 
-    p = sub.add_parser("eval", help="perplexity by length for PI, NTK, YaRN and factor files")
-    _common(p)
-    p.add_argument("--documents", type=Path, default=None,
-                   help="folder of .txt, .jsonl, .parquet, or a saved tokenized Arrow dataset "
-                        "(default: the embedded model's held-out documents)")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--lengths", default=None, help="comma-separated (default L,2L,4L,8L)")
-    p.add_argument("--fixed-ratio", type=float, default=None, metavar="S",
-                   help="build the seeds once for s = S and apply them at every length (what "
-                        "a deployed config does); default: each length's own ratio")
-    p.add_argument("--methods", default="none,pi,ntk,yarn",
-                   help=f"comma-separated seeds from {', '.join(SEED_NAMES)}")
-    p.add_argument("--factors", type=Path, nargs="*", default=[],
-                   help="factor JSON files (longrope-search export or a longrope config)")
-    p.add_argument("--k", type=int, default=8, help="number of documents")
-    p.add_argument("--seed", type=int, default=0, help="which documents are picked")
-    p.add_argument("--mode", choices=["truncate", "sliding"], default="truncate")
-    p.add_argument("--stride", type=int, default=256, help="sliding-window stride")
-    p.add_argument("--max-tokens", type=int, default=None,
-                   help="sliding mode: keep at most this many tokens per document")
-    p.add_argument("--batch-size", default="auto",
-                   type=lambda v: v if v == "auto" else int(v),
-                   help="candidates per forward (auto: by free GPU memory, 1 on CPU)")
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"output folder (default {RESULTS_DIR}/eval/<model>)")
-    p.set_defaults(func=cmd_eval)
 
+def _search_commands(sub: Any) -> None:
     p = sub.add_parser("run", help="run or resume a search job from a YAML config")
     p.add_argument("config", type=Path)
     p.add_argument("--results-dir", type=Path, default=None,
@@ -390,6 +402,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budget in candidates (default: the long job's)")
     _search_options(p)
     p.set_defaults(func=cmd_recover)
+
+
+def _measure_commands(sub: Any) -> None:
+    p = sub.add_parser("eval", help="perplexity by length for PI, NTK, YaRN and factor files")
+    _common(p)
+    p.add_argument("--documents", type=Path, default=None,
+                   help="folder of .txt, .jsonl, .parquet, or a saved tokenized Arrow dataset "
+                        "(default: the embedded model's held-out documents)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--lengths", default=None, help="comma-separated (default L,2L,4L,8L)")
+    p.add_argument("--fixed-ratio", type=float, default=None, metavar="S",
+                   help="build the seeds once for s = S and apply them at every length (what "
+                        "a deployed config does); default: each length's own ratio")
+    p.add_argument("--methods", default="none,pi,ntk,yarn",
+                   help=f"comma-separated seeds from {', '.join(SEED_NAMES)}")
+    p.add_argument("--factors", type=Path, nargs="*", default=[],
+                   help="factor JSON files (longrope-search export or a longrope config)")
+    p.add_argument("--k", type=int, default=8, help="number of documents")
+    p.add_argument("--documents-seed", "--seed", dest="documents_seed", type=int, default=0,
+                   help="which documents are picked (a job's documents_seed; --seed is the old "
+                        "spelling)")
+    p.add_argument("--mode", choices=WINDOW_MODES, default=TRUNCATE)
+    p.add_argument("--stride", type=int, default=256, help="sliding-window stride")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="sliding mode: keep at most this many tokens per document")
+    p.add_argument("--batch-size", default="auto",
+                   type=lambda v: v if v == "auto" else int(v),
+                   help="candidates per forward (auto: by free GPU memory, 1 on CPU)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output folder (default {RESULTS_DIR}/eval/<model>)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("passkey", help="passkey retrieval accuracy by length, for the seeds "
                        "and factor files")
@@ -407,11 +450,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help=f"output folder (default {RESULTS_DIR}/passkey/<model>)")
     p.set_defaults(func=cmd_passkey)
-
-    from longrope_search.service.cli import add_commands
-
-    add_commands(sub)
-    return parser
 
 
 def file_error(e: OSError) -> str:

@@ -40,7 +40,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -52,6 +51,7 @@ from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
 from longrope_search.search.evaluator import Evaluators, Finished, Work
 from longrope_search.search.job import JobSpec
+from longrope_search.search.plan import Plan
 from longrope_search.search.trial import FAILED, Evaluation, Individual
 
 Item = Work
@@ -271,7 +271,7 @@ class RayEvaluator:
         for lane in self._lanes:
             lane.clear()
 
-    def compare(self, best: Candidate, documents: Path) -> list[dict[str, Any]]:
+    def compare(self, best: Candidate) -> list[dict[str, Any]]:
         """Held-out comparison on a ready worker; if it dies, on another one (or on the same
         one once Ray has restarted it)."""
         for _ in range(self.max_tries * len(self.workers)):
@@ -282,7 +282,7 @@ class RayEvaluator:
                 self._await_ping()
                 continue
             try:
-                return ray.get(self.workers[ready[0]].compare.remote(best, str(documents)))
+                return ray.get(self.workers[ready[0]].compare.remote(best))
             except RayActorError as err:
                 self._restart(ready[0], err)
         raise RuntimeError(f"no Ray worker could run the held-out comparison: {self.init_error}")
@@ -440,8 +440,8 @@ def ray_evaluators(workers: int, *, gpus_per_worker: float = 1.0,
     when the job ends; ``on_done`` sees it first when the job ended well."""
 
     @contextmanager
-    def evaluator(spec: JobSpec) -> Iterator[RayEvaluator]:
-        pool = RayEvaluator(spec, workers, gpus_per_worker=gpus_per_worker)
+    def evaluator(plan: Plan) -> Iterator[RayEvaluator]:
+        pool = RayEvaluator(plan.spec, workers, gpus_per_worker=gpus_per_worker)
         try:
             yield pool
             if on_done is not None:

@@ -105,7 +105,7 @@ class AtMost:
 
 
 def dotted(loc: Loc) -> str:
-    """``("seeds", 3)`` → ``seeds[3]``, ``("evolution", "top_k")`` → ``evolution.top_k``."""
+    """``("seeds", 3)`` → ``seeds[3]``, ``("search", "top_k")`` → ``search.top_k``."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)

@@ -32,7 +32,6 @@ from longrope_search.errors import ConfigError
 from longrope_search.evaluation.documents import load_documents
 from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.plan import comparison_documents
 
 
 def check_hf(args: argparse.Namespace) -> int:
@@ -46,7 +45,7 @@ def check_hf(args: argparse.Namespace) -> int:
     rows = {r["method"]: r for r in comparison.get("rows", [])}
     lengths = comparison.get("lengths") or [best["target_length"]]
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
-    docs = load_documents(comparison_documents(spec), tokenizer, min_tokens=max(lengths),
+    docs = load_documents(spec.comparison_path, tokenizer, min_tokens=max(lengths),
                           k=spec.k_documents, seed=spec.documents_seed, max_tokens=max(lengths))
 
     def ppl(model: torch.nn.Module, n: int) -> float:
@@ -60,7 +59,7 @@ def check_hf(args: argparse.Namespace) -> int:
     exported, original = load(args.exported_model), load(spec.model_path)
     longrope_search.apply_factors(original, args.factors)
     print(f"n_hat {best['n_hat']} (deploy: {best.get('deploy', 'transformers')}); "
-          f"{len(docs)} documents of {comparison_documents(spec)}")
+          f"{len(docs)} documents of {spec.comparison_path}")
     print(f"{'tokens':>8}{'from_pretrained':>17}{'comparison':>12}{'diff %':>9}"
           f"{'apply_factors':>15}")
     worst = 0.0

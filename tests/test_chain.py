@@ -27,7 +27,7 @@ from longrope_search.search.run import run_job
 STAGES = [{"extension_ratio": 2}, {"extension_ratio": 4}, {"extension_ratio": 8}]
 SMALL = {"k_documents": 2, "seed": 0, "scoring": {"dtype": "float32"}, "space": {"n_hat": [0, 4]},
          "deploy": "python",
-         "evolution": {"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
+         "search": {"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
                        "generations": 2}}
 NAMES = ["00-2x", "01-4x", "02-8x"]
 
@@ -70,7 +70,7 @@ def test_each_stage_starts_from_the_previous_best(reference) -> None:
         assert best["extension_ratio"] == 2 ** (i + 1)
         rows = tables[tables.stage.astype(int) == i]
         assert set(rows.seeded_from.dropna()) == ({NAMES[i - 1]} if i else set())
-        assert len(ledger_keys(stage)) == SMALL["evolution"]["population"] + 2 * 6
+        assert len(ledger_keys(stage)) == SMALL["search"]["population"] + 2 * 6
         if i == 0:
             continue
         before = read(reference / "stages" / NAMES[i - 1] / "best.json")
@@ -123,7 +123,7 @@ def test_a_chain_spec_is_checked_before_anything_is_written(tmp_path) -> None:
         run_job(bad)
     assert not (tmp_path / "c").exists()
     with pytest.raises(ConfigError, match="stage by stage"):
-        from longrope_search.search.driver import run_search
+        from longrope_search.search.run import run_search
 
         run_search(chain(tmp_path, name="d"))
 

@@ -305,7 +305,7 @@ def test_a_running_job_updates_live(server, page):
     manager, url, gate = server
     manager.submit({"name": "live", "extension_ratio": 4, "k_documents": 2,
                     "scoring": {"dtype": "float32", "device": "cpu"},
-                    "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+                    "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                                   "generations": 2}})
     page.goto(f"{url}/dashboard/?token={TOKEN}&job=live")
     page.wait_for_selector('#job[data-job="live"][data-state="running"]')  # held at the gate
@@ -391,7 +391,7 @@ def test_a_running_job_shows_its_evaluations_and_is_cancelled_and_resumed(server
     manager, url, gate = server
     manager.submit({"name": "slow", "extension_ratio": 8, "k_documents": 4,
                     "scoring": {"dtype": "float32", "device": "cpu"},
-                    "evolution": {"population": 24, "mutations": 2, "crossovers": 2,
+                    "search": {"population": 24, "mutations": 2, "crossovers": 2,
                                   "top_k": 8, "generations": 1}})
     page.goto(f"{url}/dashboard/?token={TOKEN}&job=slow")
     page.wait_for_selector('#job[data-job="slow"][data-state="running"]')

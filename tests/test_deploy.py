@@ -23,16 +23,16 @@ from longrope_search.deploy import (
 from longrope_search.errors import ConfigError
 from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.rope import Candidate
-from longrope_search.search.driver import run_search
 from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.outcome import NO_N_HAT, UNMODIFIED
 from longrope_search.search.plan import plan_job, prepare
+from longrope_search.search.run import run_search
 from longrope_search.search.trial import OK
 
 LAM = np.linspace(1.0, 8.0, 32)
 TINY = {"extension_ratio": 8, "k_documents": 2, "scoring": {"dtype": "float32", "device": "cpu"},
-        "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+        "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                       "generations": 1}}
 
 
@@ -165,7 +165,7 @@ def test_a_job_for_an_engine_without_n_hat_never_reports_one(tmp_path, embedded)
 
 
 def test_a_python_job_searches_n_hat_and_says_so(tmp_path, embedded, capsys):
-    from longrope_search.search.driver import summarize
+    from longrope_search.search.run import summarize
 
     result = run_search(job_from_dict(job(tmp_path, deploy="python", space={"n_hat": [8]})),
                         loaded=embedded, progress=False)

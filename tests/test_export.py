@@ -24,8 +24,8 @@ from longrope_search.evaluation.documents import load_documents
 from longrope_search.export import export_job
 from longrope_search.gguf_export import export_gguf
 from longrope_search.model.identity import model_fingerprint
-from longrope_search.search.driver import run_search
 from longrope_search.search.job import job_from_dict, load_job
+from longrope_search.search.run import run_search
 
 MODEL_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
@@ -34,7 +34,7 @@ def _search(root: Path, name: str, n_hat: list[int], loaded, **more) -> Path:
     spec = job_from_dict({
         "name": name, "extension_ratio": 4, "k_documents": 2, "results_dir": str(root),
         "scoring": {"dtype": "float32", "device": "cpu"}, "space": {"n_hat": n_hat},
-        "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+        "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                       "generations": 1}, **more})
     return run_search(spec, loaded=loaded, progress=False).job_dir
 
@@ -158,7 +158,7 @@ def test_longrope_record(jobs, embedded):
     assert rec["model"]["config_hash"] == model_fingerprint(embedded.model.config)
     assert rec["perplexity"]["search"]["512"] == pytest.approx(b["search_ppl"])
     assert set(rec["seed_ppl"]) == {"pi", "ntk", "yarn"}
-    assert rec["search"]["evolution"]["population"] == 4
+    assert rec["search"]["search"]["population"] == 4
     assert rec["documents"]["k"] == 2 and set(rec["versions"]) >= {"torch", "transformers"}
 
 

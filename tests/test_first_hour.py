@@ -21,7 +21,7 @@ from longrope_search.service.jobs import JobManager
 
 TINY = {"name": "h", "extension_ratio": 4, "k_documents": 2,
         "scoring": {"dtype": "float32", "device": "cpu"},
-        "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+        "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                       "generations": 1}}
 
 
@@ -54,7 +54,7 @@ def test_run_writes_to_runs_by_default_never_results(finished: Path) -> None:
 def test_a_name_clash_is_refused_before_the_weights_load(finished, monkeypatch, capsys) -> None:
     monkeypatch.chdir(finished)
     no_weights(monkeypatch)
-    changed = {**TINY, "evolution": {**TINY["evolution"], "generations": 2}}
+    changed = {**TINY, "search": {**TINY["search"], "generations": 2}}
     (finished / "y.yaml").write_text(yaml.safe_dump(changed))
     assert main(["run", "y.yaml", "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -240,7 +240,7 @@ def test_original_length_overridden_on_purpose_and_the_header_says_l(tmp_path, c
     assert (plan.original_length, plan.target_length) == (64, 256)
     assert plan.geometry.original_length == 64  # the seeds' ramps are built on it
     config = tmp_path / "x.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "evolution": {**TINY["evolution"],
+    config.write_text(yaml.safe_dump({**TINY, "search": {**TINY["search"],
                                                             "generations": 0}}))
     main(["run", str(config), "--results-dir", str(tmp_path / "r"), "--no-progress"])
     assert "job h: L = 128 → L' = 512 tokens, " in capsys.readouterr().err
@@ -271,7 +271,7 @@ def test_ctrl_c_during_run_says_how_to_resume_and_the_rerun_says_it_resumes(tmp_
     import time
 
     config = tmp_path / "x.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "evolution": {**TINY["evolution"],
+    config.write_text(yaml.safe_dump({**TINY, "search": {**TINY["search"],
                                                             "generations": 6},
                                       "budget": {"tokens": 10**6}}))
     command = [sys.executable, "-m", "longrope_search.cli", "run", str(config)]
@@ -303,7 +303,7 @@ def test_ctrl_c_during_run_says_how_to_resume_and_the_rerun_says_it_resumes(tmp_
 def test_the_end_line_says_which_budget_ended_the_job(tmp_path, capsys) -> None:
     """The last line names the budget that ended the search (and best.json keeps it): the
     candidate budget of `generations`, or a token budget that runs out first."""
-    memetic = {**TINY, "strategy": "memetic", "evolution": {**TINY["evolution"],
+    memetic = {**TINY, "strategy": "memetic", "search": {**TINY["search"],
                                                              "generations": 3},
                "strategy_options": {"steps": 2, "polish": 1, "every": 1}}
     config = tmp_path / "m.yaml"
@@ -344,11 +344,11 @@ def test_evaluations_reach_the_api_before_their_generation_ends(tmp_path) -> Non
     evaluations are its candidates, its best and a live generation in the API."""
     from fastapi.testclient import TestClient
 
-    from longrope_search.search.driver import run_search
     from longrope_search.search.job import job_from_dict
+    from longrope_search.search.run import run_search
     from longrope_search.service.app import create_app
 
-    spec = job_from_dict({**TINY, "evolution": {**TINY["evolution"], "population": 8,
+    spec = job_from_dict({**TINY, "search": {**TINY["search"], "population": 8,
                                                  "top_k": 4}, "results_dir": str(tmp_path)})
 
     def stop(progress: dict) -> None:

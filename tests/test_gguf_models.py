@@ -34,7 +34,7 @@ def tiny(root: Path, model: Path | str, **over) -> dict:
     return {"name": "g", "model": str(model), "extension_ratio": 4, "k_documents": 2,
             "results_dir": str(root), "scoring": {"dtype": "float32", "device": "cpu"},
             "space": {"n_hat": [0]},
-            "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+            "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                           "generations": 1}, **over}
 
 
@@ -161,7 +161,7 @@ def test_the_api_takes_package_models_and_refuses_files_outside(tmp_path):
         r = client.post("/api/jobs", json={**spec, "model": "package:longrope_search/../.."})
         assert r.status_code == 422 and r.json()["field"] == "model", r.text
         r = client.post("/api/jobs", json={**spec, "model": "package:longrope_search/data/"
-                                           "embedded", "evolution": {"generations": 0}})
+                                           "embedded", "search": {"generations": 0}})
         assert r.status_code == 201, r.text
         manager.cancel("x")
     finally:

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-import longrope_search.search.driver as driver_module
 import longrope_search.search.evaluator as evaluator_module
+import longrope_search.search.run as run_module
 from longrope_search.cli import main
 from longrope_search.search.ledger import FlockLock, Ledger, open_study
 from longrope_search.search.plan import plan_job
@@ -30,7 +30,7 @@ from longrope_search.service.runners import local_runner
 
 TINY = {"name": "h", "extension_ratio": 4, "k_documents": 2,
         "scoring": {"dtype": "float32", "device": "cpu"},
-        "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+        "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                       "generations": 1}}
 
 
@@ -87,7 +87,7 @@ def bad_specs(paths: dict[str, str]) -> list[tuple[dict, str]]:
         ({"scoring": {"batch_size": 0}}, "scoring.batch_size"),
         ({"scoring": {"mode": "sliding", "stride": 100_000}}, "scoring.stride"),
         ({"scoring": {"device": "tpu"}}, "scoring.device"),
-        ({"evolution": {"population": 10, "top_k": 16}}, "evolution.top_k"),
+        ({"search": {"population": 10, "top_k": 16}}, "search.top_k"),
         ({"space": {"lambda_min": 0}}, "space.lambda_min"),
         ({"deploy": "python", "space": {"n_hat": [0, 4096]}}, "space.n_hat"),
         ({"seed_files": [paths["missing"]]}, "seed_files[0]"),
@@ -225,7 +225,7 @@ def small_job(tmp_path: Path, stop_after: int | None = None):
 
     spec = job_from_dict({**TINY, "results_dir": str(tmp_path)})
     if stop_after is None:
-        return spec, driver_module.run_search(spec, progress=False)
+        return spec, run_module.run_search(spec, progress=False)
 
     class Stop(Exception):
         pass
@@ -235,7 +235,7 @@ def small_job(tmp_path: Path, stop_after: int | None = None):
             raise Stop
 
     with pytest.raises(Stop):
-        driver_module.run_search(spec, progress=False, on_progress=stop)
+        run_module.run_search(spec, progress=False, on_progress=stop)
     return spec, None
 
 
@@ -365,7 +365,7 @@ def test_a_served_job_listens_on_loopback_only(served) -> None:
     import psutil
 
     url, server = served
-    spec = {**TINY, "evolution": {**TINY["evolution"], "generations": 6}}
+    spec = {**TINY, "search": {**TINY["search"], "generations": 6}}
     assert httpx.post(f"{url}/api/jobs", json=spec, timeout=60).status_code == 201
     seen: set[str] = set()
     while (state := httpx.get(f"{url}/api/jobs/h", timeout=30).json()["state"]) in ("queued",
@@ -575,10 +575,10 @@ def test_late_and_vague_refusals_come_first_and_say_what(
     root = tmp_path / "r"
     shutil.copytree(finished_job, root)
     edited = tmp_path / "h.yaml"  # the same job, edited: what differs is named
-    edited.write_text(yaml.safe_dump({**TINY, "evolution": {**TINY["evolution"],
+    edited.write_text(yaml.safe_dump({**TINY, "search": {**TINY["search"],
                                                             "generations": 2}}))
     err = refused("run", str(edited), "--results-dir", str(root), "--no-progress")
-    assert "evolution.generations: 1 there, 2 here" in err
+    assert "search.generations: 1 there, 2 here" in err
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert f"{empty} is empty" in refused("run", str(empty))
@@ -616,11 +616,11 @@ def test_resume_after_job_yaml_was_edited_is_refused_at_once(finished_job: Path,
     try:
         client = TestClient(create_app(manager))
         spec = yaml.safe_load((root / "h" / "job.yaml").read_text())
-        spec["evolution"]["generations"] = 2
+        spec["search"]["generations"] = 2
         (root / "h" / "job.yaml").write_text(yaml.safe_dump(spec))
         r = client.post("/api/jobs/h/resume")
-        assert r.status_code == 409 and "evolution.generations: 1 there" not in r.text
-        assert "evolution.generations" in r.json()["detail"]
+        assert r.status_code == 409 and "search.generations: 1 there" not in r.text
+        assert "search.generations" in r.json()["detail"]
         assert client.get("/api/jobs/h").json()["state"] == "cancelled" and ran == []
     finally:
         manager.close()
@@ -635,7 +635,7 @@ def test_a_sigkilled_ray_run_leaves_no_ray_process(tmp_path: Path) -> None:
     from longrope_search.reaper import descendants, start_time
 
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "evolution": {**TINY["evolution"],
+    config.write_text(yaml.safe_dump({**TINY, "search": {**TINY["search"],
                                                             "generations": 20}}))
     proc = subprocess.Popen([sys.executable, "-m", "longrope_search.cli", "run", str(config),
                              "--ray", "--workers", "1", "--results-dir", str(tmp_path / "runs"),

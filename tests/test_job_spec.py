@@ -14,9 +14,7 @@ from httpx import Response
 from longrope_search.errors import ConfigError
 from longrope_search.search.job import (
     Dtype,
-    EarlyStoppingSpec,
     JobSpec,
-    Policy,
     job_from_dict,
     load_job,
 )
@@ -29,7 +27,7 @@ BASE = {"name": "bad", "extension_ratio": 8}
 
 # (changes to BASE, the field named, a fragment of the fix)
 BAD = [
-    ({"evolutoin": {}}, "evolutoin", "did you mean 'evolution'?"),
+    ({"serach": {}}, "serach", "did you mean 'search'?"),
     ({"scoring": {"batchsize": 4}}, "scoring.batchsize", "did you mean 'scoring.batch_size'?"),
     ({"k_documents": "five"}, "k_documents", "give an integer"),
     ({"seed": True}, "seed", "give an integer"),
@@ -69,10 +67,10 @@ BAD = [
     ({"space": {"n_hat": [0, -1]}}, "space.n_hat[1]", "≥ 0"),
     ({"space": {"n_hat": list(range(65))}}, "space.n_hat", "at most 64"),
     ({"space": {"critical_dim": -1}}, "space.critical_dim", "≥ 0"),
-    ({"evolution": {"population": 10, "top_k": 16}}, "evolution.top_k", "top_k ≤ population"),
-    ({"evolution": {"population": 1}}, "evolution.population", "≥ 2"),
-    ({"evolution": {"mutation_prob": 0}}, "evolution.mutation_prob", "> 0"),
-    ({"evolution": {"mutations": 0, "crossovers": 0}}, "evolution.mutations", "crossovers > 0"),
+    ({"search": {"population": 10, "top_k": 16}}, "search.top_k", "top_k ≤ population"),
+    ({"search": {"population": 1}}, "search.population", "≥ 2"),
+    ({"search": {"mutation_prob": 0}}, "search.mutation_prob", "> 0"),
+    ({"search": {"mutations": 0, "crossovers": 0}}, "search.mutations", "crossovers > 0"),
     ({"early_stopping": {"rule": "race"}}, "early_stopping.rule", "'sequential'"),
     ({"early_stopping": {"margin": -0.1}}, "early_stopping.margin", "≥ 0"),
     ({"early_stopping": {"z": 0}}, "early_stopping.z", "> 0"),
@@ -97,7 +95,7 @@ def test_bad_specs_name_the_field_and_the_fix(changes: dict, field: str, fix: st
 
 
 def test_problems_say_what_is_wrong() -> None:
-    assert cli_error({"evolution": {"population": 10, "top_k": 16}}).problem == \
+    assert cli_error({"search": {"population": 10, "top_k": 16}}).problem == \
         "top_k 16 is larger than population 10"
     assert cli_error({"seeds": ["pi"] * 3_500_000}).problem == \
         "has 3500000 items, more than 16"
@@ -155,7 +153,7 @@ def test_openapi_describes_the_spec_field_by_field(api) -> None:
     assert section("JobRequest", "scoring")["properties"]["batch_size"]["description"]
     assert section("JobRequest", "budget")["properties"]["tokens"]["description"]
     assert request["properties"]["seeds"]["maxItems"] == 16
-    for name in ("JobRequest", "ScoringSpec", "SpaceSpec", "EvolutionConfig",
+    for name in ("JobRequest", "ScoringSpec", "SpaceSpec", "SearchSettings",
                  "EarlyStoppingSpec", "BudgetSpec"):
         props = schemas[name]["properties"]
         undescribed = [k for k, p in props.items()
@@ -197,9 +195,9 @@ def test_load_job_names_a_directory(tmp_path: Path) -> None:
 
 
 def test_budget_and_results_dir() -> None:
-    spec = job_from_dict({**BASE, "evolution": {"population": 8, "mutations": 2,
+    spec = job_from_dict({**BASE, "search": {"population": 8, "mutations": 2,
                                                 "crossovers": 2, "top_k": 4, "generations": 3}})
-    assert spec.evaluation_budget == spec.evolution.budget == 8 + 3 * 4
+    assert spec.evaluation_budget == spec.search.budget == 8 + 3 * 4
     more = job_from_dict({**spec.to_dict(), "budget": {"evaluations": 100, "tokens": 10**9}})
     assert (more.evaluation_budget, more.budget.tokens) == (100, 10**9)
     moved = spec.with_results_dir(Path("/tmp/elsewhere"))
@@ -207,15 +205,46 @@ def test_budget_and_results_dir() -> None:
     assert isinstance(moved, JobSpec) and moved.to_dict()["seeds"] == ["pi", "ntk", "yarn"]
 
 
-def test_literals_match_what_the_code_accepts() -> None:
+def test_the_dtype_literal_matches_what_the_loader_accepts() -> None:
     from longrope_search.model.loading import DTYPES
-    from longrope_search.rope.attention import POLICIES
-    from longrope_search.search.early_stopping import RULES
 
     assert set(typing.get_args(Dtype)) == {"auto", *DTYPES}
-    assert typing.get_args(Policy) == POLICIES
-    rule = EarlyStoppingSpec.model_fields["rule"].annotation
-    assert typing.get_args(rule) == RULES
+
+
+def test_the_old_evolution_block_is_read_as_search_with_a_warning() -> None:
+    settings = {"population": 8, "mutations": 2, "crossovers": 2, "top_k": 4, "generations": 3}
+    with pytest.warns(FutureWarning, match="now called search:"):
+        old = job_from_dict({**BASE, "evolution": settings})
+    assert old == job_from_dict({**BASE, "search": settings})
+    assert "evolution" not in old.to_dict()  # written back in the new spelling
+    with pytest.raises(ConfigError, match="both are given") as err:
+        job_from_dict({**BASE, "evolution": settings, "search": settings})
+    assert err.value.field == "evolution"
+
+
+def test_the_api_lists_its_vocabulary_and_describes_every_answer(api) -> None:
+    from longrope_search.deploy import ExportFormat
+    from longrope_search.search.trial import SEED_PREFIX, Status
+    from longrope_search.service.states import State
+
+    _, client = api
+    words = client.get("/api/vocabulary").json()
+    assert words["statuses"] == {s.name: s.value for s in Status}
+    assert words["states"] == {s.name: s.value for s in State}
+    assert words["export_formats"] == {f.name: f.value for f in ExportFormat}
+    assert words["seed_prefix"] == SEED_PREFIX
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, operations in paths.items():
+        for verb, op in operations.items():
+            for code, answer in op["responses"].items():
+                content = answer.get("content")
+                assert content, (verb, path, code)  # a body, described
+                for media in content.values():
+                    assert media.get("schema"), (verb, path, code, media)
+    submit = paths["/api/jobs"]["post"]["responses"]
+    assert {"201", "401", "409", "413", "422"} <= set(submit)
+    assert submit["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ConfigErrorBody")
 
 
 def test_messages_name_a_stage_field_and_one_union_error() -> None:

@@ -40,7 +40,7 @@ def searched(tmp_path_factory) -> tuple[Path, Path]:
         "name": "cpp", "model": str(model), "extension_ratio": 8, "k_documents": 2,
         "results_dir": str(root / "results"), "space": {"n_hat": [0]},
         "scoring": {"dtype": "float32", "device": "cpu"},
-        "evolution": {"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
+        "search": {"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
                       "generations": 2}})
     run_job(spec, progress=False)
     return spec.job_dir, model

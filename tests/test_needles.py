@@ -76,7 +76,7 @@ def test_a_needle_job_records_losses_by_depth_and_retrieval(tmp_path, embedded) 
             "name": "needle", "extension_ratio": 4, "k_documents": 2, "seed": 0,
             "results_dir": str(tmp_path / folder), "space": {"n_hat": [0]},
             "scoring": {"mode": "needle", "needles": 3, "dtype": "float32"},
-            "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+            "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                           "generations": 1}})
 
     first = run_job(spec("a"), loaded=embedded, progress=False)
@@ -109,7 +109,7 @@ def test_too_many_needles_for_the_target_is_refused_up_front(tmp_path) -> None:
 NEEDLE_JOB = {"name": "needle", "extension_ratio": 4, "k_documents": 2, "seed": 0,
               "space": {"n_hat": [0]}, "scoring": {"mode": "needle", "needles": 2,
                                                    "dtype": "float32"},
-              "evolution": {"population": 4, "mutations": 1, "crossovers": 1, "top_k": 2,
+              "search": {"population": 4, "mutations": 1, "crossovers": 1, "top_k": 2,
                             "generations": 1}}
 
 

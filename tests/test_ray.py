@@ -20,7 +20,7 @@ import ray
 import yaml
 
 from longrope_search.distributed import RayEvaluator
-from longrope_search.search.driver import run_search
+from longrope_search.search.run import run_search
 from longrope_search.search.strategies import get_strategy
 from tests.test_search_run import Cancel, cancel_after, ledger_keys, spec
 
@@ -69,7 +69,7 @@ def test_killed_worker_loses_no_candidate(cluster, reference, tmp_path: Path) ->
     result = run_search(s, evaluator=pool, progress=False)
     assert killed.is_set()
     keys = ledger_keys(s.job_dir, "job")
-    assert len(keys) == len(set(keys)) == s.evolution.budget  # each candidate exactly once
+    assert len(keys) == len(set(keys)) == s.search.budget  # each candidate exactly once
     assert victim not in pool.pids()  # the worker was restarted as a new process
     same_best(result, reference)
     pool.shutdown()
@@ -311,7 +311,7 @@ def test_a_gguf_model_on_ray_workers(cluster, tmp_path: Path) -> None:
 
     model = str(convert_to_gguf(EMBEDDED_MODEL, tmp_path / "embedded.gguf"))
     small = {"model": model, "k_documents": 2, **FP32,
-             "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+             "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                            "generations": 1}}
     s = spec(tmp_path / "ray", name="job", **small)
     pool = RayEvaluator(s, 2, gpus_per_worker=1)
@@ -327,7 +327,7 @@ def test_a_gguf_model_on_ray_workers(cluster, tmp_path: Path) -> None:
 def test_the_multi_length_fitness_on_ray_matches_in_process(cluster, embedded, tmp_path) -> None:
     """scoring.lengths reaches the workers: the same evaluations and comparison by length."""
     over = {"scoring": {"dtype": "float32", "lengths": [256, 1024], "weights": [1, 3]},
-            "k_documents": 2, "evolution": {"population": 4, "mutations": 2, "crossovers": 2,
+            "k_documents": 2, "search": {"population": 4, "mutations": 2, "crossovers": 2,
                                             "top_k": 2, "generations": 1}}
     local = run_search(spec(tmp_path / "local", name="job", **over), loaded=embedded,
                        progress=False)

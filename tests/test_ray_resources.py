@@ -202,9 +202,12 @@ def config(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def no_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``run`` stops where it would load weights and start workers."""
+    """``run`` stops where it would load weights and start workers: a Ray pool is sized (or
+    refused) when the job opens its first one, after its checks."""
 
-    def run_job(*args: Any, **kwargs: Any) -> None:
+    def run_job(*args: Any, evaluators: Any = None, **kwargs: Any) -> None:
+        if evaluators is not None:
+            evaluators(None)  # sizes the pool; entering it would start the workers
         raise Stop
 
     monkeypatch.setattr("longrope_search.search.run.run_job", run_job)

@@ -19,9 +19,9 @@ from longrope_search.defaults import EMBEDDED_MODEL
 from longrope_search.errors import ConfigError
 from longrope_search.evaluation.documents import load_documents
 from longrope_search.export import export_job
-from longrope_search.search.driver import run_search
 from longrope_search.search.job import job_from_dict, load_job
 from longrope_search.search.recovery import recovery_spec
+from longrope_search.search.run import run_search
 
 MODEL_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
@@ -33,7 +33,7 @@ def long_job(tmp_path_factory, embedded) -> Path:
         "results_dir": str(tmp_path_factory.mktemp("jobs")),
         "scoring": {"dtype": "float32", "device": "cpu"}, "space": {"n_hat": [0, 4]},
             "deploy": "python",
-        "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+        "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                       "generations": 1}})
     return run_search(spec, loaded=embedded, progress=False).job_dir
 

@@ -17,14 +17,14 @@ import pytest
 import yaml
 
 from longrope_search.errors import ConfigError
-from longrope_search.search.driver import run_search
 from longrope_search.search.job import JobSpec, job_from_dict, load_job
 from longrope_search.search.jobdir import JobDir, claim
 from longrope_search.search.ledger import open_study
+from longrope_search.search.run import run_search
 
 SMALL = {
     "extension_ratio": 8, "k_documents": 3, "seed": 0,
-    "evolution": {"population": 10, "mutations": 4, "crossovers": 4, "top_k": 5,
+    "search": {"population": 10, "mutations": 4, "crossovers": 4, "top_k": 5,
                   "generations": 3},
 }
 
@@ -43,11 +43,11 @@ def test_run_writes_ledger_tables_and_best(tmp_path: Path, embedded) -> None:
     s = spec(tmp_path)
     result = run_search(s, loaded=embedded, progress=False)
     keys = ledger_keys(result.job_dir, s.name)
-    assert len(keys) == len(set(keys)) == result.evaluations == s.evolution.budget
+    assert len(keys) == len(set(keys)) == result.evaluations == s.search.budget
     gens = pd.read_parquet(result.job_dir / "generations")
     assert sorted(gens.generation.astype(int).unique()) == [0, 1, 2, 3]
     new = gens[gens.operator != "parent"]
-    assert len(new) == s.evolution.budget
+    assert len(new) == s.search.budget
     assert {"seed:pi", "seed:ntk", "seed:yarn", "mutation", "crossover"} <= set(new.operator)
     lam = np.stack(new.lambdas.to_numpy())
     assert lam.shape[1] == embedded.geometry.num_pairs
@@ -96,7 +96,7 @@ def test_each_strategy_reports_cancels_and_resumes_after_sigkill(tmp_path: Path,
     proc = subprocess.Popen([sys.executable, "-m", "longrope_search.cli", "run", str(config),
                              "--no-progress"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONHASHSEED": "0"})
-    target = s.evolution.population + 3  # inside generation 1
+    target = s.search.population + 3  # inside generation 1
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (s.job_dir / "ledger.journal").exists() and len(ledger_keys(s.job_dir, "job")) >= target:
@@ -151,8 +151,8 @@ def test_early_stopping_prunes_without_changing_the_best(tmp_path: Path, embedde
 
 def test_sequential_early_stopping_prunes_in_a_search(tmp_path: Path, embedded) -> None:
     es = {"rule": "sequential", "z": 1.0}
-    evolution = {**SMALL["evolution"], "generations": 4}
-    on = run_search(spec(tmp_path, early_stopping=es, evolution=evolution), loaded=embedded,
+    evolution = {**SMALL["search"], "generations": 4}
+    on = run_search(spec(tmp_path, early_stopping=es, search=evolution), loaded=embedded,
                     progress=False)
     assert on.pruned > 0
     gens = pd.read_parquet(on.job_dir / "generations")
@@ -187,11 +187,11 @@ def test_where_the_results_folder_is_spelled_is_not_part_of_the_job(
 def test_optuna_strategies_spend_the_same_budget(tmp_path: Path, embedded,
                                                  strategy: str) -> None:
     s = spec(tmp_path, strategy=strategy,
-             evolution={"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
+             search={"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
                         "generations": 1})
     result = run_search(s, loaded=embedded, progress=False)
     gens = pd.read_parquet(result.job_dir / "generations")
-    assert len(gens) == s.evolution.budget == 12
+    assert len(gens) == s.search.budget == 12
     assert set(gens.operator) == {strategy, "seed:pi", "seed:ntk", "seed:yarn"}
     lam = np.stack(gens.lambdas.to_numpy())
     assert np.all(np.diff(lam, axis=1) >= -1e-6)
@@ -201,15 +201,15 @@ def test_optuna_strategies_spend_the_same_budget(tmp_path: Path, embedded,
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"name": "x", "extension_ratio": 8, "evolutoin": {}}, "evolutoin: unknown key.*evolution"),
+        ({"name": "x", "extension_ratio": 8, "serach": {}}, "serach: unknown key.*search"),
         ({"name": "x", "extension_ratio": "eight"}, "extension_ratio: expected a number"),
         ({"name": "x", "extension_ratio": 8, "target_length": 1024}, "target_length: give exactly"),
         ({"name": "x"}, "target_length: give exactly one"),
         ({"name": "../etc", "extension_ratio": 8}, "name: '../etc' is not a valid name"),
         ({"name": "x", "extension_ratio": 8, "strategy": "sgd"}, "strategy: unknown"),
         ({"name": "x", "extension_ratio": 0.5}, "extension_ratio: must be > 1"),
-        ({"name": "x", "extension_ratio": 8, "evolution": {"top_k": 100}},
-         "evolution.top_k: top_k 100 is larger than population 64"),
+        ({"name": "x", "extension_ratio": 8, "search": {"top_k": 100}},
+         "search.top_k: top_k 100 is larger than population 64"),
         ({"extension_ratio": 8}, "name: required key missing"),
         ({"name": "x", "extension_ratio": 8, "early_stopping": {"rule": "race"}},
          "early_stopping.rule: unknown rule 'race'"),

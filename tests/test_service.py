@@ -28,7 +28,7 @@ def ledger_keys(job_dir: Path) -> list[str]:
 def tiny(name: str, **over) -> dict:
     spec = {"name": name, "extension_ratio": 4, "k_documents": 2,
             "scoring": {"dtype": "float32", "device": "cpu"},
-            "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+            "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                           "generations": 2}}
     return {**spec, **over}
 
@@ -107,7 +107,7 @@ def test_submit_runs_to_the_end(service):
     ({"name": "bad", "extension_ratio": 0.5}, "extension_ratio"),
     ({"name": "bad"}, "target_length"),
     ({"name": "bad", "extension_ratio": 4, "k_documents": 0}, "k_documents"),
-    ({"name": "bad", "extension_ratio": 4, "evolution": {"top_k": 500}}, "evolution.top_k"),
+    ({"name": "bad", "extension_ratio": 4, "search": {"top_k": 500}}, "search.top_k"),
     ({"name": "bad", "extension_ratio": 4, "scoring": {"mode": "nope"}}, "scoring.mode"),
     ({"name": "bad", "extension_ratio": 4, "bogus": 1}, "bogus"),
     ({"name": "bad", "extension_ratio": 4, "trust_remote_code": True}, "trust_remote_code"),
@@ -178,7 +178,7 @@ def test_cancel_then_resume_repeats_no_evaluation(service, strategy):
     manager, client = service
     options = {"steps": 2} if strategy == "memetic" else {}  # short polishes: a quick job
     spec = tiny("cr", strategy=strategy, strategy_options=options,
-                evolution={"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
+                search={"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3,
                            "generations": 3})
     assert client.post("/api/jobs", json=spec).status_code == 201
     job = manager.get("cr")
@@ -201,7 +201,7 @@ def test_cancel_then_resume_repeats_no_evaluation(service, strategy):
     tables = pd.read_parquet(job.dir / "generations")
     asked = tables[tables.operator != "parent"].candidate_id
     assert len(keys) == len(set(keys)) == asked.nunique()
-    assert len(keys) >= job.spec.evolution.budget - 2
+    assert len(keys) >= job.spec.search.budget - 2
 
 
 def test_restarted_server_resumes_interrupted_jobs(tmp_path):

@@ -31,14 +31,14 @@ def test_submit_follow_jobs_status_export(server, tmp_path, capsys):
     config.write_text(yaml.safe_dump({
         "name": "cli-job", "extension_ratio": 4, "k_documents": 2, "results_dir": "/elsewhere",
         "scoring": {"dtype": "float32", "device": "cpu"},
-        "evolution": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
+        "search": {"population": 4, "mutations": 2, "crossovers": 2, "top_k": 2,
                       "generations": 1}}))
     auth = ["--server", url, "--token", "t0k"]
     assert main(["submit", str(config), "--follow", *auth]) == 0
     out = capsys.readouterr().out
     assert "submitted cli-job" in out and "finished" in out
     assert main(["submit", str(config), "--name", "cli-job-2", *auth]) == 0  # same config again
-    assert manager.get("cli-job-2").spec.evolution == manager.get("cli-job").spec.evolution
+    assert manager.get("cli-job-2").spec.search == manager.get("cli-job").spec.search
     assert main(["submit", str(config), "--name", "../x", *auth]) == 2
     assert "name" in capsys.readouterr().err
     assert main(["jobs", *auth]) == 0
@@ -81,7 +81,7 @@ def test_cancel_and_resume(server, tmp_path, capsys):
     config.write_text(yaml.safe_dump({
         "name": "c", "extension_ratio": 4, "k_documents": 2,
         "scoring": {"dtype": "float32", "device": "cpu"},
-        "evolution": {"population": 8, "mutations": 4, "crossovers": 4, "top_k": 4,
+        "search": {"population": 8, "mutations": 4, "crossovers": 4, "top_k": 4,
                       "generations": 4}}))
     assert main(["submit", str(config), *auth]) == 0
     job = manager.get("c")
@@ -136,7 +136,7 @@ def test_every_strategy_resumes_after_the_server_is_sigkilled(tmp_path):
     evolution = {"population": 6, "mutations": 3, "crossovers": 3, "top_k": 3, "generations": 3}
     for strategy in strategies:
         spec = {"name": strategy, "strategy": strategy, "extension_ratio": 4, "k_documents": 2,
-                "scoring": {"dtype": "float32"}, "evolution": evolution}
+                "scoring": {"dtype": "float32"}, "search": evolution}
         assert httpx.post(f"{url}/api/jobs", json=spec, timeout=60).status_code == 201
     while len(scored("evolution")) < 8:
         time.sleep(0.05)

@@ -21,7 +21,7 @@ from longrope_search.search.driver import Driver, EndReason
 from longrope_search.search.early_stopping import minibatch_rounds, prune_rule
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.jobdir import JobDir
-from longrope_search.search.ledger import Ledger
+from longrope_search.search.outcome import best_of, finish
 from longrope_search.search.plan import make_strategy, plan_job
 from longrope_search.search.strategies import (
     STRATEGIES,
@@ -36,10 +36,10 @@ from longrope_search.search.trial import GRADIENT, MINIBATCH, OK, Evaluation, In
 
 BUILT_IN = ("evolution", "steady", "tpe", "cmaes", "random", "gradient", "memetic")
 SMALL = {"extension_ratio": 8, "k_documents": 2, "seed": 0,
-         "evolution": {"population": 10, "mutations": 4, "crossovers": 4, "top_k": 5,
+         "search": {"population": 10, "mutations": 4, "crossovers": 4, "top_k": 5,
                        "generations": 3}}
 
-LONG_PLAN = {**SMALL["evolution"], "generations": 40}  # the budget, not generation T, ends it
+LONG_PLAN = {**SMALL["search"], "generations": 40}  # the budget, not generation T, ends it
 
 
 class StandInEvaluator:
@@ -78,7 +78,7 @@ class StandInEvaluator:
     def cancel(self) -> None:
         self.queue.clear()
 
-    def compare(self, best, documents) -> list[dict]:
+    def compare(self, best) -> list[dict]:
         return [{"method": "best", "ppl": 1.0, "mean_nll": 0.0, "gain_vs_this_pct": 0.0}]
 
 
@@ -106,8 +106,7 @@ def make_driver(tmp_path: Path, strategy: str, *, stop_after: int | None = None,
     curve = (np.linspace(1.0, 9.0, plan.space.num_pairs) if target is None
              else np.full(plan.space.num_pairs, target))
     evaluator = StandInEvaluator(curve, capacity)
-    driver = Driver(plan, make_strategy(plan), evaluator,
-                    Ledger(job.ledger, spec.name, plan.space), job, progress)
+    driver = Driver(plan, make_strategy(plan), evaluator, job, progress)
     return driver, evaluator
 
 
@@ -200,7 +199,7 @@ def test_steady_state_breeds_whenever_asked(tmp_path: Path) -> None:
 
 def test_steady_state_refreshes_its_parents_at_algorithm_1s_cadence(tmp_path: Path) -> None:
     # refresh: N1 + N2 = 8 results; a plan long enough for every ask below
-    driver, _ = make_driver(tmp_path, "steady", evolution=LONG_PLAN)
+    driver, _ = make_driver(tmp_path, "steady", search=LONG_PLAN)
     strategy = driver.strategy
     initial = [strategy.ask() for _ in range(10)]
     for i, ind in enumerate(initial):
@@ -329,7 +328,7 @@ def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
         assert len(path) == 12 and path[-1] < 0.5 * path[0], (seed, path)
     sweep = t[t.operator == "gradient:n_hat"]
     assert sorted(sweep.n_hat) == sorted(driver.plan.space.n_hat_choices)
-    _, ev = driver.best()
+    _, ev = best_of(driver.history, driver.evals, driver.job_dir)
     assert ev.mean_nll == t[t.status == OK].mean_nll.min()  # a step or a grid candidate
 
 
@@ -339,11 +338,12 @@ def test_a_gradient_step_that_beats_the_grid_is_the_result(tmp_path: Path) -> No
                             strategy_options={"steps": 4, "lr": 0.001},
                             budget={"evaluations": 100})
     driver.run()
-    ind, ev = driver.best()
+    ind, ev = best_of(driver.history, driver.evals, driver.job_dir)
     t = tables(tmp_path)
     assert ind.task == GRADIENT and ind.lambdas is not None
     assert ev.mean_nll < t[(t.status == OK) & (t.task != GRADIENT)].mean_nll.min()
-    driver.finish()
+    finish(driver.plan, driver.evaluator, driver.job_dir, driver.history, driver.evals,
+           driver.ended())
     record = json.loads(JobDir(tmp_path / "job").best.read_text())
     assert record["lambdas"] == list(ind.lambdas)  # exact, off the grid
     assert not np.allclose(np.round(np.array(record["lambdas"]) / 0.01) * 0.01,
@@ -354,7 +354,7 @@ def test_a_gradient_step_that_beats_the_grid_is_the_result(tmp_path: Path) -> No
 def memetic_run(tmp_path: Path, evaluations: int, **options: float | bool) -> Driver:
     """A finished memetic run (lr 0.1) on the stand-in, ``evaluations`` its budget."""
     driver, _ = make_driver(tmp_path, "memetic", strategy_options={"lr": 0.1, **options},
-                            budget={"evaluations": evaluations}, evolution=LONG_PLAN)
+                            budget={"evaluations": evaluations}, search=LONG_PLAN)
     driver.run()
     return driver
 
@@ -462,7 +462,7 @@ def test_memetic_minibatch_steps_take_turns_cost_a_share_and_rank_nowhere(tmp_pa
         grid = np.round(np.asarray(path.lambdas.iloc[chosen]) / 0.01) * 0.01
         assert np.asarray(row.lambdas) == pytest.approx(grid, abs=0.011)
         assert row.status == "ok" and row.documents_scored == 2
-    best, ev = driver.best()
+    best, ev = best_of(driver.history, driver.evals, driver.job_dir)
     assert best.lambdas is None and ev.status == "ok"  # a grid candidate, scored in full
     assert driver.best_ppl == pytest.approx(t[t.status == "ok"].ppl.min())
 
@@ -486,7 +486,7 @@ def test_minibatch_rounds_set_early_stoppings_bar(tmp_path: Path) -> None:
                                                   for d in (0, 1))
     last = max(i.generation for i in driver.history)
     complete = [driver.evals[i.key] for i in driver.history if i.generation < last]
-    without = prune_rule(complete, driver.spec.evolution.top_k)
+    without = prune_rule(complete, driver.spec.search.top_k)
     assert driver._rule(last).threshold < without.threshold
 
 
@@ -526,7 +526,7 @@ def test_a_budget_beyond_the_plan_ends_with_generation_t(tmp_path: Path, strateg
     options = {"strategy_options": {"steps": 2, "polish": 1}} if strategy == "memetic" else {}
     driver, _ = make_driver(tmp_path, strategy, budget={"evaluations": 100_000}, **options)
     driver.run()
-    cfg = driver.spec.evolution
+    cfg = driver.spec.search
     assert driver.ended() is EndReason.STRATEGY
     assert max(i.generation for i in driver.history) <= cfg.generations
     if strategy != "memetic":  # memetic's polish adds its steps to the plan's candidates
@@ -538,6 +538,6 @@ def test_budgets_have_an_upper_bound() -> None:
                           ({"tokens": 10**30}, "budget.tokens")):
         with pytest.raises(ConfigError, match=rf"^{field}: must be ≤"):
             job_from_dict({"name": "j", "extension_ratio": 2, "budget": budget})
-    with pytest.raises(ConfigError, match=r"^evolution\.generations: P \+ T"):
+    with pytest.raises(ConfigError, match=r"^search\.generations: P \+ T"):
         job_from_dict({"name": "j", "extension_ratio": 2,
-                       "evolution": {"generations": 100_000, "mutations": 1000}})
+                       "search": {"generations": 100_000, "mutations": 1000}})

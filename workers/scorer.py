@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -72,9 +71,9 @@ class ScorerWorker:
         self.busy_seconds += time.perf_counter() - t0
         return ev
 
-    def compare(self, best: Candidate, documents: str) -> list[dict[str, Any]]:
-        """The best candidate against PI, NTK and YaRN on other documents (held-out)."""
-        return self.evaluator.compare(best, Path(documents))
+    def compare(self, best: Candidate) -> list[dict[str, Any]]:
+        """The best candidate against PI, NTK and YaRN on the job's held-out documents."""
+        return self.evaluator.compare(best)
 
     def throughput(self) -> dict[str, float]:
         """Candidates and documents scored, and candidates per busy second."""

@@ -31,7 +31,8 @@ from longrope_search.evaluation.perplexity import (
 from longrope_search.model.patch import apply_candidates
 from longrope_search.rope import Candidate
 
-CPU_STEP_FORWARDS = 3.0  # a step on a CPU, measured: 2.3–3.4 forwards (results/bench_gradient.md)
+# a step on a CPU, measured: 2.3–3.4 forwards (results/bench_gradient/bench_gradient.md)
+CPU_STEP_FORWARDS = 3.0
 FLASH_BACKWARD = 2.5  # attention's backward over its forward: 5 T×T matmuls (P recomputed) to 2
 
 

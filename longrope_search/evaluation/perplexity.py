@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from longrope_search.errors import ConfigError
+from longrope_search.evaluation.modes import SLIDING, TRUNCATE, WINDOW_MODES, WindowMode
 from longrope_search.model.patch import apply_candidates
 from longrope_search.rope import Candidate, RopeGeometry
 
-MODES = ("truncate", "sliding")
 IGNORE = -100
 LOGITS_BUDGET_BYTES = 256 * 2**20  # fp32 logits alive at once, per chunk
 
@@ -114,10 +114,10 @@ def auto_batch_size(model: nn.Module, seq_len: int, max_batch: int = 16) -> int:
 
 def batch_for(device: torch.device, seq_len: int, free_bytes: int, config: Any,
               element_size: int, max_batch: int = 16) -> int:
-    """1 on CPU, where batching does not pay (results/bench_scorer.md), and on a GPU at long
-    lengths, where one row of ``FILLS_A_GPU`` tokens already fills it and more rows only widen
-    what an out-of-memory error costs; else as many rows as fill ``FILLS_A_GPU`` tokens and
-    fit in free memory."""
+    """1 on CPU, where batching does not pay (results/bench_scorer/bench_scorer.md), and on a
+    GPU at long lengths, where one row of ``FILLS_A_GPU`` tokens already fills it and more rows
+    only widen what an out-of-memory error costs; else as many rows as fill ``FILLS_A_GPU``
+    tokens and fit in free memory."""
     if device.type != "cuda":
         return 1
     kv = 2 * getattr(config, "num_key_value_heads", config.num_attention_heads) * (
@@ -146,24 +146,25 @@ class PerplexityScorer:
     """
 
     def __init__(self, model: nn.Module, geometry: RopeGeometry,
-                 documents: Sequence[torch.Tensor], *, length: int, mode: str = "truncate",
+                 documents: Sequence[torch.Tensor], *, length: int, mode: WindowMode = TRUNCATE,
                  stride: int = 256, batch_size: int | str = "auto",
                  groups: Sequence[Sequence[torch.Tensor]] | None = None) -> None:
-        if mode not in MODES:
-            raise ConfigError("mode", f"unknown scoring mode {mode!r}", f"use one of {MODES}")
+        if mode not in WINDOW_MODES:
+            raise ConfigError("mode", f"unknown scoring mode {mode!r}",
+                              f"use one of {WINDOW_MODES}")
         if length < 2:
             raise ConfigError("length", f"must be ≥ 2 tokens, got {length}",
                               "set the target length L'")
         if not documents:
             raise ConfigError("documents", "no documents given", "give at least one document")
         lengths = [int(d.numel()) for d in documents]
-        if mode == "truncate" and min(lengths) < length:
+        if mode == TRUNCATE and min(lengths) < length:
             short = sum(n < length for n in lengths)
             raise ConfigError(
                 "documents", f"{short} of {len(lengths)} documents are shorter than the "
                 f"evaluation length {length} (shortest {min(lengths)} tokens)",
                 "load documents with min_tokens ≥ length, or use mode: sliding")
-        if mode == "sliding" and not 0 < stride <= length:
+        if mode == SLIDING and not 0 < stride <= length:
             raise ConfigError("stride", f"must be in (0, {length}], got {stride}",
                               "use a stride no longer than the window")
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
@@ -177,13 +178,13 @@ class PerplexityScorer:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         vocab = self.lm_head.weight.shape[0]
         self.chunk_tokens = max(1, LOGITS_BUDGET_BYTES // (4 * vocab))
-        if mode == "truncate":
+        if mode == TRUNCATE:
             documents = [d[:length] for d in documents]
         self.documents = [d.to(self.device, torch.long) for d in documents]
         self.batch_size = (auto_batch_size(model, length) if batch_size == "auto"
                            else int(batch_size))
         self.forward_tokens = [self._forward_tokens(d) for d in self.documents]
-        if groups is not None and (mode != "truncate" or len(groups) != len(documents)):
+        if groups is not None and (mode != TRUNCATE or len(groups) != len(documents)):
             raise ConfigError("groups", "label groups go with truncate mode, one list per "
                               "document", "score needles in truncate mode")
         self.groups = None if groups is None else [[g.to(self.device) for g in gs]
@@ -215,7 +216,7 @@ class PerplexityScorer:
     def spans(self, doc: torch.Tensor) -> list[tuple[int, int, int]]:
         """The windows ``(begin, end, scored)`` a document is scored in: the whole (truncated)
         document, or sliding windows scoring their last ``scored`` tokens."""
-        if self.mode == "truncate":
+        if self.mode == TRUNCATE:
             return [(0, doc.numel(), doc.numel())]
         return list(windows(doc.numel(), self.length, self.stride))
 

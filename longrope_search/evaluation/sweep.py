@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from longrope_search.evaluation.modes import TRUNCATE, WindowMode
 from longrope_search.evaluation.perplexity import PerplexityScorer
 from longrope_search.rope import Candidate, RopeGeometry, seed_candidate
 
@@ -16,7 +17,7 @@ DEFAULT_METHODS = ("none", "pi", "ntk", "yarn")
 def perplexity_by_length(
     model, geometry: RopeGeometry, documents: Sequence[torch.Tensor], lengths: Sequence[int], *,
     methods: Sequence[str] = DEFAULT_METHODS, candidates: Sequence[Candidate] = (),
-    mode: str = "truncate", stride: int = 256, batch_size: int | str = "auto",
+    mode: WindowMode = TRUNCATE, stride: int = 256, batch_size: int | str = "auto",
     progress: bool = True, fixed_ratio: float | None = None,
 ) -> list[dict]:
     """One row per (method, length).

@@ -79,12 +79,11 @@ def _by_length(job: JobDir, spec: Any, loaded: Any, factors: Any, gguf_out: str 
     the comparison's own figure), the difference in percent."""
     from longrope_search.evaluation.documents import load_documents
     from longrope_search.evaluation.sweep import perplexity_by_length
-    from longrope_search.search.plan import comparison_documents
 
     comparison = job.read_comparison() or {}
     lengths = comparison.get("lengths") or [target]
     best = {r["method"]: r for r in comparison.get("rows", [])}.get("best", {})
-    docs = load_documents(comparison_documents(spec), loaded.tokenizer, min_tokens=max(lengths),
+    docs = load_documents(spec.comparison_path, loaded.tokenizer, min_tokens=max(lengths),
                           k=spec.k_documents, seed=spec.documents_seed,
                           max_tokens=max(lengths), text_field=spec.text_field)
     rows = perplexity_by_length(loaded.model, loaded.geometry, docs, lengths, methods=[],

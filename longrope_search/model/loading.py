@@ -11,15 +11,13 @@ from typing import Any
 
 import torch
 
-from longrope_search.dtypes import DTYPE_ALIASES, canonical_dtype
+from longrope_search.dtypes import ATTN_IMPLEMENTATIONS, DTYPE_ALIASES, canonical_dtype
 from longrope_search.errors import ConfigError
 from longrope_search.model.patch import find_rotary_embedding
 from longrope_search.model.source import ModelSource
 from longrope_search.rope import RopeGeometry
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: transformers' attention kernels a user may pick (``scoring.attn_implementation``)
-ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager", "flex_attention")
 
 
 @dataclass

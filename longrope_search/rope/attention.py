@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 from longrope_search.errors import ConfigError
 
-POLICIES = ("none", "yarn", "su")
+Policy = Literal["none", "yarn", "su"]  # a job's attention_factor, when not a number
+POLICIES: tuple[str, ...] = get_args(Policy)
 
 
 def yarn_attention_factor(extension_ratio: float) -> float:

@@ -13,9 +13,10 @@ search of the last ratio from the same start: stages are a curriculum of targets
 starts, and ``bench/bench_chain.py`` measures whether that pays at equal cost.
 
 Each stage resumes from its own ledger, so a chain killed in any stage continues where it
-stopped; a finished stage is not searched again. The chain's ``best.json`` and
-``comparison.json`` are the last long stage's (the exports read them), plus where the short
-factors are (``recovery``).
+stopped; a finished stage is not searched again. :mod:`~longrope_search.search.run` runs the
+stages in order; the chain's ``best.json`` and ``comparison.json`` are the last long stage's
+(the exports read them), plus where the short factors are (``recovery``), written by
+:func:`~longrope_search.search.outcome.finish_chain`.
 """
 
 from __future__ import annotations
@@ -28,14 +29,11 @@ from typing import Any
 from longrope_search.errors import ConfigError
 from longrope_search.io import write_json
 from longrope_search.rope import rescale_ratio
-from longrope_search.search.driver import OnProgress, SearchResult, run_search
-from longrope_search.search.evaluator import Evaluators
 from longrope_search.search.job import JobSpec, StageSpec, job_from_dict, stage_options
-from longrope_search.search.jobdir import JobDir, claim, stage_name
+from longrope_search.search.jobdir import JobDir, stage_name
 from longrope_search.search.plan import Plan, prepare
 from longrope_search.search.recovery import recovery_spec
 from longrope_search.search.strategies import Strategy
-from longrope_search.search.tables import migrate as migrate_tables
 
 
 def stage_spec(chain: JobSpec, index: int) -> JobSpec:
@@ -108,47 +106,3 @@ def _in_stage(index: int) -> Iterator[None]:
         if e.field.split(".")[0].split("[")[0] not in StageSpec.model_fields:
             raise
         raise ConfigError(f"stages[{index}].{e.field}", e.problem, e.fix) from None
-
-
-def run_chain(chain: JobSpec, *, evaluators: Evaluators, progress: bool = True,
-              on_progress: OnProgress | None = None,
-              checked: Checked | None = None) -> SearchResult:
-    """Run (or resume) every stage in order; returns the last long stage's search result."""
-    ready = checked or check_chain(chain)
-    folder = JobDir(chain.job_dir)
-    claim(folder, chain)
-    migrate_tables(folder)  # a chain resumed from before schema version 4
-    folder.remove_temporary()
-    results = []
-    for i, stage in enumerate(chain.stages):
-        spec = stage_spec(chain, i)
-        # a stage checked up front as it is now is not read again (its seed may have changed)
-        prepared = next((p for s, p in ready if s == spec), None)
-        with evaluators(spec) as evaluator:
-            results.append((stage, run_search(spec, evaluator=evaluator, progress=progress,
-                                              on_progress=_tagged(on_progress, i, spec.name),
-                                              prepared=prepared)))
-    last = next(r for st, r in reversed(results) if st.factors == "long")
-    _finish(folder, JobDir(last.job_dir), [JobDir(r.job_dir) for _, r in results])
-    return last
-
-
-def _tagged(on_progress: OnProgress | None, index: int, name: str) -> OnProgress | None:
-    if on_progress is None:
-        return None
-    return lambda p: on_progress({**p, "stage": index, "stage_name": name})
-
-
-def _finish(chain: JobDir, last_long: JobDir, stages: list[JobDir]) -> None:
-    """The chain's best.json and comparison.json: the last long stage's, with the stages."""
-    best = last_long.finished_best()
-    records = [(s, s.finished_best()) for s in stages]
-    best["stages"] = [{"stage": s.name, **{k: r.get(k) for k in (
-        "factors", "extension_ratio", "target_length", "search_ppl")}} for s, r in records]
-    short = [s for s, r in records if r.get("factors") == "short"]
-    if short:
-        best["recovery"] = str(short[-1].path.relative_to(chain.path))
-    comparison = last_long.read_comparison()
-    if comparison is not None:
-        write_json(chain.comparison, comparison)
-    write_json(chain.best, best)  # last: a chain with best.json has finished

@@ -16,7 +16,7 @@ final mean as ``μ̂_j = (1/j) Σ_{d<j} (x_d − o_d)``. The error of that estim
 is pruned when ``μ̂_j + a_j − z·σ_j > T``. The test prunes more than the bound. The price is a
 small chance, falling with z, of stopping a candidate that would have entered the top-k. That
 chance would be Φ(−z) per look if the errors were normal; they have heavier tails. Hence the
-default z = 4. ``bench/early_stopping_rules.py`` measures both rules on a complete run.
+default z = 4. ``tools/early_stopping_rules.py`` measures both rules on a complete run.
 
 Both rules are fixed when a generation starts, from earlier generations only (a descent's
 minibatch steps count there by rounds: :func:`minibatch_rounds`). What is pruned
@@ -28,12 +28,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
 from longrope_search.search.trial import MINIBATCH, OK, Evaluation, Individual
 
-RULES = ("bound", "sequential")
+Rule = Literal["bound", "sequential"]  # a job's early_stopping.rule
+RULES: tuple[str, ...] = get_args(Rule)
+BOUND, SEQUENTIAL = RULES
 MIN_CALIBRATION = 16  # parents the sequential test measures its error on, at least
 
 
@@ -92,14 +95,14 @@ def sequential_test(nll: np.ndarray, top_k: int, z: float) -> SequentialTest:
                           lower=np.array(lower))
 
 
-def prune_rule(evaluations: Iterable[Evaluation], top_k: int, rule: str = "bound",
+def prune_rule(evaluations: Iterable[Evaluation], top_k: int, rule: Rule = BOUND,
                margin: float = 0.02, z: float = 4.0) -> PruneRule | None:
     """The rule for the next generation, or None until enough candidates are fully scored."""
     done = [e.nll for e in evaluations if e.status == OK]
-    if len(done) < (top_k if rule == "bound" else max(top_k, MIN_CALIBRATION)):
+    if len(done) < (top_k if rule == BOUND else max(top_k, MIN_CALIBRATION)):
         return None
     nll = np.array(done)
-    if rule == "sequential":
+    if rule == SEQUENTIAL:
         return sequential_test(nll, top_k, z)
     return floor_bound(nll, top_k, margin)
 

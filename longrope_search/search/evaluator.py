@@ -14,7 +14,6 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -27,7 +26,7 @@ from longrope_search.search.early_stopping import PruneRule
 from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import JobSpec
 from longrope_search.search.outcome import compare_on_documents
-from longrope_search.search.plan import Plan, plan_job
+from longrope_search.search.plan import Plan
 from longrope_search.search.trial import (
     ALL_DOCUMENTS,
     FAILED,
@@ -61,8 +60,8 @@ class Evaluator(Protocol):
     def cancel(self) -> None:
         """Forget every candidate submitted and not yet returned (the search stopped)."""
 
-    def compare(self, best: Candidate, documents: Path) -> list[dict[str, Any]]:
-        """The best candidate against PI, NTK and YaRN on other (held-out) documents."""
+    def compare(self, best: Candidate) -> list[dict[str, Any]]:
+        """The best candidate against PI, NTK and YaRN on the plan's held-out documents."""
 
 
 def release_memory() -> None:
@@ -196,12 +195,12 @@ class LocalEvaluator:
     def cancel(self) -> None:
         self.queue = []
 
-    def compare(self, best: Candidate, documents: Path) -> list[dict[str, Any]]:
-        return compare_on_documents(self.plan, self.loaded, best, documents)
+    def compare(self, best: Candidate) -> list[dict[str, Any]]:
+        return compare_on_documents(self.plan, self.loaded, best)
 
 
-# how a search gets an evaluator for a job (one per stage of a chain), closed after it
-Evaluators = Callable[[JobSpec], AbstractContextManager[Evaluator]]
+# how a search gets an evaluator for a job's plan (one per stage of a chain), closed after it
+Evaluators = Callable[[Plan], AbstractContextManager[Evaluator]]
 
 
 def load_job_model(spec: JobSpec, *, device: str | None = None,
@@ -220,9 +219,9 @@ def local_evaluators(loaded: LoadedModel | None = None) -> Evaluators:
     models: list[LoadedModel] = [loaded] if loaded is not None else []
 
     @contextmanager
-    def evaluator(spec: JobSpec) -> Iterator[Evaluator]:
+    def evaluator(plan: Plan) -> Iterator[Evaluator]:
         if not models:
-            models.append(load_job_model(spec))
-        yield LocalEvaluator(plan_job(spec), models[0])
+            models.append(load_job_model(plan.spec))
+        yield LocalEvaluator(plan, models[0])
 
     return evaluator

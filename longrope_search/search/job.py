@@ -9,8 +9,9 @@ that need the model's config or the documents are in :mod:`longrope_search.searc
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import Field, ValidationError, WithJsonSchema, field_validator, model_validator
@@ -23,15 +24,17 @@ from longrope_search.defaults import (
     model_location,
 )
 from longrope_search.deploy import DEFAULT_ENGINE, ENGINE_NAMES, applies_n_hat
-from longrope_search.dtypes import Dtype, canonical_dtype
+from longrope_search.dtypes import AttnImplementation, Dtype, canonical_dtype
 from longrope_search.errors import ConfigError
-from longrope_search.rope.attention import POLICIES
+from longrope_search.evaluation.modes import NEEDLE, SLIDING, TRUNCATE, ScoringMode
+from longrope_search.rope.attention import POLICIES, Policy
 from longrope_search.rope.seeds import SEED_NAMES
+from longrope_search.search.early_stopping import BOUND, Rule
 from longrope_search.search.space import N_HAT_CHOICES
 from longrope_search.search.strategies import get_strategy, options_schema, strategy_names
 from longrope_search.search.strategies.settings import (
     MAX_EVALUATIONS,
-    EvolutionConfig,
+    SearchSettings,
     parse_options,
 )
 from longrope_search.validation import AtMost, SpecModel, config_error, spec_error
@@ -41,13 +44,10 @@ JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_PATH = 4096
 MAX_LENGTH = 1 << 24  # longest target context, in tokens (16M)
 MAX_RATIO = 1024
+OLD_SEARCH_KEY = "evolution"  # search:'s name up to 0.1.0, read with a warning
 # long: λ for contexts beyond L (the search); short: λ for contexts up to L (recovery)
-FACTORS = ("long", "short")
-
-# model.loading.ATTN_IMPLEMENTATIONS
-AttnImplementation = Literal["sdpa", "flash_attention_2", "eager", "flex_attention"]
-Factors = Literal["long", "short"]  # FACTORS
-Policy = Literal["none", "yarn", "su"]  # rope.attention.POLICIES
+Factors = Literal["long", "short"]
+FACTORS: tuple[str, ...] = get_args(Factors)
 SeedName = Literal[SEED_NAMES]  # type: ignore[valid-type]
 EngineName = Literal[ENGINE_NAMES]  # type: ignore[valid-type]
 Length = Annotated[int, Field(ge=2, le=MAX_LENGTH)]
@@ -66,8 +66,8 @@ def _is_number(value: Any) -> bool:
 class ScoringSpec(SpecModel):
     """How a candidate's perplexity is measured."""
 
-    mode: Literal["truncate", "sliding", "needle"] = Field(
-        "truncate", description="truncate: one window of L' tokens per document; sliding: "
+    mode: ScoringMode = Field(
+        TRUNCATE, description="truncate: one window of L' tokens per document; sliding: "
         "windows of L' tokens every stride tokens; needle: LongRoPE2's needle-driven loss, "
         "only the answers to needles hidden at depths over each document")
     needles: int = Field(4, ge=1, le=16, description="needle mode: needles per document, at "
@@ -110,14 +110,14 @@ class ScoringSpec(SpecModel):
     @model_validator(mode="after")
     def _needles_need_needle_mode(self) -> ScoringSpec:
         # a recorded job.yaml lists every key, so only a changed count is one the mode ignores
-        if self.mode != "needle" and self.needles != type(self).model_fields["needles"].default:
+        if self.mode != NEEDLE and self.needles != type(self).model_fields["needles"].default:
             raise spec_error(f"needles is used by mode: needle only; mode is {self.mode}",
                              "add mode: needle, or leave needles out", field="needles")
         return self
 
     @model_validator(mode="after")
     def _windows_need_sliding(self) -> ScoringSpec:
-        if self.document_tokens is not None and self.mode != "sliding":
+        if self.document_tokens is not None and self.mode != SLIDING:
             raise spec_error("document_tokens is read in windows: it needs mode: sliding",
                              "add mode: sliding (and a stride), or leave document_tokens out",
                              field="document_tokens")
@@ -125,7 +125,7 @@ class ScoringSpec(SpecModel):
 
     @model_validator(mode="after")
     def _weights_match_lengths(self) -> ScoringSpec:
-        if self.lengths and self.mode != "truncate":
+        if self.lengths and self.mode != TRUNCATE:
             raise spec_error(f"a multi-length fitness truncates each document; mode is "
                              f"{self.mode}", "use mode: truncate, or leave lengths out",
                              field="lengths")
@@ -178,8 +178,8 @@ class EarlyStoppingSpec(SpecModel):
     """See search/early_stopping.py for the two rules."""
 
     enabled: bool = Field(True, description="stop scoring candidates that cannot enter the top-k")
-    rule: Literal["bound", "sequential"] = Field(
-        "bound", description="bound (safe up to the margin) or sequential (a race)")
+    rule: Rule = Field(
+        BOUND, description="bound (safe up to the margin) or sequential (a race)")
     margin: float = Field(0.02, ge=0, description="bound: nats per token a new candidate may "
                           "beat a document's best by")
     z: float = Field(4.0, gt=0, description="sequential: deviations of the estimate's error "
@@ -196,7 +196,7 @@ class BudgetSpec(SpecModel):
     first (a strategy may also finish on its own)."""
 
     evaluations: OneOrMore | None = Field(None, le=MAX_EVALUATIONS, description="candidates "
-                                          "to score; default the evolution settings' budget "
+                                          "to score; default the search settings' budget "
                                           "(evolution, steady and memetic end with generation "
                                           "T however much is left)")
     tokens: OneOrMore | None = Field(None, le=MAX_TOKENS, description="forward tokens to "
@@ -247,6 +247,22 @@ class StageOf(SpecModel):
 
 class _JobFields(SpecModel):
     """The fields a user chooses (all but ``results_dir``); shared by spec and request."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spelling(cls, data: Any) -> Any:
+        """``evolution:`` is the old name of ``search:`` (it governs every strategy), read with
+        a warning until the next release."""
+        if not isinstance(data, dict) or OLD_SEARCH_KEY not in data:
+            return data
+        if "search" in data:
+            raise spec_error(f"{OLD_SEARCH_KEY}: is the old name of search:, and both are given",
+                             "keep search: only", field=OLD_SEARCH_KEY)
+        warnings.warn(f"the job's {OLD_SEARCH_KEY}: block is now called search: (the old name "
+                      "is read until the next release)", FutureWarning, stacklevel=2)
+        data = dict(data)
+        data["search"] = data.pop(OLD_SEARCH_KEY)
+        return data
 
     name: str = Field(pattern=JOB_NAME, description="the job's name and its folder under the "
                       "results folder: up to 64 letters, digits, '.', '_' or '-', starting with "
@@ -299,8 +315,8 @@ class _JobFields(SpecModel):
         (), description="factor files to seed the search with")
     scoring: ScoringSpec = Field(default_factory=ScoringSpec, description=ScoringSpec.__doc__)
     space: SpaceSpec = Field(default_factory=SpaceSpec, description=SpaceSpec.__doc__)
-    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig,
-                                       description=EvolutionConfig.__doc__)
+    search: SearchSettings = Field(default_factory=SearchSettings,
+                                   description=SearchSettings.__doc__)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec,
                                               description=EarlyStoppingSpec.__doc__)
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description=BudgetSpec.__doc__)
@@ -436,15 +452,22 @@ class JobSpec(_JobFields):
                 else Path(self.heldout_documents).expanduser())
 
     @property
+    def comparison_path(self) -> Path:
+        """Where the held-out comparison reads: held-out documents when named, else the search
+        documents."""
+        return self.heldout_path or self.documents_path
+
+    @property
     def job_dir(self) -> Path:
         return Path(self.results_dir) / self.name
 
     @property
     def evaluation_budget(self) -> int:
-        """Candidates to score: ``budget.evaluations`` if given, else the evolution budget."""
+        """Candidates to score: ``budget.evaluations`` if given, else the search settings'
+        budget."""
         if self.budget.evaluations is not None:
             return self.budget.evaluations
-        return self.evolution.budget
+        return self.search.budget
 
     @property
     def n_hat_choices(self) -> tuple[int, ...]:

@@ -181,7 +181,7 @@ class JobDir:
         """``best.json`` of a finished job, or an error saying why there is none."""
         if not self.spec.is_file():
             raise ConfigError("job", f"{self.path} is not a job folder (no job.yaml)",
-                              "give the folder a search wrote, results/<job>")
+                              "give the folder a search wrote, runs/<job>")
         best = self.read_best()
         if best is None:
             raise ConfigError("job", f"{self.name} has not finished (no best.json yet)",

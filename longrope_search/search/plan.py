@@ -1,27 +1,33 @@
 """From a job spec to what is searched, checked before any weights load.
 
-:func:`plan_job` reads the model's config (no weights): the lengths, the space and the seed
-candidates; :func:`make_strategy` builds the strategy (refusing bad options);
-:func:`check_documents` reads the tokenizer and the documents (no weights) so that too-short
-or missing documents are refused before a job folder exists. How a candidate is then scored
-is :mod:`.fitness`; what a finished job reports is :mod:`.outcome`.
+:func:`plan_job` reads the model's config and tokenizer (no weights): the lengths, the space,
+the seed candidates and the documents, tokenized once (too few, too short or missing ones are
+refused before a job folder exists); :func:`make_strategy` builds the strategy (refusing bad
+options). How a candidate is then scored is :mod:`.fitness`; what a finished job reports is
+:mod:`.outcome`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from longrope_search.deploy import (
     default_lengths,
     two_sets_safe,
 )
 from longrope_search.errors import ConfigError
+from longrope_search.evaluation.documents import load_documents
+from longrope_search.evaluation.modes import NEEDLE, SLIDING
+from longrope_search.evaluation.needles import needle_documents
 from longrope_search.factor_file import load_factor_file
 from longrope_search.model.loading import attention_window, check_attn_implementation
 from longrope_search.model.source import ModelSource
 from longrope_search.rope import RopeGeometry, attention_factor, seed_candidate
-from longrope_search.search.fitness import documents_of, needles_of
 from longrope_search.search.job import JobSpec
 from longrope_search.search.space import N_HAT_CHOICES, Genome, SearchSpace, critical_dim
 from longrope_search.search.strategies import SearchProblem, Strategy, get_strategy
@@ -42,6 +48,11 @@ class Plan:
     window: int | None = None  # the model's sliding window, when every layer has one
     model_type: str | None = None
     comparison_lengths: tuple[int, ...] = ()  # where the held-out comparison reports
+    # the fitness documents and the comparison's: k token tensors each, cut to L' (or
+    # scoring.document_tokens), tokenized once per run
+    documents: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    heldout: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    notes: tuple[str, ...] = ()  # what a user is told before the search starts
 
     @property
     def two_sets(self) -> bool:
@@ -92,7 +103,7 @@ def plan_job(spec: JobSpec) -> Plan:
         cand = load_factor_file(Path(f).expanduser(), geometry, f"seed_files[{i}]")
         seeds.append((cand.name, space.genome_from_lambdas(cand.lambdas, cand.n_hat)))
     sc = spec.scoring
-    if sc.mode == "sliding" and sc.stride > Lp:
+    if sc.mode == SLIDING and sc.stride > Lp:
         raise ConfigError("scoring.stride", f"{sc.stride} is longer than the window L' = {Lp}",
                           f"use a stride of at most {Lp} (e.g. {max(1, Lp // 4)})")
     if sc.document_tokens is not None and sc.document_tokens < Lp:
@@ -103,8 +114,12 @@ def plan_job(spec: JobSpec) -> Plan:
     m = attention_factor(spec.attention_factor, s, L)
     lengths = (spec.comparison_lengths or default_lengths(L, Lp)) if spec.factors == "long" \
         else (Lp,)
-    return Plan(spec, geometry, L, Lp, s, space, seeds, m, window, model_type,
-                tuple(sorted(set(lengths))))
+    plan = Plan(spec, geometry, L, Lp, s, space, seeds, m, window, model_type,
+                tuple(sorted(set(lengths))), notes=_notes(spec, window))
+    tokenizer = ModelSource.of(spec.model_path).tokenizer(spec.trust_remote_code)
+    plan.documents = _documents(plan, tokenizer, "documents", spec.documents_path)
+    plan.heldout = _documents(plan, tokenizer, "heldout_documents", spec.comparison_path)
+    return plan
 
 
 def _check_lengths(spec: JobSpec, L: int, Lp: int, two_sets: bool) -> None:
@@ -136,51 +151,44 @@ def _check_window(spec: JobSpec, window: int | None, target_length: int) -> None
             "with full attention")
 
 
-def window_note(plan: Plan) -> str | None:
+def _notes(spec: JobSpec, window: int | None) -> tuple[str, ...]:
     """What a user is told when the job removes its model's sliding window."""
-    spec = plan.spec
-    if not spec.remove_sliding_window or plan.window is None:
-        return None
-    return (f"note: {spec.model_path.name}'s sliding window of {plan.window} tokens is removed "
+    if not spec.remove_sliding_window or window is None:
+        return ()
+    return (f"note: {spec.model_path.name}'s sliding window of {window} tokens is removed "
             "(remove_sliding_window): every layer attends to the whole context, which the model "
-            "was not trained for; deploy the factors with the window removed too")
+            "was not trained for; deploy the factors with the window removed too",)
+
+
+def _documents(plan: Plan, tokenizer: Any, name: str, path: Path) -> list[torch.Tensor]:
+    """The job's k documents from ``path``, each cut to what is scored (L', or
+    ``scoring.document_tokens``); too few or too short ones are refused as field ``name``, and so
+    are documents without room for the needles of ``mode: needle``."""
+    spec = plan.spec
+    tokens = spec.scoring.document_tokens or plan.target_length
+    try:
+        docs = load_documents(path, tokenizer, min_tokens=tokens, k=spec.k_documents,
+                              seed=spec.documents_seed, max_tokens=tokens,
+                              text_field=spec.text_field)
+    except ConfigError as e:
+        raise ConfigError(name, e.problem, e.fix) from None
+    if spec.scoring.mode == NEEDLE:  # room for the needles in L'?
+        needle_documents(docs, tokenizer, plan.target_length, spec.scoring.needles,
+                         spec.documents_seed)
+    return docs
 
 
 def prepare(spec: JobSpec) -> tuple[Plan, Strategy]:
     """Everything that can be checked before weights load or a job folder exists: the model's
-    config, the space and seeds, the strategy's options, the documents (tokenizer only)."""
+    config, the space and seeds, the documents (tokenizer only), the strategy's options."""
     plan = plan_job(spec)
-    strategy = make_strategy(plan)
-    check_documents(plan)
-    return plan, strategy
+    return plan, make_strategy(plan)
 
 
 def make_strategy(plan: Plan) -> Strategy:
     """The job's strategy, ready to ask (cheap; refuses bad ``strategy_options``)."""
     spec = plan.spec
-    problem = SearchProblem(plan.space, plan.seeds, spec.evolution, spec.seed,
+    problem = SearchProblem(plan.space, plan.seeds, spec.search, spec.seed,
                             spec.strategy_options, spec.evaluation_budget, spec.budget.tokens,
                             spec.k_documents)
     return get_strategy(spec.strategy)(problem)
-
-
-def comparison_documents(spec: JobSpec) -> Path:
-    """Held-out documents when the job names them, else its search documents."""
-    return spec.heldout_path or spec.documents_path
-
-
-def check_documents(plan: Plan) -> None:
-    """Tokenize the search and held-out documents (tokenizer only, no weights): refuse a job
-    whose documents are missing or too short before it is accepted."""
-    spec = plan.spec
-    tokenizer = ModelSource.of(spec.model_path).tokenizer(spec.trust_remote_code)
-    for field, path in (("documents", spec.documents_path),
-                        ("heldout_documents", comparison_documents(spec))):
-        try:
-            docs = documents_of(spec, plan, tokenizer, path)
-        except ConfigError as e:
-            raise ConfigError(field, e.problem, e.fix) from None
-        if spec.scoring.mode == "needle":
-            needles_of(plan, tokenizer, docs)  # room for the needles in L'?
-
-

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from longrope_search.errors import ConfigError
+from longrope_search.evaluation.modes import SLIDING
 from longrope_search.search.job import JobSpec, job_from_dict, load_job
 from longrope_search.search.jobdir import JobDir
 
@@ -47,7 +48,7 @@ def recovery_spec(long_job: str | Path, **changes: Any) -> JobSpec:
         seed_files=[str(job.best.resolve())], results_dir=str(job.path.parent),
         space={**data["space"], "n_hat": [0], "lambda_max": best["extension_ratio"],
                "longrope2": False, "critical_dim": None},
-        scoring={**data["scoring"], "mode": "sliding", "stride": L,
+        scoring={**data["scoring"], "mode": SLIDING, "stride": L,
                  "document_tokens": best["target_length"]},
     )
     return job_from_dict({**data, **changes})

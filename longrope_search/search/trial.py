@@ -17,6 +17,7 @@ from functools import cached_property
 
 import numpy as np
 
+from longrope_search.rope import Candidate
 from longrope_search.search.space import Genome, SearchSpace
 
 
@@ -41,6 +42,7 @@ STATUSES = (OK, PRUNED, FAILED, MINIBATCH)  # what an evaluation can have
 SEED_PREFIX = "seed:"
 
 
+
 def seed_operator(name: str) -> str:
     """The operator of the seed candidate ``name`` (a seed method or a factor file)."""
     return f"{SEED_PREFIX}{name}"
@@ -53,9 +55,22 @@ def seed_name(operator: str) -> str | None:
 #: The ``minibatch`` (index, count) of a step on all the documents: every one, in one batch.
 ALL_DOCUMENTS = (0, 1)
 
-#: The operator of an individual carried over unchanged into a new generation: it is not a new
-#: candidate, costs nothing and does not count against the budget.
-PARENT = "parent"
+class Operator(StrEnum):
+    """How an individual was made (the tables' ``operator`` column); a seed candidate's is
+    ``seed:<name>`` (:func:`seed_operator`)."""
+
+    MUTATION = "mutation"
+    CROSSOVER = "crossover"
+    # carried over unchanged into a new generation: not a new candidate, costs nothing and does
+    # not count against the budget
+    PARENT = "parent"
+    GRADIENT = "gradient"  # a descent's step
+    POLISH = "gradient:polish"  # memetic: a descent's best point, put back on the grid
+    N_HAT_SWEEP = "gradient:n_hat"  # the gradient strategy's n̂ choices at its best λ
+    N_HAT_ZERO = "n_hat=0"  # the best λ re-scored without n̂, outside the search
+
+
+PARENT = Operator.PARENT.value
 
 #: What the evaluator does with an individual: score it (per-document NLL, prunable), or score
 #: it and return the gradient of its mean NLL in λ (``extra["gradient"]``; a backward pass costs
@@ -124,6 +139,13 @@ def lambdas_of(individual: Individual, space: SearchSpace) -> np.ndarray:
     if individual.lambdas is not None:
         return np.asarray(individual.lambdas, dtype=np.float64)
     return space.lambdas(individual.genome)
+
+
+def candidate(individual: Individual, space: SearchSpace, attention_factor: float,
+              name: str = "") -> Candidate:
+    """What an individual is scored as: its λ (exact, or its genome's), n̂ and the job's m."""
+    return Candidate(lambdas_of(individual, space), individual.genome.n_hat, attention_factor,
+                     name)
 
 
 def ranked(individuals: Sequence[Individual], evaluations: Mapping[str, Evaluation]

@@ -12,6 +12,7 @@ import hmac
 import json
 import re
 from collections.abc import Sequence
+from enum import StrEnum
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,24 +24,43 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 
 from longrope_search import __version__
-from longrope_search.deploy import ExportFormat
+from longrope_search.deploy import JSON_FORMATS, ExportFormat
 from longrope_search.errors import ConfigError
+from longrope_search.evaluation.modes import SCORING_MODES
+from longrope_search.search.early_stopping import RULES
 from longrope_search.search.job import JOB_NAME, JobRequest
+from longrope_search.search.trial import SEED_PREFIX, Operator, Status
 from longrope_search.service import reports
 from longrope_search.service.client import NOTES_HEADER
 from longrope_search.service.jobs import Job, JobConflict, JobManager
 from longrope_search.service.schema import (
     Best,
     Candidates,
+    ConfigErrorBody,
     Curve,
+    ErrorBody,
+    FactorRecord,
     GenerationSummary,
     Health,
+    HfExport,
     JobDetail,
     JobSummary,
     TableRow,
+    VllmExport,
+    Vocabulary,
 )
+from longrope_search.service.states import ACTIVE, CANCELLABLE, RESUMABLE, State
 from longrope_search.validation import config_error
 
+# what every /api answer may be instead (the token check runs first), and what a route that
+# names a job or takes a query may answer too; each body as schema.py describes it
+REFUSED = {401: {"model": ErrorBody, "description": "missing or wrong bearer token"}}
+NO_JOB = {404: {"model": ErrorBody, "description": "no such job (or table)"},
+          422: {"model": ConfigErrorBody, "description": "a bad parameter: field, problem, fix"}}
+SUBMITTED = {409: {"model": ErrorBody, "description": "a job of that name exists"},
+             413: {"model": ErrorBody, "description": "request body over 1 MiB"},
+             422: {"model": ConfigErrorBody, "description": "a bad spec: field, problem, fix"}}
+BINARY = {"schema": {"type": "string", "format": "binary"}}  # a file, not JSON
 MAX_BODY_BYTES = 1 << 20  # a job spec is a few KB; anything over 1 MiB is refused with 413
 STATIC = Path(str(files("longrope_search.service") / "static"))
 
@@ -48,6 +68,11 @@ STATIC = Path(str(files("longrope_search.service") / "static"))
 def error_body(e: ConfigError) -> dict[str, str]:
     """A :class:`ConfigError` as the body of a 422 answer."""
     return {"detail": str(e), "field": e.field, "problem": e.problem, "fix": e.fix}
+
+
+def _names(vocabulary: type[StrEnum]) -> dict[str, str]:
+    """An enum as its constants' names and values (``{"OK": "ok", …}``)."""
+    return {m.name: m.value for m in vocabulary}
 
 
 def _in_request(loc: Sequence[int | str]) -> tuple[int | str, ...]:
@@ -139,7 +164,8 @@ def _gguf_file(job_dir: Path, short: Path | None) -> FileResponse:
 def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
     app = FastAPI(title="longrope-search", version=__version__,
                   description="Search LongRoPE rescale factors; watch generations; export.",
-                  docs_url=None, redoc_url=None)  # the stock docs pages load from a CDN
+                  docs_url=None, redoc_url=None,  # the stock docs pages load from a CDN
+                  responses=REFUSED)
     app.add_middleware(RequireToken, token=token)  # inside LimitBody: a huge body is 413 first
     app.add_middleware(LimitBody)
 
@@ -171,7 +197,17 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
     def health() -> dict[str, Any]:
         return {"ok": True, "version": __version__, "jobs": len(manager.listed())}
 
-    @app.post("/api/jobs", status_code=201, response_model=JobSummary)
+    @app.get("/api/vocabulary", response_model=Vocabulary)
+    def vocabulary() -> Vocabulary:
+        """The statuses, states, operators and formats the other answers use."""
+        return Vocabulary(
+            statuses=_names(Status), states=_names(State), active=list(ACTIVE),
+            cancellable=list(CANCELLABLE), resumable=list(RESUMABLE), operators=_names(Operator),
+            seed_prefix=SEED_PREFIX, export_formats=_names(ExportFormat),
+            json_exports=list(JSON_FORMATS),
+            scoring_modes=list(SCORING_MODES), early_stopping_rules=list(RULES))
+
+    @app.post("/api/jobs", status_code=201, response_model=JobSummary, responses=SUBMITTED)
     def submit(spec: JobRequest) -> dict[str, Any]:
         """Queue a job: the spec as in a YAML config (``results_dir`` is ignored)."""
         return manager.submit(spec.model_dump(mode="json", exclude_unset=True)).summary()
@@ -180,35 +216,36 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
     def list_jobs() -> list[dict[str, Any]]:
         return [j.summary() for j in manager.listed()]
 
-    @app.get("/api/jobs/{name}", response_model=JobDetail)
+    @app.get("/api/jobs/{name}", response_model=JobDetail, responses=NO_JOB)
     def job_detail(name: str) -> dict[str, Any]:
         return job_of(name).detail()
 
     @app.get("/api/jobs/{name}/generations",
-             response_model=list[GenerationSummary])
+             response_model=list[GenerationSummary], responses=NO_JOB)
     def generations(name: str) -> list[dict[str, Any]]:
         return reports.generation_summaries(job_of(name).dir)
 
     @app.get("/api/jobs/{name}/generations/{generation}",
-             response_model=list[TableRow])
+             response_model=list[TableRow], responses=NO_JOB)
     def generation(name: str, generation: int) -> list[dict[str, Any]]:
         rows = reports.generation_rows(job_of(name).dir, generation)
         if rows is None:
             raise HTTPException(404, f"job {name!r} has no table for generation {generation}")
         return rows
 
-    @app.get("/api/jobs/{name}/candidates", response_model=Candidates)
+    @app.get("/api/jobs/{name}/candidates", response_model=Candidates, responses=NO_JOB)
     def candidates(name: str) -> dict[str, list[Any]]:
         return reports.candidates(job_of(name).dir)
 
-    @app.get("/api/jobs/{name}/curve", response_model=Curve)
+    @app.get("/api/jobs/{name}/curve", response_model=Curve, responses=NO_JOB)
     def curve(name: str) -> dict[str, Any]:
         """Best-so-far and median perplexity against cost spent (forward tokens), per table."""
         return reports.cost_curve(job_of(name).dir)
 
     @app.get("/api/jobs/{name}/table",
-             responses={200: {"content": {"application/vnd.apache.parquet": {},
-                                          "text/csv": {}}}})
+             response_class=Response, responses={200: {"content": {
+                 "application/vnd.apache.parquet": BINARY, "text/csv": BINARY},
+                 "description": "every factor table as one file"}, **NO_JOB})
     def table(name: str, format: str = Query("parquet", pattern="^(parquet|csv)$")
               ) -> Response:
         """Every factor table of the job as one file (the rows as written, per generation)."""
@@ -217,25 +254,30 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
         return Response(reports.tables_file(job.dir, format), media_type=media, headers={
             "Content-Disposition": f'attachment; filename="{name}.generations.{format}"'})
 
-    @app.get("/api/jobs/{name}/best", response_model=Best)
+    @app.get("/api/jobs/{name}/best", response_model=Best, responses=NO_JOB)
     def best(name: str) -> dict[str, Any]:
         job = job_of(name)
-        out = reports.best(job.dir, job.spec.evolution.top_k)
+        out = reports.best(job.dir, job.spec.search.top_k)
         if out is None:
             raise HTTPException(404, f"job {name!r} has no finished evaluation yet")
         return out
 
-    @app.post("/api/jobs/{name}/cancel", response_model=JobSummary)
+    @app.post("/api/jobs/{name}/cancel", response_model=JobSummary, responses=NO_JOB)
     def cancel(name: str) -> dict[str, Any]:
         job_of(name)
         return manager.cancel(name).summary()
 
-    @app.post("/api/jobs/{name}/resume", response_model=JobSummary)
+    @app.post("/api/jobs/{name}/resume", response_model=JobSummary,
+              responses={**NO_JOB, 409: {"model": ErrorBody,
+                                         "description": "not cancelled or failed"}})
     def resume(name: str) -> dict[str, Any]:
         job_of(name)
         return manager.resume(name).summary()
 
-    @app.get("/api/jobs/{name}/export")
+    @app.get("/api/jobs/{name}/export", response_model=HfExport | VllmExport | FactorRecord,
+             responses={200: {"content": {"application/octet-stream": BINARY},
+                              "description": "JSON by format; gguf: the model file"},
+                        **NO_JOB})
     def export(name: str, format: Annotated[ExportFormat, Query(
                    description="gguf: the job's GGUF model with the factors (jobs whose model "
                    "is a GGUF file)")] = ExportFormat.HF,

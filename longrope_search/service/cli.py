@@ -1,5 +1,6 @@
-"""The service's commands: ``serve``, and ``submit``/``jobs``/``status``/``cancel``/``resume``/
-``export`` over its HTTP API."""
+"""The commands around job folders: ``jobs``, ``status`` and ``export`` read them (through a
+server when one answers, else straight from the folder), ``serve`` runs the HTTP API and
+dashboard, and ``submit``, ``cancel`` and ``resume`` change its queue."""
 
 from __future__ import annotations
 
@@ -361,7 +362,41 @@ def _client_options(p: argparse.ArgumentParser, *, reads: bool = True) -> None:
     p.add_argument("--token", default=None, help="bearer token (default $LONGROPE_SEARCH_TOKEN)")
 
 
-def add_commands(sub: Any) -> None:
+def add_result_commands(sub: Any) -> None:
+    """The commands that read job folders (or a server's jobs) and export their factors: they
+    work without a server."""
+    p = sub.add_parser("jobs", help=f"list the jobs (of a server, or in {RESULTS_DIR}/ when none "
+                       "answers)")
+    _client_options(p)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("status", help="a job's state and generations")
+    p.add_argument("job")
+    p.add_argument("--follow", action="store_true", help="progress bar until the job ends")
+    p.add_argument("--last", type=int, default=5, help="generations to list")
+    _client_options(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="factor JSON for transformers, vLLM or longrope-search, "
+                       "or a GGUF model for llama.cpp")
+    p.add_argument("job")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=ExportFormat.HF.value)
+    p.add_argument("--gguf", type=Path, default=None,
+                   help="gguf: the model's GGUF file to copy with the factors (-o: the new one); "
+                        "default the job's model when it is a GGUF")
+    p.add_argument("--config", action="store_true",
+                   help="hf: the model's whole config.json, patched (drop-in)")
+    p.add_argument("--short-from", default=None,
+                   help="job whose λ become short_factor (a search at the original length)")
+    p.add_argument("-o", "--output", type=Path, default=None, help="file (default stdout)")
+    _client_options(p)
+    p.set_defaults(func=cmd_export)
+
+
+def add_service_commands(sub: Any) -> None:
+    """The server, and the commands that change its queue."""
+    from longrope_search.cli import ray_options  # cli.build_parser calls this: no cycle then
+
     p = sub.add_parser("serve", help="run the job API and dashboard")
     p.add_argument("--host", default="127.0.0.1", help="interface (default loopback only)")
     p.add_argument("--port", type=int, default=8321)
@@ -372,15 +407,7 @@ def add_commands(sub: Any) -> None:
                         "default the current folder); 'embedded' is always allowed")
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' (default $LONGROPE_SEARCH_TOKEN)")
-    p.add_argument("--ray", action="store_true",
-                   help="score on a pool of Ray workers (a local Ray cluster unless --address); "
-                        "default: in the server process, every listener on loopback")
-    p.add_argument("--workers", type=int, default=None,
-                   help="Ray scorer actors per job (default: one per GPU of the cluster)")
-    p.add_argument("--gpus-per-worker", type=float, default=None,
-                   help="GPUs per worker (default 1 when the cluster has GPUs, else 0)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster to join (or $RAY_ADDRESS); implies --ray")
+    ray_options(p, per=" per job")
     p.add_argument("--request-timeout", type=float, default=None,
                    help="seconds a client has to send a whole request before the connection "
                         "is closed (default 10)")
@@ -398,37 +425,9 @@ def add_commands(sub: Any) -> None:
     _client_options(p, reads=False)
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("jobs", help=f"list the jobs (of a server, or in {RESULTS_DIR}/ when none "
-                       "answers)")
-    _client_options(p)
-    p.set_defaults(func=cmd_jobs)
-
-    p = sub.add_parser("status", help="a job's state and generations")
-    p.add_argument("job")
-    p.add_argument("--follow", action="store_true", help="progress bar until the job ends")
-    p.add_argument("--last", type=int, default=5, help="generations to list")
-    _client_options(p)
-    p.set_defaults(func=cmd_status)
-
     for name, func, text in (("cancel", cmd_cancel, "stop a queued or running job"),
                              ("resume", cmd_resume, "queue a cancelled or failed job again")):
         p = sub.add_parser(name, help=text)
         p.add_argument("job")
         _client_options(p, reads=False)
         p.set_defaults(func=func)
-
-    p = sub.add_parser("export", help="factor JSON for transformers, vLLM or longrope-search, "
-                       "or a GGUF model for llama.cpp")
-    p.add_argument("job")
-    p.add_argument("--format", choices=EXPORT_FORMATS, default=ExportFormat.HF.value)
-    p.add_argument("--gguf", type=Path, default=None,
-                   help="gguf: the model's GGUF file to copy with the factors (-o: the new one); "
-                        "default the job's model when it is a GGUF")
-    p.add_argument("--config", action="store_true",
-                   help="hf: the model's whole config.json, patched (drop-in)")
-    p.add_argument("--short-from", default=None,
-                   help="job whose λ become short_factor (a search at the original length)")
-    p.add_argument("-o", "--output", type=Path, default=None, help="file (default stdout)")
-    _client_options(p)
-    p.set_defaults(func=cmd_export)
-

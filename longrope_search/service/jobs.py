@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from longrope_search.defaults import is_named_location
 from longrope_search.errors import ConfigError
@@ -31,14 +31,19 @@ from longrope_search.io import LockHeld, take_lock, write_json
 from longrope_search.search.job import PATH_FIELDS, JobSpec, job_from_dict, load_job
 from longrope_search.search.jobdir import JobDir, check_claim, claim, lock_holder
 from longrope_search.search.run import check_job
+
+if TYPE_CHECKING:
+    from longrope_search.search.driver import OnProgress, Progress
 from longrope_search.service.states import (
     ACTIVE,
     BROKEN,
+    CANCELLABLE,
     CANCELLED,
     CANCELLING,
     FAILED,
     FINISHED,
     QUEUED,
+    RESUMABLE,
     RUNNING,
     State,
 )
@@ -56,6 +61,7 @@ class JobConflict(Exception):
 class Job:
     spec: JobSpec
     state: str = QUEUED
+    # the search's last Progress (search.driver), or what state.json or the tables kept of it
     progress: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     submitted: float = field(default_factory=time.time)
@@ -96,7 +102,7 @@ class Job:
         state = CANCELLING if self.state == RUNNING and self.cancel.is_set() else self.state
         return {"name": self.name, "state": state, "submitted": self.submitted,
                 "started": self.started, "finished": self.finished, "error": self.error,
-                "generation": p.get("generation"), "generations": self.spec.evolution.generations,
+                "generation": p.get("generation"), "generations": self.spec.search.generations,
                 "evaluations": p.get("evaluations", 0), "reused": p.get("reused", 0),
                 "pruned": p.get("pruned", 0), "candidates": done, "budget": budget,
                 "strategy": p.get("strategy") or self.spec.strategy,
@@ -257,14 +263,14 @@ class JobManager:
             elif job.state == RUNNING:
                 job.cancel.set()  # the runner stops at the next finished evaluation
             else:
-                raise JobConflict(f"job {name!r} is {job.state}; only queued or running jobs "
-                                  "can be cancelled")
+                raise JobConflict(f"job {name!r} is {job.state}; only "
+                                  f"{' or '.join(CANCELLABLE)} jobs can be cancelled")
         return job
 
     def resume(self, name: str) -> Job:
         job = self.get(name)
         with self.lock:
-            if job.state not in (CANCELLED, FAILED):
+            if job.state not in RESUMABLE:
                 raise JobConflict(f"job {name!r} is {job.state}; only cancelled or failed jobs "
                                   "can be resumed")
             try:  # an edited job.yaml is refused now, not by the runner after weights load
@@ -431,12 +437,12 @@ def _in_results(spec: JobSpec, results_dir: Path) -> JobSpec:
     return spec.with_results_dir(results_dir)
 
 
-def progress_hook(job: Job, *, save_every: float = 2.0) -> Callable[[dict[str, Any]], None]:
-    """``run_search``'s ``on_progress`` for a job: keeps its progress, stops it when cancelled."""
+def progress_hook(job: Job, *, save_every: float = 2.0) -> OnProgress:
+    """``run_job``'s ``on_progress`` for a job: keeps its progress, stops it when cancelled."""
     last = [0.0]
 
-    def hook(progress: dict[str, Any]) -> None:
-        job.progress = progress
+    def hook(progress: Progress) -> None:
+        job.progress = dict(progress)
         if time.time() - last[0] > save_every:
             last[0] = time.time()
             job.save()

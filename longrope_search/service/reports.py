@@ -26,7 +26,16 @@ import pyarrow.parquet as pq
 from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.ledger import recorded
-from longrope_search.search.trial import FAILED, GRADIENT, MINIBATCH, OK, PARENT, PRUNED, seed_name
+from longrope_search.search.trial import (
+    FAILED,
+    GRADIENT,
+    MINIBATCH,
+    OK,
+    PARENT,
+    PRUNED,
+    Operator,
+    seed_name,
+)
 
 COST = ("cost_tokens", "cost_spent_tokens")
 CANDIDATE_COLUMNS = ("candidate_id", "operator", "status", "ppl", "n_hat", *COST)
@@ -34,7 +43,7 @@ BEST_COLUMNS = ("candidate_id", "operator", "status", "ppl", "mean_nll", "nll", 
                 "n_hat", "attention_factor")
 # what the dashboard colours candidates by: a gradient step, else the operator without its
 # detail (seed:yarn → seed, gradient:polish → polished, gradient:n_hat → n̂ sweep)
-KINDS = {"gradient:polish": "polished", "gradient:n_hat": "n̂ sweep"}
+KINDS = {Operator.POLISH: "polished", Operator.N_HAT_SWEEP: "n̂ sweep"}
 
 
 def operator_kind(operator: str, task: str | None) -> str:
@@ -156,10 +165,10 @@ def _infer_tasks(tables: list[_Table]) -> None:
         return
     starts = {p for t in tables for op, ps in zip(t.cols["operator"], t.cols["parents"],
                                                   strict=True)
-              if op == "gradient" for p in ps or []}
+              if op == Operator.GRADIENT for p in ps or []}
     for t in tables:
         if "task" not in t.cols:
-            t.cols["task"] = [GRADIENT if op == "gradient" or (seed_name(op) is not None and
+            t.cols["task"] = [GRADIENT if op == Operator.GRADIENT or (seed_name(op) is not None and
                                                                cid in starts) else None
                               for op, cid in zip(t.cols["operator"], t.cols["candidate_id"],
                                                  strict=True)]
@@ -242,8 +251,8 @@ def _descents(tables: list[_Table]) -> list[dict[str, Any]]:
             first = chain_of.get(parent, step)
             chain_of[step] = first
             if first == step:
-                start = c["operator"][i] if c["operator"][i] != "gradient" else (
-                    f"polish of {parent[:8]}" if parent else "gradient")
+                start = c["operator"][i] if c["operator"][i] != Operator.GRADIENT else (
+                    f"polish of {parent[:8]}" if parent else Operator.GRADIENT.value)
                 chains[step] = {"start": start, "generation": t.generation,
                                 "cost_spent_tokens": [], "ppl": []}
             # a minibatch step's ppl is on its documents only: the line zigzags between them

@@ -29,7 +29,7 @@ def ray_runner(workers: int | None = None, *, gpus_per_worker: float | None = No
 
 
 def local_runner() -> Runner:
-    """Score in the server's own process (no Ray): for a laptop, or tests of the API alone."""
+    """Score in the server's own process (no Ray): the default, every listener on loopback."""
 
     def run(job: Job) -> None:
         run_job(job.spec, progress=False, on_progress=progress_hook(job))

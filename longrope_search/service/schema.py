@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from longrope_search.search.trial import Status
 from longrope_search.service.states import State
 
 
@@ -33,7 +34,7 @@ class JobSummary(_Open):
     finished: float | None = None
     error: str | None = None
     generation: int | None = Field(None, description="the latest generation asked")
-    generations: int = Field(description="evolution.generations of the spec")
+    generations: int = Field(description="search.generations of the spec")
     evaluations: int = Field(description="candidates scored by this server's run of the job")
     reused: int = Field(description="results replayed from the ledger or repeated")
     pruned: int
@@ -79,12 +80,21 @@ class Candidates(_Open):
     generation: list[int]
     candidate_id: list[str]
     operator: list[str]
-    status: list[str]
+    status: list[Status]
     ppl: list[float | None] = Field(description="complete scores; a pruned one's is partial")
     n_hat: list[int]
     cost_tokens: list[int | None]
     cost_spent_tokens: list[int | None]
     kind: list[str] = Field(description="what the dashboard colours by")
+
+
+class Descent(_Open):
+    """One gradient descent's steps in order (gradient and memetic jobs)."""
+
+    start: str = Field(description="where it began: a seed's operator, or the polished one")
+    generation: int
+    cost_spent_tokens: list[int | None]
+    ppl: list[float | None] = Field(description="a minibatch step's is on its documents only")
 
 
 class Curve(_Open):
@@ -97,7 +107,28 @@ class Curve(_Open):
     median_ppl: list[float | None]
     cost_known: bool
     cost_estimated: bool
-    descents: list[dict[str, Any]]
+    descents: list[Descent]
+
+
+class ComparisonRow(_Open):
+    """One method of the held-out comparison, as deployed."""
+
+    method: str
+    ppl: float = Field(description="at L' in the job's scoring mode")
+    mean_nll: float | None = None
+    ppl_by_length: dict[str, float] | None = Field(
+        None, description="prompt length → perplexity (None: a job from before results by length)")
+    gain_vs_this_pct: float | None = Field(None, description="how much lower the best is, in %")
+
+
+class Comparison(_Open):
+    """A finished job's held-out comparison (``comparison.json``)."""
+
+    documents: str | None = None
+    deploy: str | None = None
+    lengths: list[int] = []
+    semantics: str | None = None
+    rows: list[ComparisonRow]
 
 
 class Best(_Open):
@@ -114,7 +145,7 @@ class Best(_Open):
     final: bool
     search_ppl: float | None = None
     ended: str | None = Field(None, description="why the search ended (finished jobs)")
-    heldout: dict[str, Any] | None = Field(None, description="comparison.json: by length")
+    heldout: Comparison | None = Field(None, description="comparison.json: by length")
 
 
 class TableRow(_Open):
@@ -132,9 +163,82 @@ class TableRow(_Open):
     mean_nll: float | None
     ppl: float | None = Field(description="the complete score; None when pruned or failed")
     partial_ppl: float | None = Field(None, description="a pruned candidate's, on its documents")
-    status: str
+    status: Status
     generation: int
     new: bool | None = Field(None, description="False: a parent carried over")
     cost_tokens: int | None = None
     cost_spent_tokens: int | None = None
     task: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every refusal (401, 404, 409, 413): what went wrong, in one sentence."""
+
+    detail: str
+
+
+class ConfigErrorBody(ErrorBody):
+    """A refused job spec or query (422): the field, the problem and the fix, as the CLI says."""
+
+    field: str
+    problem: str
+    fix: str
+    errors: list[dict[str, Any]] | None = Field(None, description="pydantic's errors, if any")
+
+
+class Provenance(_Open):
+    """What every export carries about its search (``longrope_search``)."""
+
+    job: str
+    target_length: int
+    exported_for: str
+
+
+class HfExport(_Open):
+    """``format=hf``: the block for config.json (``config=true``: the whole patched config)."""
+
+    rope_parameters: dict[str, Any]
+    max_position_embeddings: int
+    longrope_search: Provenance
+
+
+class VllmExport(_Open):
+    """``format=vllm``: vLLM's ``rope_scaling``, its ``--hf-overrides`` and the command line."""
+
+    rope_scaling: dict[str, Any]
+    max_model_len: int
+    hf_overrides: dict[str, Any]
+    cli_args: str
+    longrope_search: Provenance
+
+
+class FactorRecord(_Open):
+    """``format=longrope``: the factors with everything about the search that made them."""
+
+    format: str
+    format_version: int
+    lambdas: list[float]
+    n_hat: int
+    attention_factor: float
+    short_factor: list[float]
+    original_length: int
+    target_length: int
+    extension_ratio: float
+    perplexity: dict[str, Any]
+
+
+class Vocabulary(BaseModel):
+    """The words the API's answers use, each map (constant name → value) or list from its one
+    definition in Python; the dashboard reads them here instead of spelling them."""
+
+    statuses: dict[str, Status] = Field(description="an evaluation's status (tables, candidates)")
+    states: dict[str, State] = Field(description="a job's state in the service")
+    active: list[State] = Field(description="states of a job not yet ended")
+    cancellable: list[State]
+    resumable: list[State]
+    operators: dict[str, str] = Field(description="how a candidate was made, seeds aside")
+    seed_prefix: str = Field(description="a seed candidate's operator: <seed_prefix><name>")
+    export_formats: dict[str, str]
+    json_exports: list[str] = Field(description="the formats that are JSON documents")
+    scoring_modes: list[str]
+    early_stopping_rules: list[str]

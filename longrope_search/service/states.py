@@ -20,3 +20,5 @@ class State(StrEnum):
 
 QUEUED, RUNNING, CANCELLING, FINISHED, FAILED, CANCELLED, BROKEN = State
 ACTIVE = (QUEUED, RUNNING, CANCELLING)
+CANCELLABLE = (QUEUED, RUNNING)  # what ``cancel`` stops
+RESUMABLE = (CANCELLED, FAILED)  # what ``resume`` puts back in the queue

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 
 from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.strategies.settings import (
-    EvolutionConfig,
+    SearchSettings,
     StrategyOptions,
     parse_options,
 )
@@ -56,7 +56,7 @@ class SearchProblem:
 
     space: SearchSpace
     seed_candidates: Sequence[tuple[str, Genome]]  # (name, genome): PI, NTK, YaRN, files
-    evolution: EvolutionConfig  # population, operators, top-k (shared by every strategy)
+    search: SearchSettings  # population, operators, top-k (shared by every strategy)
     seed: int = 0  # the RNG seed
     options: Mapping[str, Any] = field(default_factory=dict)  # the spec's strategy_options
     budget: int | None = None  # the candidates the driver will ask for at most

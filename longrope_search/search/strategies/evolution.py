@@ -20,8 +20,15 @@ from longrope_search.errors import ConfigError
 from longrope_search.search.operators import crossover, mutate
 from longrope_search.search.space import Genome, SearchSpace
 from longrope_search.search.strategies.base import SearchProblem, Strategy
-from longrope_search.search.strategies.settings import EvolutionConfig
-from longrope_search.search.trial import PARENT, Evaluation, Individual, ranked, seed_operator
+from longrope_search.search.strategies.settings import SearchSettings
+from longrope_search.search.trial import (
+    PARENT,
+    Evaluation,
+    Individual,
+    Operator,
+    ranked,
+    seed_operator,
+)
 
 
 def initial_population(space: SearchSpace, seed_candidates: Sequence[tuple[str, Genome]],
@@ -41,29 +48,29 @@ def initial_population(space: SearchSpace, seed_candidates: Sequence[tuple[str, 
         parent = bases[len(pop) % len(bases)]
         child = mutate(parent.genome, space, rng, mutation_prob, seen)
         seen.add(child.key)
-        pop.append(Individual(child, 0, "mutation", (parent.key,)))
+        pop.append(Individual(child, 0, Operator.MUTATION, (parent.key,)))
     return pop
 
 
 def breed(parents: Sequence[Individual], kind: str, generation: int, space: SearchSpace,
           rng: np.random.Generator, mutation_prob: float, seen: set[str]) -> Individual:
     """One child of ``parents`` (the top-k): a mutation of one, or a crossover of two."""
-    if kind == "crossover" and len(parents) >= 2:
+    if kind == Operator.CROSSOVER and len(parents) >= 2:
         a, b = rng.choice(len(parents), size=2, replace=False)
         pa, pb = parents[a], parents[b]
         child = crossover(pa.genome, pb.genome, space, rng, mutation_prob, seen)
-        ind = Individual(child, generation, "crossover", (pa.key, pb.key))
+        ind = Individual(child, generation, Operator.CROSSOVER, (pa.key, pb.key))
     else:
         p = parents[rng.integers(len(parents))]
         child = mutate(p.genome, space, rng, mutation_prob, seen)
-        ind = Individual(child, generation, "mutation", (p.key,))
+        ind = Individual(child, generation, Operator.MUTATION, (p.key,))
     seen.add(child.key)
     return ind
 
 
 def next_generation(generation: int, previous: Sequence[Individual],
                     evaluations: Mapping[str, Evaluation], space: SearchSpace,
-                    config: EvolutionConfig, rng: np.random.Generator,
+                    config: SearchSettings, rng: np.random.Generator,
                     seen: set[str]) -> list[Individual]:
     """Generation ``generation`` from the scored previous one: top-k ∪ N1 mutations ∪ N2
     crossovers (Algorithm 1, lines 5–9)."""
@@ -72,10 +79,10 @@ def next_generation(generation: int, previous: Sequence[Individual],
         raise RuntimeError(f"generation {generation - 1} has no successful evaluation")
     pop = [Individual(p.genome, generation, PARENT, (p.key,)) for p in parents]
     p = config.mutation_prob
-    pop += [breed(parents, "mutation", generation, space, rng, p, seen)
+    pop += [breed(parents, Operator.MUTATION, generation, space, rng, p, seen)
             for _ in range(config.mutations)]
     if len(parents) >= 2:
-        pop += [breed(parents, "crossover", generation, space, rng, p, seen)
+        pop += [breed(parents, Operator.CROSSOVER, generation, space, rng, p, seen)
                 for _ in range(config.crossovers)]
     return pop
 
@@ -87,7 +94,7 @@ class Evolution(Strategy):
         super().__init__(problem)
         self.seen: set[str] = set()
         self.generation = 0
-        cfg = problem.evolution
+        cfg = problem.search
         self.members = initial_population(problem.space, problem.seed_candidates,
                                           cfg.population, self._rng(0), cfg.mutation_prob,
                                           self.seen)
@@ -102,11 +109,11 @@ class Evolution(Strategy):
         if not self.to_ask:
             if self.untold:
                 return None  # the generation barrier
-            if self.generation >= self.problem.evolution.generations:
+            if self.generation >= self.problem.search.generations:
                 return None  # generation T is done: so is the plan, whatever budget is left
             self.generation += 1
             self.members = next_generation(self.generation, self.members, self.results,
-                                           self.problem.space, self.problem.evolution,
+                                           self.problem.space, self.problem.search,
                                            self._rng(self.generation), self.seen)
             self.to_ask = deque(self.members)
         self.untold += 1
@@ -116,7 +123,7 @@ class Evolution(Strategy):
     def finished(self) -> bool:
         """Generation T asked and told (Algorithm 1's plan; a larger budget does not extend it)."""
         return (not self.to_ask and not self.untold
-                and self.generation >= self.problem.evolution.generations)
+                and self.generation >= self.problem.search.generations)
 
     def tell(self, individual: Individual, evaluation: Evaluation) -> None:
         self.results[individual.key] = evaluation

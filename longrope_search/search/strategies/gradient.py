@@ -37,6 +37,7 @@ from longrope_search.search.trial import (
     OK,
     Evaluation,
     Individual,
+    Operator,
     seed_operator,
 )
 
@@ -104,7 +105,7 @@ class LogLambda:
         grid = np.round(np.exp(x) / self.space.step).astype(np.int64)
         return self.space.complete(self.space.repair(grid), n_hat)
 
-    def step(self, start: Start, generation: int, operator: str = "gradient",
+    def step(self, start: Start, generation: int, operator: str = Operator.GRADIENT,
              minibatches: int = 1) -> Individual:
         """The candidate that asks for ``start``'s loss and gradient at its position, on the
         minibatch whose turn it is (step t: documents i ≡ t mod ``minibatches``)."""
@@ -184,7 +185,7 @@ class GradientDescent(Strategy):
             if start.t >= self.options["steps"]:
                 continue  # this descent is over
             ind = self.coords.step(start, start.t,
-                                   "gradient" if start.t else seed_operator(start.name))
+                                   Operator.GRADIENT if start.t else seed_operator(start.name))
             self.of[ind.key] = i
             return ind
         if self.of:
@@ -201,7 +202,7 @@ class GradientDescent(Strategy):
         start = min(done, key=lambda s: s.best[0])
         x = start.best[1]
         generation = self.options["steps"]
-        return deque(Individual(self.coords.on_grid(x, n), generation, "gradient:n_hat",
+        return deque(Individual(self.coords.on_grid(x, n), generation, Operator.N_HAT_SWEEP,
                                 (start.last,)) for n in self.problem.space.n_hat_choices)
 
     def tell(self, individual: Individual, evaluation: Evaluation) -> None:

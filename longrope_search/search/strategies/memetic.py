@@ -1,6 +1,6 @@
 """Memetic search: Algorithm 1 whose best candidates are polished by gradient steps.
 
-Between polishes the search is Algorithm 1, generation for generation (:mod:`.evolution`).
+Between polishes the search is Algorithm 1, generation for generation (:mod:`.search`).
 After the first generation (generation 0, unless ``at_start`` is false), after every
 ``every``-th generation, and once more when the budget left would only just pay for it, the
 ``polish`` best candidates not polished before each take ``steps`` steps of the gradient
@@ -39,7 +39,7 @@ from longrope_search.search.strategies.base import SearchProblem
 from longrope_search.search.strategies.evolution import Evolution
 from longrope_search.search.strategies.gradient import LogLambda, Start
 from longrope_search.search.strategies.settings import StrategyOptions
-from longrope_search.search.trial import OK, Evaluation, Individual, ranked
+from longrope_search.search.trial import OK, Evaluation, Individual, Operator, ranked
 
 STEP_COST = 3  # a gradient step's forward tokens, in forwards (one forward, one backward)
 
@@ -62,9 +62,9 @@ class MemeticOptions(StrategyOptions):
 class Memetic(Evolution):
     # a polish's descents take turns in the order their results arrive
     order_dependent = True
-    # measured best on the embedded model at 8× (results/bench_strategies.md): polishing from
-    # generation 0 and every 3 generations reached at half the budget what every 10 reached
-    # with all of it
+    # measured best on the embedded model at 8× (results/bench_strategies/bench_strategies.md):
+    # polishing from generation 0 and every 3 generations reached at half the budget what every
+    # 10 reached with all of it
     Options = MemeticOptions
 
     def __init__(self, problem: SearchProblem) -> None:
@@ -125,7 +125,7 @@ class Memetic(Evolution):
 
     def _last_chance(self) -> bool:
         """True when another generation would leave too little budget for a whole polish."""
-        left = self._steps_left(self.options["polish"], reserve=self.problem.evolution.children)
+        left = self._steps_left(self.options["polish"], reserve=self.problem.search.children)
         return left is not None and left < self.options["steps"]
 
     # -- a polish -------------------------------------------------------------------------------
@@ -201,5 +201,5 @@ class Memetic(Evolution):
             genome = self.coords.on_grid(start.best[1], start.n_hat)
             if genome.key not in self.seen:
                 self.seen.add(genome.key)
-                out.append(Individual(genome, self.generation, "gradient:polish", (start.last,)))
+                out.append(Individual(genome, self.generation, Operator.POLISH, (start.last,)))
         return out

@@ -72,7 +72,7 @@ class SamplerStrategy(Strategy):
         raise NotImplementedError
 
     def batch_size(self, batch: int) -> int:
-        cfg = self.problem.evolution
+        cfg = self.problem.search
         return cfg.population if batch == 0 else max(1, cfg.children)
 
     def ask(self) -> Individual | None:
@@ -117,7 +117,7 @@ class CmaEs(SamplerStrategy):
     def sampler(self) -> optuna.samplers.BaseSampler:
         seed = self.problem.seed
         return optuna.samplers.CmaEsSampler(
-            seed=seed, popsize=max(2, self.problem.evolution.children),
+            seed=seed, popsize=max(2, self.problem.search.children),
             independent_sampler=optuna.samplers.RandomSampler(seed=seed),
             warn_independent_sampling=False)
 

@@ -15,8 +15,10 @@ PAPER = "the paper: P 64, N1 16, N2 16, k 32, p 0.3, T 40"
 MAX_EVALUATIONS = 1_000_000  # candidates in one job: weeks of scoring even for a small model
 
 
-class EvolutionConfig(SpecModel):
-    """Algorithm 1's hyperparameters; defaults are the paper's for targets up to 256k."""
+class SearchSettings(SpecModel):
+    """The search's shared settings (a job's ``search:``, ``evolution:`` before): Algorithm 1's
+    population, operators and generations, whose top-k early stopping and memetic also use and
+    whose budget every strategy takes by default; the paper's defaults for targets up to 256k."""
 
     population: int = Field(64, ge=2, le=MAX_EVALUATIONS,
                             description="P, candidates in the first generation")
@@ -31,7 +33,7 @@ class EvolutionConfig(SpecModel):
                              description="T, generations after the first")
 
     @model_validator(mode="after")
-    def _consistent(self) -> EvolutionConfig:
+    def _consistent(self) -> SearchSettings:
         """top_k fits in the population; later generations have children."""
         if self.top_k > self.population:
             raise spec_error(f"top_k {self.top_k} is larger than population {self.population}",

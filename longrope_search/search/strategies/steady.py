@@ -28,7 +28,7 @@ from pydantic import Field
 from longrope_search.search.strategies.base import SearchProblem, Strategy
 from longrope_search.search.strategies.evolution import breed, initial_population
 from longrope_search.search.strategies.settings import StrategyOptions
-from longrope_search.search.trial import OK, Evaluation, Individual
+from longrope_search.search.trial import OK, Evaluation, Individual, Operator
 
 
 class SteadyOptions(StrategyOptions):
@@ -44,7 +44,7 @@ class SteadyState(Strategy):
 
     def __init__(self, problem: SearchProblem) -> None:
         super().__init__(problem)
-        cfg = problem.evolution
+        cfg = problem.search
         self.refresh = self.options["refresh"] or max(1, cfg.children)
         self.rng = np.random.default_rng([problem.seed, 1])
         self.seen: set[str] = set()
@@ -64,7 +64,7 @@ class SteadyState(Strategy):
         if self.to_ask:
             self.born += 1
             return self.to_ask.popleft()
-        cfg = self.problem.evolution
+        cfg = self.problem.search
         if self.born >= cfg.budget:
             return None  # Algorithm 1's P + T·(N1 + N2) candidates: the plan is done
         if len(self.ranking) < cfg.top_k and self.initial_untold:
@@ -75,8 +75,8 @@ class SteadyState(Strategy):
         parents = self.parents
         if not parents:
             return None
-        kind = "mutation" if self.rng.random() * max(1, cfg.children) < cfg.mutations \
-            else "crossover"
+        kind = Operator.MUTATION if self.rng.random() * max(1, cfg.children) < cfg.mutations \
+            else Operator.CROSSOVER
         child = breed(parents, kind, self.born // cfg.population, self.problem.space,
                       self.rng, cfg.mutation_prob, self.seen)
         self.born += 1
@@ -84,7 +84,7 @@ class SteadyState(Strategy):
 
     @property
     def finished(self) -> bool:
-        return not self.to_ask and self.born >= self.problem.evolution.budget
+        return not self.to_ask and self.born >= self.problem.search.budget
 
     def tell(self, individual: Individual, evaluation: Evaluation) -> None:
         self.initial_untold.discard(individual.key)

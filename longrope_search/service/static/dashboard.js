@@ -10,7 +10,9 @@
   "use strict";
 
   const POLL_MS = 2000;
-  const ACTIVE = ["queued", "running", "cancelling"];  // service.jobs.ACTIVE
+  // The API's words (/api/vocabulary: statuses, states, operators, formats), loaded first:
+  // the page spells none of them itself.
+  let V = null;
   const COLORS = {
     best: "#1f5fbf", median: "#3b4552", cost: "#0b3d91",
     ok: "rgba(31, 95, 191, 0.35)", pruned: "rgba(212, 140, 20, 0.75)", failed: "#c62828",
@@ -29,7 +31,7 @@
   const COST_HEIGHT = 340;  // the main chart, full width
   const LANES_HEIGHT = 110;
   // The lanes under the cost chart: y of each status's ticks there (no perplexity).
-  const LANE = {pruned: 1.5, failed: 0.5};
+  const LANE = {pruned: 1.5, failed: 0.5};  // heights in the lane chart
 
   const params = new URLSearchParams(window.location.search);
   const token = params.get("token");
@@ -121,7 +123,7 @@
 
   /** A finished job is done, also one run outside the server, whose progress is unknown. */
   function fractionDone(job) {
-    return job.state === "finished" ? 1 : job.fraction_done || 0;
+    return job.state === V.states.FINISHED ? 1 : job.fraction_done || 0;
   }
 
   /** Gain of `ppl` over a reference perplexity, in percent of the reference. */
@@ -200,13 +202,13 @@
       progress.value = fraction;
       const pct = `${Math.round(fraction * 100)} %`;
       progress.setAttribute("aria-label", `${job.name}: ${pct} of the evaluations done`);
-      const gen = job.generation ?? (job.state === "finished" ? job.generations : "–");
+      const gen = job.generation ?? (job.state === V.states.FINISHED ? job.generations : "–");
       setText(part("progress-text"), [pct, costText(job),
         isEvolution(job) ? `generation ${gen}/${job.generations}` : job.strategy]
         .filter(Boolean).join(" · "));
       setText(part("best"), `best ppl ${fmtPpl(job.best_ppl)}`);
       const eta = part("eta");
-      eta.hidden = job.state !== "running";
+      eta.hidden = job.state !== V.states.RUNNING;
       setText(eta, `ETA ${fmtEta(job.eta_seconds)}`);
       const error = part("error");
       error.hidden = !job.error;
@@ -229,7 +231,7 @@
       showError(null);
       renderJobList();
       if (!state.selected && state.jobs.length) {
-        const active = state.jobs.find((j) => ACTIVE.includes(j.state));
+        const active = state.jobs.find((j) => V.active.includes(j.state));
         select((active || state.jobs[state.jobs.length - 1]).name);
       } else if (state.selected) {
         // The selected job started again (resumed) or changed state: follow it.
@@ -299,7 +301,7 @@
       renderDetail();
       showError(null);
       refreshCompare();
-      if (ACTIVE.includes(detail.state)) schedule(run);
+      if (V.active.includes(detail.state)) schedule(run);
     } catch (e) {
       if (run !== state.detailRun) return;
       showError(e);
@@ -330,8 +332,8 @@
     setText($("job-progress-text"), [`${Math.round(fraction * 100)} %`,
       done || !fraction ? `${done} of ${detail.budget} candidates` : "done",
       costText(detail)].filter(Boolean).join(" · "));
-    $("job-cancel").disabled = !["queued", "running"].includes(detail.state);
-    $("job-resume").disabled = !["cancelled", "failed"].includes(detail.state);
+    $("job-cancel").disabled = !V.cancellable.includes(detail.state);
+    $("job-resume").disabled = !V.resumable.includes(detail.state);
 
     const spec = detail.spec || {};
     const gens = detail.generation_summaries;
@@ -345,17 +347,18 @@
       // Counted from the tables: a job run outside the server has no progress record.
       ["candidates", state.candidates ? state.candidates.status.length : "–"],
       ["pruned early", state.candidates
-        ? state.candidates.status.filter((st) => st === "pruned").length : "–"],
+        ? state.candidates.status.filter((st) => st === V.statuses.PRUNED).length : "–"],
       ["extension", spec.extension_ratio ? `×${fmtNum(spec.extension_ratio)}` : "–"],
       ["model", spec.model ?? "–"],
     ];
     if (detail.reused) facts.splice(5, 0, ["reused from the ledger", detail.reused]);
     if (detail.stages && detail.stages.length) {  // a chained job: which stage, of which
-      const at = detail.stage ?? (detail.state === "finished" ? detail.stages.length - 1 : 0);
+      const at = detail.stage ?? (detail.state === V.states.FINISHED ? detail.stages.length - 1
+        : 0);
       facts.unshift(["stage", `${at + 1} of ${detail.stages.length}: ` +
         detail.stages.map((s, i) => (i === at ? `[${s}]` : s)).join(" → ")]);
     }
-    if (detail.state === "running") facts.splice(3, 0, ["ETA", fmtEta(detail.eta_seconds)]);
+    if (detail.state === V.states.RUNNING) facts.splice(3, 0, ["ETA", fmtEta(detail.eta_seconds)]);
     $("job-facts").replaceChildren(...facts.map(([k, v]) =>
       el("div", {}, el("dt", {}, k), el("dd", {}, v))));
     const error = $("job-error");
@@ -480,7 +483,8 @@
   function drawCost() {
     const {curve, candidates: c} = state;
     const x = xPositions();
-    const kinds = [...new Set(c.kind.filter((k, i) => c.status[i] === "ok" && c.ppl[i] !== null))];
+    const {OK, PRUNED, FAILED, MINIBATCH, MISSING} = V.statuses;
+    const kinds = [...new Set(c.kind.filter((k, i) => c.status[i] === OK && c.ppl[i] !== null))];
     const width = 3 + kinds.length;
     const rows = x.ends.map((end, j) => {
       const row = new Array(width).fill(null);
@@ -488,27 +492,26 @@
       return row;
     });
     const lanes = [];
-    const counts = {ok: 0, pruned: 0, failed: 0};
+    const counts = {[OK]: 0, [PRUNED]: 0, [FAILED]: 0};
     const perKind = Object.fromEntries(kinds.map((k) => [k, 0]));
     c.status.forEach((status, i) => {
-      if (status === "missing" || x.cands[i] === null) return;  // never evaluated
-      if (status === "minibatch") return;  // a step's loss on some documents: see the descents
-      const kind = status === "ok" && c.ppl[i] !== null ? "ok"
-        : status === "pruned" ? "pruned" : "failed";
+      if (status === MISSING || x.cands[i] === null) return;  // never evaluated
+      if (status === MINIBATCH) return;  // a step's loss on some documents: see the descents
+      const kind = status === OK && c.ppl[i] !== null ? OK : status === PRUNED ? PRUNED : FAILED;
       counts[kind] += 1;
-      if (kind === "ok") {
+      if (kind === OK) {
         const row = new Array(width).fill(null);
         row[0] = x.cands[i];
         row[3 + kinds.indexOf(c.kind[i])] = c.ppl[i];
         perKind[c.kind[i]] += 1;
         rows.push(row);
       } else {
-        lanes.push([x.cands[i], kind === "pruned" ? LANE.pruned : null,
-          kind === "failed" ? LANE.failed : null]);
+        lanes.push([x.cands[i], kind === PRUNED ? LANE.pruned : null,
+          kind === FAILED ? LANE.failed : null]);
       }
     });
     const data = columns(rows, width);
-    const total = counts.ok + counts.pruned + counts.failed;
+    const total = counts[OK] + counts[PRUNED] + counts[FAILED];
     showChart("cost", data[0].length + lanes.length > 0);
     showChart("lanes", data[0].length + lanes.length > 0);
     renderCounts(counts, total);
@@ -533,7 +536,7 @@
           paths: () => null, points: dot(colorOf(k, i), 4), value: ppl})),
       ],
     }, data);
-    const laneName = (v) => (v === LANE.pruned ? "pruned" : v === LANE.failed ? "failed" : "");
+    const laneName = (v) => (v === LANE.pruned ? PRUNED : v === LANE.failed ? FAILED : "");
     draw("lanes", {
       scales: {x: xScale, y: {range: [0, 2]}},
       axes: [axis(null, {size: 8, values: (u, splits) => splits.map(() => ""),
@@ -585,11 +588,12 @@
 
   function renderCounts(counts, total) {
     const counter = $("candidate-counts");
+    const {OK, PRUNED, FAILED} = V.statuses;
     Object.entries(counts).forEach(([k, v]) => { counter.dataset[k] = v; });
     counter.replaceChildren(
-      el("b", {}, String(total)), " candidates evaluated: ", el("b", {}, String(counts.ok)),
-      " complete, ", el("b", {}, String(counts.pruned)), " pruned early (partial score, not a ",
-      "result), ", el("b", {}, String(counts.failed)), " failed.");
+      el("b", {}, String(total)), " candidates evaluated: ", el("b", {}, String(counts[OK])),
+      " complete, ", el("b", {}, String(counts[PRUNED])), " pruned early (partial score, not a ",
+      "result), ", el("b", {}, String(counts[FAILED])), " failed.");
   }
 
   /** Held-out perplexity against prompt length (log₂ axis), one line per method of the
@@ -655,7 +659,9 @@
     const c = state.candidates, out = {};
     if (!c) return out;
     c.operator.forEach((op, i) => {
-      if (op.startsWith("seed:") && c.status[i] === "ok") out[op.slice(5)] = c.ppl[i];
+      if (op.startsWith(V.seed_prefix) && c.status[i] === V.statuses.OK) {
+        out[op.slice(V.seed_prefix.length)] = c.ppl[i];
+      }
     });
     return out;
   }
@@ -689,7 +695,7 @@
       rows.map(([k, v, id]) => [el("dt", {}, k), el("dd", {dataset: {field: id}}, v)]));
     const parts = [numbers];
     if (!best.final) {
-      const why = ACTIVE.includes(state.detail.state) ? "the job is still running"
+      const why = V.active.includes(state.detail.state) ? "the job is still running"
         : `the job ended ${state.detail.state}, without a final record`;
       parts.push(el("p", {class: "hint"}, `Best of the evaluations finished so far; ${why}.`));
     }
@@ -771,9 +777,25 @@
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   }
 
-  for (const button of document.querySelectorAll("[data-export]")) {
-    button.addEventListener("click", () => download(button.dataset.export));
+  // The JSON exports' buttons, by the API's ExportFormat names (the formats come from the API).
+  const EXPORT_BUTTONS = {
+    HF: ["HF config", "rope_parameters block for a Hugging Face config.json"],
+    VLLM: ["vLLM", "rope_scaling, hf_overrides and --max-model-len for vLLM"],
+    LONGROPE: ["LongRoPE", "the whole record: λ, n̂, attention factor, lengths, perplexities"],
+  };
+
+  function renderExportButtons() {
+    const buttons = V.json_exports.map((format) => {
+      const name = Object.keys(V.export_formats).find((k) => V.export_formats[k] === format);
+      const [label, title] = EXPORT_BUTTONS[name] || [format, `the ${format} export`];
+      const button = el("button", {type: "button", dataset: {export: format}, title}, label);
+      button.disabled = true;
+      button.addEventListener("click", () => download(format));
+      return button;
+    });
+    $("exports").replaceChildren(...buttons);
   }
+
 
   // ---- cancel and resume ---------------------------------------------------------------------
 
@@ -807,8 +829,8 @@
     const c = state.candidates;
     return c.candidate_id.map((_, i) => ({
       ...Object.fromEntries(TABLE_COLUMNS.map(([k]) => [k, c[k] ? c[k][i] : null])),
-      ppl: c.status[i] === "ok" ? c.ppl[i] : null,
-      partial_ppl: c.status[i] === "pruned" ? c.ppl[i] : null,
+      ppl: c.status[i] === V.statuses.OK ? c.ppl[i] : null,
+      partial_ppl: c.status[i] === V.statuses.PRUNED ? c.ppl[i] : null,
     }));
   }
 
@@ -914,6 +936,18 @@
     }, 150);
   });
 
-  if (state.selected) select(state.selected);
-  pollJobs();
+  /** The vocabulary first (asked again until the server answers), then the page. */
+  async function start() {
+    try {
+      V = await apiJson("/api/vocabulary");
+    } catch (e) {
+      showError(e);
+      setTimeout(start, POLL_MS);
+      return;
+    }
+    renderExportButtons();
+    if (state.selected) select(state.selected);
+    pollJobs();
+  }
+  start();
 })();
