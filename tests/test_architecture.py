@@ -113,5 +113,5 @@ def test_a_jobs_walk_enters_each_search_module_once(tmp_path: Path) -> None:
         assert stays.count(module) == 1, (module, walk)
     order = [stays.index(m) for m in ("run", "plan", "evaluator", "fitness", "driver")]
     assert order == sorted(order), walk
-    assert plans == 1 and ("plan", "prepare") in walk  # checked once, then used
+    assert plans == 1 and ("plan", "check") in walk  # checked once, then used
     assert "outcome" not in stays  # a finished job's files come after the first row

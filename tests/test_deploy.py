@@ -26,7 +26,7 @@ from longrope_search.rope import Candidate
 from longrope_search.search.fitness import scorer_for
 from longrope_search.search.job import job_from_dict
 from longrope_search.search.outcome import NO_N_HAT, UNMODIFIED
-from longrope_search.search.plan import plan_job, prepare
+from longrope_search.search.plan import check, plan_job
 from longrope_search.search.run import run_search
 from longrope_search.search.trial import OK
 
@@ -186,7 +186,7 @@ def _per_length_nll(plan, embedded, candidate, lengths):
 def test_the_multi_length_fitness_is_the_weighted_mean_over_lengths(tmp_path, embedded):
     spec = job_from_dict(job(tmp_path, scoring={"lengths": [256, 1024], "weights": [1, 3]}))
     result = run_search(spec, loaded=embedded, progress=False)
-    plan, _ = prepare(spec)
+    plan = check(spec).plan
     per_length = _per_length_nll(plan, embedded, result.best, (256, 1024))
     want = 0.25 * per_length[0] + 0.75 * per_length[1]
     assert result.best_evaluation.nll == pytest.approx(tuple(want), rel=1e-6)
@@ -198,7 +198,7 @@ def test_a_gradient_step_descends_the_weighted_objective(tmp_path, embedded):
     from longrope_search.evaluation.gradient import gradient
 
     spec = job_from_dict(job(tmp_path, scoring={"lengths": [256, 1024], "weights": [1, 1]}))
-    plan, _ = prepare(spec)
+    plan = check(spec).plan
     scorer = scorer_for(plan, embedded)
     cand = Candidate(np.asarray(plan.space.lambdas(plan.seeds[2][1])), 0,
                      plan.attention_factor)

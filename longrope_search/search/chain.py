@@ -31,9 +31,8 @@ from longrope_search.io import write_json
 from longrope_search.rope import rescale_ratio
 from longrope_search.search.job import JobSpec, StageSpec, job_from_dict, stage_options
 from longrope_search.search.jobdir import JobDir, stage_name
-from longrope_search.search.plan import Plan, prepare
+from longrope_search.search.plan import Checked, check
 from longrope_search.search.recovery import recovery_spec
-from longrope_search.search.strategies import Strategy
 
 
 def stage_spec(chain: JobSpec, index: int) -> JobSpec:
@@ -82,10 +81,7 @@ def _mapped_seed(chain: JobSpec, index: int, previous: JobDir) -> Path:
     return path
 
 
-Checked = list[tuple[JobSpec, tuple[Plan, Strategy]]]  # per stage: its spec, prepared
-
-
-def check_chain(chain: JobSpec) -> Checked:
+def check_chain(chain: JobSpec) -> list[Checked]:
     """Every stage's spec, model config, strategy and documents, before any weights load (a
     short stage is checked once the stage it recovers has finished)."""
     out = []
@@ -93,7 +89,7 @@ def check_chain(chain: JobSpec) -> Checked:
         if stage.factors == "long" or _previous(chain, i).read_best() is not None:
             with _in_stage(i):
                 spec = stage_spec(chain, i)
-                out.append((spec, prepare(spec)))
+                out.append(check(spec))
     return out
 
 

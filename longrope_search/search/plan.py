@@ -3,8 +3,8 @@
 :func:`plan_job` reads the model's config and tokenizer (no weights): the lengths, the space,
 the seed candidates and the documents, tokenized once (too few, too short or missing ones are
 refused before a job folder exists); :func:`make_strategy` builds the strategy (refusing bad
-options). How a candidate is then scored is :mod:`.fitness`; what a finished job reports is
-:mod:`.outcome`.
+options); :func:`check` does both, giving the :class:`Checked` job a run uses. How a
+candidate is then scored is :mod:`.fitness`; what a finished job reports is :mod:`.outcome`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -178,11 +178,20 @@ def _documents(plan: Plan, tokenizer: Any, name: str, path: Path) -> list[torch.
     return docs
 
 
-def prepare(spec: JobSpec) -> tuple[Plan, Strategy]:
+class Checked(NamedTuple):
+    """A job (or one stage of a chain) checked before any weights load: what is searched and
+    the strategy that searches it. :func:`check` makes it, the run uses it, nothing reads the
+    spec's files twice."""
+
+    plan: Plan
+    strategy: Strategy
+
+
+def check(spec: JobSpec) -> Checked:
     """Everything that can be checked before weights load or a job folder exists: the model's
     config, the space and seeds, the documents (tokenizer only), the strategy's options."""
     plan = plan_job(spec)
-    return plan, make_strategy(plan)
+    return Checked(plan, make_strategy(plan))
 
 
 def make_strategy(plan: Plan) -> Strategy:

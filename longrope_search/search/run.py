@@ -22,13 +22,13 @@ from longrope_search.errors import ConfigError
 from longrope_search.io import writable_folder
 from longrope_search.model import LoadedModel
 from longrope_search.rope import Candidate
-from longrope_search.search.chain import Checked, check_chain, stage_spec
+from longrope_search.search.chain import check_chain, stage_spec
 from longrope_search.search.driver import Driver, EndReason, OnProgress, Progress
 from longrope_search.search.evaluator import Evaluator, Evaluators, local_evaluators
 from longrope_search.search.job import JobSpec
 from longrope_search.search.jobdir import JobDir, check_claim, claim, running
 from longrope_search.search.outcome import N_HAT_ONLY_PYTHON, finish, finish_chain
-from longrope_search.search.plan import Plan, prepare
+from longrope_search.search.plan import Checked, Plan, check
 from longrope_search.search.strategies import Strategy
 from longrope_search.search.tables import migrate as migrate_tables
 from longrope_search.search.trial import Evaluation
@@ -68,45 +68,45 @@ class SearchResult:
         return JobDir(self.job_dir).best
 
 
-def check_job(spec: JobSpec) -> Checked:
-    """Everything cheap about a job, chained or not, before anything is written or loaded;
-    what was prepared, for :func:`run_job` to use instead of reading it all again."""
+def check_job(spec: JobSpec) -> list[Checked]:
+    """Everything cheap about a job, chained or not, before anything is written or loaded:
+    each stage checked (one for a plain job), for :func:`run_job` to use instead of reading
+    it all again."""
     writable_folder(spec.results_dir, "results_dir")
     check_claim(JobDir(spec.job_dir), spec)  # a name clash, before any weights load
     if spec.stages:
         return check_chain(spec)
-    return [(spec, prepare(spec))]
+    return [check(spec)]
 
 
 def run_job(spec: JobSpec, *, evaluators: Evaluators | None = None,
             loaded: LoadedModel | None = None, progress: bool = True,
             on_progress: OnProgress | None = None,
-            checked: Checked | None = None, on_plan: OnPlan | None = None) -> SearchResult:
+            checked: list[Checked] | None = None, on_plan: OnPlan | None = None) -> SearchResult:
     """Run (or resume) a job, chained or not, scoring with ``evaluators`` (default: in this
     process, on ``loaded`` or the spec's model loaded once). Everything cheap is checked before
     an evaluator is opened (``checked``: what :func:`check_job` returned just before, used once);
     ``on_plan`` sees the first plan then, before any weights load (the CLI prints it)."""
     checked = checked or check_job(spec)
     if on_plan is not None:
-        on_plan(checked[0][1][0])  # every stage has the job's model
+        on_plan(checked[0].plan)  # every stage has the job's model
     with running(JobDir(spec.job_dir)):  # one process per job, before any weights load
         evaluators = evaluators or local_evaluators(loaded)
         if spec.stages:
             return _run_chain(spec, evaluators, progress, on_progress, checked)
-        plan, _ = prepared = checked[0][1]
-        with evaluators(plan) as evaluator:
+        with evaluators(checked[0].plan) as evaluator:
             return run_search(spec, evaluator=evaluator, progress=progress,
-                              on_progress=on_progress, prepared=prepared)
+                              on_progress=on_progress, checked=checked[0])
 
 
 def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
                loaded: LoadedModel | None = None, progress: bool = True,
                on_progress: OnProgress | None = None,
-               prepared: tuple[Plan, Strategy] | None = None) -> SearchResult:
+               checked: Checked | None = None) -> SearchResult:
     """Run (or resume) one search (a job, or one stage of a chain) to its end.
 
     Everything cheap is checked before any weights load or the job folder is written
-    (``prepared``: what :func:`~longrope_search.search.plan.prepare` gave a caller that has just
+    (``checked``: what :func:`~longrope_search.search.plan.check` gave a caller that has just
     checked it, so it is not read twice). ``evaluator`` (an open one, e.g. a Ray pool) defaults
     to scoring in this process on ``loaded`` (loaded here when not given). ``on_progress``
     gets the running counts after every evaluation; an exception it raises stops the search
@@ -117,7 +117,7 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
                           "run it with longrope_search.search.run.run_job (the CLI and the "
                           "service do)")
     t0 = time.time()
-    plan, strategy = prepared or prepare(spec)
+    plan, strategy = checked or check(spec)
     job_dir = _open(JobDir.of(spec), spec)
     if evaluator is not None:
         return _search(plan, strategy, evaluator, job_dir, progress, on_progress, t0)
@@ -146,18 +146,18 @@ def _search(plan: Plan, strategy: Strategy, evaluator: Evaluator, job_dir: JobDi
 
 
 def _run_chain(chain: JobSpec, evaluators: Evaluators, progress: bool,
-               on_progress: OnProgress | None, checked: Checked) -> SearchResult:
+               on_progress: OnProgress | None, checked: list[Checked]) -> SearchResult:
     """Run (or resume) every stage in order; returns the last long stage's search result."""
     folder = _open(JobDir(chain.job_dir), chain)
     results = []
     for i, stage in enumerate(chain.stages):
         spec = stage_spec(chain, i)
         # a stage checked up front as it is now is not read again (its seed may have changed)
-        prepared = next((p for s, p in checked if s == spec), None) or prepare(spec)
-        with evaluators(prepared[0]) as evaluator:
+        stage_checked = next((c for c in checked if c.plan.spec == spec), None) or check(spec)
+        with evaluators(stage_checked.plan) as evaluator:
             results.append((stage, run_search(spec, evaluator=evaluator, progress=progress,
                                               on_progress=_tagged(on_progress, i, spec.name),
-                                              prepared=prepared)))
+                                              checked=stage_checked)))
     last = next(r for st, r in reversed(results) if st.factors == "long")
     finish_chain(folder, JobDir(last.job_dir), [JobDir(r.job_dir) for _, r in results])
     return last
