@@ -249,12 +249,12 @@ def main() -> None:
     runs = []
     for spec in specs:
         seconds = 0.0 if args.report_only else run(spec, loaded)
-        job_dir = JobDir(spec.job_dir)
-        finished = job_dir.best.is_file()
-        if not (finished or (args.partial and job_dir.tables())):
+        folder = JobDir(spec.job_dir)
+        finished = folder.best.is_file()
+        if not (finished or (args.partial and folder.tables())):
             print(f"{spec.name}: not finished, left out", file=sys.stderr)
             continue
-        tables = pd.read_parquet(job_dir.generations)
+        tables = pd.read_parquet(folder.generations)
         points = best_so_far(tables, full, finished, limit=spec.budget.tokens)
         points["heldout_ppl"] = heldout(spec, loaded, points, cache)
         write_json(cache_path, cache)

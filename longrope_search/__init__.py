@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name == "apply_factors":
+    if name == "apply_factors":  # PEP 562: only this name loads torch and the export layer
         from longrope_search.export import apply_factors
 
         return apply_factors

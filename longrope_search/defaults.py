@@ -1,6 +1,9 @@
 """Where the embedded default model and its documents live, and what a ``model`` setting names."""
 
+from importlib.util import find_spec
 from pathlib import Path
+
+from longrope_search.errors import ConfigError
 
 EMBEDDED_MODEL = Path(__file__).parent / "data" / "embedded"
 EMBEDDED_SEARCH_DOCS = EMBEDDED_MODEL / "documents" / "search"
@@ -27,10 +30,6 @@ def model_location(model: str) -> Path:
 
 def _package_file(name: str) -> Path:
     """A file inside an installed package, found without importing the package."""
-    from importlib.util import find_spec
-
-    from longrope_search.errors import ConfigError
-
     package, _, inside = name.partition("/")
     spec = find_spec(package) if package.isidentifier() else None
     if spec is None:

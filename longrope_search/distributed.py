@@ -53,6 +53,7 @@ from longrope_search.search.evaluator import Evaluators, Finished, Work
 from longrope_search.search.job import JobSpec
 from longrope_search.search.plan import Plan
 from longrope_search.search.trial import FAILED, Evaluation, Individual
+from workers.scorer import ScorerWorker
 
 Item = Work
 log = logging.getLogger(__name__)
@@ -193,9 +194,7 @@ class RayEvaluator:
                  worker_cls: Any = None, start_timeout_s: float = START_TIMEOUT_S) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be at least 1, not {num_workers}")
-        if worker_cls is None:
-            from workers.scorer import ScorerWorker as worker_cls
-
+        worker_cls = worker_cls or ScorerWorker
         options = {"num_gpus": gpus_per_worker, "num_cpus": cpus_per_worker,
                    "max_restarts": -1, "max_task_retries": 0, **(worker_options or {})}
         self.workers = [worker_cls.options(**options).remote(spec.to_dict())
@@ -248,10 +247,12 @@ class RayEvaluator:
 
     def submit(self, individual: Individual, candidate: Candidate,
                rule: PruneRule | None) -> None:
+        """Queue a candidate; it goes to the first worker with a free slot."""
         self._queue.append((individual, candidate, rule))
         self._dispatch()
 
     def pending(self) -> int:
+        """Candidates queued or being scored on a worker."""
         return len(self._queue) + len(self._tasks)
 
     def wait(self) -> Finished:
@@ -430,6 +431,7 @@ class RayEvaluator:
             self._queue.appendleft(item)
 
     def shutdown(self) -> None:
+        """Kill the pool's workers (their GPUs return to the cluster)."""
         for w in self.workers:
             ray.kill(w)
 

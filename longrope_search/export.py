@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from longrope_search.deploy import (
     DEFAULT_ENGINE,
     FORMAT_ENGINES,
@@ -40,8 +42,12 @@ from longrope_search.deploy import (
     two_sets_safe,
 )
 from longrope_search.errors import ConfigError
+from longrope_search.factor_file import load_factor_file
+from longrope_search.model import apply_candidates
 from longrope_search.model.identity import model_fingerprint, versions
+from longrope_search.model.source import ModelSource
 from longrope_search.rope import Candidate, RopeGeometry
+from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
 from longrope_search.search.trial import OK, seed_name
 
@@ -73,9 +79,6 @@ def _factors(values: Any) -> list[float]:
 def _model_config(job_dir: Path) -> tuple[dict[str, Any], Any]:
     """The job's model config as written on disk (for GGUF, as transformers derives it), and as
     transformers reads it."""
-    from longrope_search.model.source import ModelSource
-    from longrope_search.search.job import load_job
-
     spec = load_job(JobDir(job_dir).spec)
     try:
         source = ModelSource.of(spec.model_path)
@@ -278,8 +281,6 @@ def export_job(job_dir: str | Path, fmt: str, *, with_config: bool = False,
 
 def _record(job_dir: Path, best: dict[str, Any], short: ShortFactors,
             raw: dict[str, Any] | None) -> dict[str, Any]:
-    from longrope_search.search.job import load_job
-
     files = JobDir(job_dir)
     spec = load_job(files.spec)
     perplexity: dict[str, Any] = {"search": {str(best["target_length"]): best.get("search_ppl")}}
@@ -309,8 +310,6 @@ def _record(job_dir: Path, best: dict[str, Any], short: ShortFactors,
 
 def _seed_ppl_from_tables(job_dir: Path) -> dict[str, float]:
     """Seeds' perplexity from generation 0's table (jobs whose best.json predates seed_ppl)."""
-    import pyarrow.parquet as pq
-
     path = JobDir(job_dir).table(0)
     if not path.is_file():
         return {}
@@ -342,9 +341,6 @@ def apply_factors(model: Any, path: str | Path, *, check_model: bool = True) -> 
             for another model (fingerprint, rope_theta or original length differ); pass
             ``check_model=False`` to apply factors across models deliberately.
     """
-    from longrope_search.factor_file import load_factor_file
-    from longrope_search.model import apply_candidates
-
     path = Path(path)
     geometry = RopeGeometry.from_config(model.config)
     candidate = load_factor_file(path, geometry)

@@ -20,13 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 
 from longrope_search.deploy import ExportFormat
 from longrope_search.errors import ConfigError
 from longrope_search.export import ShortFactors, export_notes, short_factors_for
 from longrope_search.io import atomic_write
-from longrope_search.model.source import GGUF_READ_ERRORS
+from longrope_search.model.source import GGUF_READ_ERRORS, ModelSource
+from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
 
 ONE_TABLE, TWO_TABLES = "rope_freqs.weight", ("rope_factors_long.weight",
@@ -44,8 +46,6 @@ def export_gguf(job_dir: str | Path, gguf_in: str | Path | None, gguf_out: str |
                 short_factors: str | Path | None = None) -> list[str]:
     """Write ``gguf_out``: ``gguf_in`` (default: the job's model, when it is a GGUF) with the
     job's factors; returns notes on what the engine will do differently from the search."""
-    import gguf
-
     job_dir = Path(job_dir)
     best = JobDir(job_dir).finished_best()
     short = short_factors_for(job_dir, best, Path(short_factors) if short_factors else None)
@@ -86,9 +86,6 @@ def llamacpp_command(best: dict[str, Any], gguf_out: str | Path) -> str:
 
 def job_model_gguf(job_dir: Path) -> Path:
     """The job's model file, when the job searched a GGUF model."""
-    from longrope_search.model.source import ModelSource
-    from longrope_search.search.job import load_job
-
     model = load_job(JobDir(job_dir).spec).model_path
     if not ModelSource(model).is_gguf:
         raise ConfigError("gguf", f"job {job_dir.name} searched a model folder, not a GGUF file",
@@ -97,8 +94,6 @@ def job_model_gguf(job_dir: Path) -> Path:
 
 
 def _reader(path: Path) -> Any:
-    import gguf
-
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise ConfigError("gguf", f"{path} {what}", "give the GGUF file the job's model came "
@@ -124,8 +119,6 @@ def _check_pairs(reader: Any, arch: str, pairs: int) -> None:
 def _write(reader: Any, arch: str, keys: dict[str, tuple[Any, Any]],
            tables: dict[str, list[float]], path: Path) -> None:
     """The copy: keys (but ours) and tensors (but the factor tables) as they are, then ours."""
-    import gguf
-
     writer = gguf.GGUFWriter(path, arch)
     for field in reader.fields.values():
         if field.name == "general.architecture" or field.name.startswith("GGUF.") or \

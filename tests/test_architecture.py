@@ -109,7 +109,7 @@ def test_a_jobs_walk_enters_each_search_module_once(tmp_path: Path) -> None:
     stays = [m for i, (m, _) in enumerate(walk) if i == 0 or walk[i - 1][0] != m]
     # the spec's validation consults the strategies' table before the walk starts
     stays = stays[stays.index("run"):]
-    for module in ("run", "plan", "evaluator", "fitness", "driver", "ledger"):
+    for module in ("run", "plan", "evaluator", "fitness", "driver", "ledger", "tables"):
         assert stays.count(module) == 1, (module, walk)
     order = [stays.index(m) for m in ("run", "plan", "evaluator", "fitness", "driver")]
     assert order == sorted(order), walk

@@ -328,7 +328,7 @@ def test_gradient_descends_then_sweeps_n_hat(tmp_path: Path) -> None:
         assert len(path) == 12 and path[-1] < 0.5 * path[0], (seed, path)
     sweep = t[t.operator == "gradient:n_hat"]
     assert sorted(sweep.n_hat) == sorted(driver.plan.space.n_hat_choices)
-    _, ev = best_of(driver.history, driver.evals, driver.job_dir)
+    _, ev = best_of(driver.history, driver.evals, driver.folder)
     assert ev.mean_nll == t[t.status == OK].mean_nll.min()  # a step or a grid candidate
 
 
@@ -338,11 +338,11 @@ def test_a_gradient_step_that_beats_the_grid_is_the_result(tmp_path: Path) -> No
                             strategy_options={"steps": 4, "lr": 0.001},
                             budget={"evaluations": 100})
     driver.run()
-    ind, ev = best_of(driver.history, driver.evals, driver.job_dir)
+    ind, ev = best_of(driver.history, driver.evals, driver.folder)
     t = tables(tmp_path)
     assert ind.task == GRADIENT and ind.lambdas is not None
     assert ev.mean_nll < t[(t.status == OK) & (t.task != GRADIENT)].mean_nll.min()
-    finish(driver.plan, driver.evaluator, driver.job_dir, driver.history, driver.evals,
+    finish(driver.plan, driver.evaluator, driver.folder, driver.history, driver.evals,
            driver.ended())
     record = json.loads(JobDir(tmp_path / "job").best.read_text())
     assert record["lambdas"] == list(ind.lambdas)  # exact, off the grid
@@ -462,7 +462,7 @@ def test_memetic_minibatch_steps_take_turns_cost_a_share_and_rank_nowhere(tmp_pa
         grid = np.round(np.asarray(path.lambdas.iloc[chosen]) / 0.01) * 0.01
         assert np.asarray(row.lambdas) == pytest.approx(grid, abs=0.011)
         assert row.status == "ok" and row.documents_scored == 2
-    best, ev = best_of(driver.history, driver.evals, driver.job_dir)
+    best, ev = best_of(driver.history, driver.evals, driver.folder)
     assert best.lambdas is None and ev.status == "ok"  # a grid candidate, scored in full
     assert driver.best_ppl == pytest.approx(t[t.status == "ok"].ppl.min())
 

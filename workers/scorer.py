@@ -18,6 +18,9 @@ import ray
 from longrope_search.errors import ConfigError
 from longrope_search.rope import Candidate
 from longrope_search.search.early_stopping import PruneRule
+from longrope_search.search.evaluator import LocalEvaluator, load_job_model
+from longrope_search.search.job import job_from_dict
+from longrope_search.search.plan import plan_job
 from longrope_search.search.trial import Evaluation, Individual
 
 SPREADABLE = ("auto", "cuda")  # scoring.device values that may mean several GPUs
@@ -47,10 +50,6 @@ def placement(device: str, gpu_ids: list[Any]) -> tuple[str, str | None]:
 @ray.remote
 class ScorerWorker:
     def __init__(self, spec: dict[str, Any]) -> None:
-        from longrope_search.search.evaluator import LocalEvaluator, load_job_model
-        from longrope_search.search.job import job_from_dict
-        from longrope_search.search.plan import plan_job
-
         job = job_from_dict(spec)
         device, device_map = placement(job.scoring.device, ray.get_gpu_ids())
         loaded = load_job_model(job, device=device, device_map=device_map)

@@ -17,6 +17,7 @@ class ForwardFlops:
 
     @property
     def total(self) -> float:
+        """All of one forward's FLOPs: the matmuls, attention and the LM head."""
         return self.matmul + self.attention + self.head
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from longrope_search.evaluation.flops import forward_flops
 from longrope_search.evaluation.perplexity import (
@@ -48,6 +49,7 @@ class Gradient:
 
     @property
     def mean_nll(self) -> float:
+        """The objective at this point: mean NLL over the documents."""
         return float(self.nll.mean())
 
 
@@ -56,8 +58,6 @@ def activation_checkpointing(model: nn.Module) -> Iterator[None]:
     """Recompute each decoder layer's activations in the backward pass instead of keeping
     them. Uses transformers' own per-layer hook (``GradientCheckpointingLayer``); only the
     layer's own ``training`` flag is set, so dropout inside stays off."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     saved = [(m.gradient_checkpointing, m.training) for m in layers]
     for m in layers:

@@ -42,6 +42,7 @@ class ScoreResult:
 
     @property
     def mean_nll(self) -> float:
+        """Mean NLL per token over every document (each weighed by its tokens); ppl = exp of it."""
         return float(np.sum(self.nll * self.tokens) / np.sum(self.tokens))
 
     @property
@@ -222,6 +223,7 @@ class PerplexityScorer:
 
     @property
     def num_documents(self) -> int:
+        """How many documents a candidate is scored on."""
         return len(self.documents)
 
     def label_sets(self, index: int, ids: torch.Tensor, scored: int) -> list[torch.Tensor]:
@@ -323,9 +325,11 @@ class MultiLengthScorer:
 
     @property
     def num_documents(self) -> int:
+        """How many documents a candidate is scored on (the same at every length)."""
         return self.parts[0].num_documents
 
     def minibatch(self, index: int, count: int) -> MultiLengthScorer:
+        """The ``index``-th of ``count`` document minibatches, at every length."""
         if count == 1:
             return self
         return MultiLengthScorer([p.minibatch(index, count) for p in self.parts], self.weights)
@@ -340,11 +344,13 @@ class MultiLengthScorer:
 
     def score_document(self, candidates: Sequence[Candidate], index: int
                        ) -> tuple[np.ndarray, int]:
+        """Each candidate's weighted NLL over the lengths on document ``index``; its tokens."""
         nll, count = self.score_groups(candidates, index)
         return nll[:, 0], int(count[0])
 
     def score(self, candidates: Sequence[Candidate],
               on_document: Callable[[int], None] | None = None) -> list[ScoreResult]:
+        """Each candidate's weighted NLL on every document (each document weighs the same)."""
         nll, _ = _every_document(self, candidates, on_document)
         ones = np.ones(self.num_documents, dtype=np.int64)  # each document weighs the same
         return [ScoreResult(c, nll[j], ones) for j, c in enumerate(candidates)]

@@ -19,8 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from longrope_search.evaluation.documents import load_documents
+from longrope_search.evaluation.sweep import perplexity_by_length
 from longrope_search.gguf_export import export_gguf
 from longrope_search.llamacpp.perplexity import llamacpp_ppl
+from longrope_search.model import load_model
+from longrope_search.rope import Candidate
 from longrope_search.search.job import load_job
 from longrope_search.search.jobdir import JobDir
 
@@ -32,11 +36,6 @@ def check_gguf_export(job_dir: str | Path, gguf_in: str | Path, gguf_out: str | 
                       ) -> dict[str, Any]:
     """Export ``job_dir`` to ``gguf_out`` and measure both engines; a JSON-ready report whose
     ``agrees`` says whether the gains match within ``tolerance`` points."""
-    from longrope_search.evaluation.documents import load_documents
-    from longrope_search.evaluation.sweep import perplexity_by_length
-    from longrope_search.model import load_model
-    from longrope_search.rope import Candidate
-
     job = JobDir(Path(job_dir))
     best, spec = job.finished_best(), load_job(job.spec)
     notes = export_gguf(job.path, gguf_in, gguf_out)
@@ -77,9 +76,6 @@ def _by_length(job: JobDir, spec: Any, loaded: Any, factors: Any, gguf_out: str 
     """The exported factors at each length of the job's comparison, on its documents, in a
     context allocated for L' as a deployment does: llama.cpp against the search's scorer (and
     the comparison's own figure), the difference in percent."""
-    from longrope_search.evaluation.documents import load_documents
-    from longrope_search.evaluation.sweep import perplexity_by_length
-
     comparison = job.read_comparison() or {}
     lengths = comparison.get("lengths") or [target]
     best = {r["method"]: r for r in comparison.get("rows", [])}.get("best", {})

@@ -15,7 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
+from safetensors.numpy import load_file
 
 from longrope_search.errors import ConfigError
 from longrope_search.io import atomic_write
@@ -28,8 +30,6 @@ DTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "q8_0": ("Q8_
 
 def convert_to_gguf(folder: str | Path, out: str | Path, dtype: str = "f32") -> Path:
     """Write ``out``, the GGUF of the model in ``folder`` (atomically)."""
-    from safetensors.numpy import load_file
-
     folder, out = Path(folder), Path(out)
     config = json.loads((folder / "config.json").read_text())
     arch_name, permute = _architecture(config)
@@ -39,8 +39,6 @@ def convert_to_gguf(folder: str | Path, out: str | Path, dtype: str = "f32") -> 
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
 
     def write(tmp: Path) -> None:
-        import gguf
-
         arch = gguf.MODEL_ARCH[arch_name]
         writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
         _metadata(writer, config, folder.name, gguf.LlamaFileType[DTYPES[dtype][1]])
@@ -87,8 +85,6 @@ def _metadata(writer: Any, config: dict[str, Any], name: str, file_type: Any) ->
 def _vocabulary(writer: Any, tokenizer: dict[str, Any], config: dict[str, Any]) -> None:
     """Byte-level BPE as ``gpt2``: tokens in id order, merges as ``"a b"``, special tokens as
     control tokens."""
-    import gguf
-
     model = tokenizer["model"]
     if model.get("type") != "BPE" or (tokenizer.get("pre_tokenizer") or {}).get("type") != \
             "ByteLevel":
@@ -115,8 +111,6 @@ def _vocabulary(writer: Any, tokenizer: dict[str, Any], config: dict[str, Any]) 
 def _tensors(tensors: dict[str, np.ndarray], config: dict[str, Any], arch: Any,
              permute: bool) -> list[tuple[str, np.ndarray]]:
     """(GGUF name, data) for every weight; the tied ``lm_head`` is left to ``token_embd``."""
-    import gguf
-
     names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)
@@ -142,8 +136,6 @@ def _interleave(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def _add(writer: Any, name: str, data: np.ndarray, qtype: Any) -> None:
-    import gguf
-
     if data.ndim < 2 or qtype == gguf.GGMLQuantizationType.F32:
         writer.add_tensor(name, data)
     elif qtype == gguf.GGMLQuantizationType.F16:

@@ -8,6 +8,7 @@ only by arithmetic order.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +25,7 @@ ROPE_MODES = ("file", "none", "pi", "yarn")
 
 def require_llama_cpp() -> None:
     """Refuse clearly when llama-cpp-python is not installed (it is an optional extra)."""
-    from importlib.util import find_spec
-
-    if find_spec("llama_cpp") is None:
+    if importlib.util.find_spec("llama_cpp") is None:
         raise ConfigError("llama_cpp", "llama-cpp-python is not installed",
                           "pip install -e '.[llamacpp]' (it builds llama.cpp from source: about "
                           "20 minutes on 2 cores)")
@@ -35,7 +34,7 @@ def require_llama_cpp() -> None:
 def rope_settings(mode: str, extension_ratio: float, original_length: int) -> dict[str, Any]:
     """``Llama(...)`` keywords for a rope mode (llama.cpp's ``--rope-scaling``,
     ``--rope-scale``, ``--yarn-orig-ctx``)."""
-    import llama_cpp
+    import llama_cpp  # an optional extra: loaded only where llama.cpp runs
 
     if mode not in ROPE_MODES:
         raise ConfigError("rope", f"unknown llama.cpp rope mode {mode!r}",
@@ -65,7 +64,7 @@ def llamacpp_ppl(gguf: str | Path, documents: Sequence[Sequence[int]], *, rope: 
     """(perplexity, per-document mean NLL) of ``documents`` (token ids, all one length n) under
     the GGUF model, in a context of ``context`` tokens (default n; a deployment allocates its
     target length, and llama.cpp chooses factor tables by it)."""
-    from llama_cpp import GGML_TYPE_F32, Llama
+    from llama_cpp import GGML_TYPE_F32, Llama  # the optional extra, as above
 
     n = len(documents[0])
     if any(len(d) != n for d in documents):

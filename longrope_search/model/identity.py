@@ -8,6 +8,10 @@ import json
 import platform
 from typing import Any
 
+import torch
+import transformers
+
+from longrope_search import __version__
 from longrope_search.rope import RopeGeometry
 
 # What identifies a checkpoint's architecture; max_position_embeddings is left out on purpose,
@@ -27,10 +31,5 @@ def model_fingerprint(config: Any) -> str:
 
 
 def versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    from longrope_search import __version__
-
     return {"longrope_search": __version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version()}

@@ -29,10 +29,12 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where the model's (first) weights are."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype the weights were loaded in."""
         return next(self.model.parameters()).dtype
 
 

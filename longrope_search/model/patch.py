@@ -110,6 +110,7 @@ class RescaledRotaryEmbedding(nn.Module):
 
     @property
     def num_candidates(self) -> int:
+        """How many candidates one forward scores (the batch's leading dimension)."""
         return self.inv_freq.shape[0]
 
     def _per_row(self, t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -157,6 +158,7 @@ def _keep_device_hook(original: nn.Module, rescaled: RescaledRotaryEmbedding) ->
     hook = getattr(original, "_hf_hook", None)
     if hook is None:
         return
+    # accelerate (0.2 s) is loaded only for a model that device_map placed
     from accelerate.hooks import AlignDevicesHook, SequentialHook, add_hook_to_module
 
     hooks = hook.hooks if isinstance(hook, SequentialHook) else [hook]

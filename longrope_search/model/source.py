@@ -17,6 +17,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import gguf
+from gguf.quants import _type_traits
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
 from longrope_search.defaults import model_location
 from longrope_search.errors import ConfigError
 
@@ -55,10 +60,12 @@ class ModelSource:
 
     @property
     def is_gguf(self) -> bool:
+        """Whether the model is a GGUF file (else a Hugging Face folder)."""
         return self.path.suffix.lower() == GGUF_SUFFIX
 
     @property
     def name(self) -> str:
+        """The model's name: the folder's, or the GGUF file's without its suffix."""
         return self.path.stem if self.is_gguf else self.path.name
 
     def _args(self, trust_remote_code: bool) -> tuple[Path, dict[str, Any]]:
@@ -71,8 +78,6 @@ class ModelSource:
         """The model's config as transformers reads it (no weights are read)."""
         if self.is_gguf:
             return _gguf_config(self.path, self.path.stat().st_mtime_ns)
-        from transformers import AutoConfig
-
         try:
             return AutoConfig.from_pretrained(self.path, trust_remote_code=trust_remote_code)
         except ValueError as e:
@@ -87,8 +92,8 @@ class ModelSource:
         return json.loads((self.path / "config.json").read_text())
 
     def tokenizer(self, trust_remote_code: bool = False) -> Any:
-        from transformers import AutoTokenizer
-
+        """The model's tokenizer as transformers loads it (a GGUF's from its ``tokenizer.ggml.*``
+        keys)."""
         folder, kwargs = self._args(trust_remote_code)
         try:
             return AutoTokenizer.from_pretrained(folder, **kwargs)
@@ -101,8 +106,6 @@ class ModelSource:
 
     def model(self, trust_remote_code: bool = False, **kwargs: Any) -> Any:
         """``AutoModelForCausalLM.from_pretrained`` (GGUF weights dequantized to ``dtype``)."""
-        from transformers import AutoModelForCausalLM
-
         folder, source_kwargs = self._args(trust_remote_code)
         return AutoModelForCausalLM.from_pretrained(folder, **source_kwargs, **kwargs)
 
@@ -117,14 +120,6 @@ GGUF_READ_ERRORS = (ValueError, OSError, KeyError, IndexError, OverflowError, st
 def _check_gguf(path: Path, mtime_ns: int) -> None:
     """Refuse a file transformers cannot load: not GGUF, an unknown architecture, or a tensor
     type without a dequantizer. Reads the header only (memory-mapped)."""
-    try:
-        import gguf
-        from gguf.quants import _type_traits
-    except ImportError:
-        raise ConfigError("model", f"{path.name} is a GGUF file and the gguf package is missing",
-                          "pip install 'gguf>=0.19'") from None
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
     try:
         reader = gguf.GGUFReader(path)
     except GGUF_READ_ERRORS as e:
@@ -151,8 +146,6 @@ def _check_gguf(path: Path, mtime_ns: int) -> None:
 def _gguf_config(path: Path, mtime_ns: int) -> Any:
     """Reading a GGUF's config parses its whole metadata (the vocabulary too): seconds for a
     real model, so each file is read once."""
-    from transformers import AutoConfig
-
     try:
         return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     except (ValueError, KeyError) as e:

@@ -63,6 +63,7 @@ class RopeGeometry:
 
     @property
     def rope_type(self) -> str:
+        """The checkpoint's own ``rope_type`` (``default`` when it has none)."""
         return str(self.rope_parameters.get("rope_type", "default"))
 
     @classmethod

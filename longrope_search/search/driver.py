@@ -84,12 +84,12 @@ class EndReason(StrEnum):
 class Driver:
     """One run of a job: ask the strategy, score on the evaluator, record, tell, repeat."""
 
-    def __init__(self, plan: Plan, strategy: Strategy, evaluator: Evaluator, job_dir: JobDir,
+    def __init__(self, plan: Plan, strategy: Strategy, evaluator: Evaluator, folder: JobDir,
                  on_progress: OnProgress | None = None, progress: bool = False) -> None:
         spec = plan.spec
         self.plan, self.spec, self.strategy, self.evaluator = plan, spec, strategy, evaluator
-        self.ledger = Ledger(job_dir.ledger, spec.name, plan.space)
-        self.job_dir, self.on_progress = job_dir, on_progress
+        self.ledger = Ledger(folder.ledger, spec.name, plan.space)
+        self.folder, self.on_progress = folder, on_progress
         self.budget = spec.evaluation_budget
         self.budget_tokens = spec.budget.tokens
         self.evals: dict[str, Evaluation] = {}  # every result told so far, by genome key
@@ -114,6 +114,8 @@ class Driver:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
+        """Search until the strategy is done or the budget is spent; a stopped search cancels what
+        the evaluator still holds."""
         try:
             self._run()
         except BaseException:
@@ -258,12 +260,13 @@ class Driver:
         for g in sorted(self.unwritten):
             if self.untold[g] == 0 and (final or g < last):
                 stage = self.spec.stage
-                write_generation(self.job_dir, g, self.members[g], self.evals, self.plan.space,
+                write_generation(self.folder, g, self.members[g], self.evals, self.plan.space,
                                  self.plan.attention_factor, self.cost_spent,
                                  stage.seeded_from if stage else None)
                 self.unwritten.discard(g)
 
     def progress(self) -> Progress:
+        """The running counts, as ``on_progress`` and the service's API get them."""
         s = self.stats
         return Progress(strategy=self.spec.strategy, generation=max(self.members, default=None),
                         evaluations=s["evaluations"], reused=s["reused"], pruned=s["pruned"],

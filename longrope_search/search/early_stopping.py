@@ -48,6 +48,8 @@ class FloorBound:
     floors: np.ndarray  # f_d: per-document optimistic NLL
 
     def should_prune(self, partial: Sequence[float]) -> bool:
+        """Whether the mean NLL, with each document not yet scored at its floor, already
+        exceeds ``T``: the candidate cannot reach the top k."""
         j, n = len(partial), self.floors.size
         if j >= n:
             return False
@@ -63,6 +65,8 @@ class SequentialTest:
     lower: np.ndarray  # a_j − z·σ_j for j = 1 … n−1 documents scored
 
     def should_prune(self, partial: Sequence[float]) -> bool:
+        """Whether the offset-corrected mean so far plus its lower confidence term
+        ``a_j − z·σ_j`` exceeds ``T``: the candidate misses the top k with confidence."""
         j = len(partial)
         if j == 0 or j > self.lower.size:
             return False

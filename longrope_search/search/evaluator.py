@@ -176,16 +176,20 @@ class LocalEvaluator:
         self.queue: list[Work] = []
 
     def free_slots(self) -> int:
+        """How many more candidates fit the scorer's next batch."""
         return self.scorer.batch_size - len(self.queue)
 
     def submit(self, individual: Individual, candidate: Candidate,
                rule: PruneRule | None) -> None:
+        """Queue a candidate for the next batch."""
         self.queue.append((individual, candidate, rule))
 
     def pending(self) -> int:
+        """Candidates queued for the next batch."""
         return len(self.queue)
 
     def wait(self) -> Finished:
+        """Score everything queued, one batch, document by document (pruning as each rule says)."""
         work, self.queue = self.queue, []
         scores = [w for w in work if w[0].task == SCORE]
         return score_batch(self.scorer, scores, self.worker) + [
@@ -193,9 +197,11 @@ class LocalEvaluator:
             for ind, cand, _ in work if ind.task == GRADIENT]
 
     def cancel(self) -> None:
+        """Drop what is queued (nothing is running between two waits)."""
         self.queue = []
 
     def compare(self, best: Candidate) -> list[dict[str, Any]]:
+        """``best`` against the unmodified model and the seeds, on the plan's held-out documents."""
         return compare_on_documents(self.plan, self.loaded, best)
 
 

@@ -437,15 +437,19 @@ class JobSpec(_JobFields):
     # -- resolved paths -----------------------------------------------------------------------
     @property
     def model_path(self) -> Path:
+        """Where the model is: ``embedded``, ``package:…`` or a path, resolved."""
         return model_location(self.model)
 
     @property
     def documents_path(self) -> Path:
+        """The folder or file of the search documents."""
         return (EMBEDDED_SEARCH_DOCS if self.documents == EMBEDDED
                 else Path(self.documents).expanduser())
 
     @property
     def heldout_path(self) -> Path | None:
+        """The held-out documents, when any (the embedded ones go with the embedded search
+        documents)."""
         if self.heldout_documents is None:
             return EMBEDDED_HELDOUT_DOCS if self.documents == EMBEDDED else None
         return (EMBEDDED_HELDOUT_DOCS if self.heldout_documents == EMBEDDED
@@ -459,6 +463,8 @@ class JobSpec(_JobFields):
 
     @property
     def job_dir(self) -> Path:
+        """The job's folder: ``results_dir / name`` (its layout is
+        :class:`~longrope_search.search.jobdir.JobDir`)."""
         return Path(self.results_dir) / self.name
 
     @property

@@ -24,7 +24,8 @@ tables are part of the chain's one dataset (``pd.read_parquet`` of ``generations
         generations/stage-01/0003.parquet
 
 The driver, the service, the reports and the exports name these files through :class:`JobDir`
-only. Jobs written before schema version 4 keep their tables Hive-partitioned
+only. Throughout the code ``job_dir`` is the folder's ``Path``; a :class:`JobDir` is never
+called ``job_dir``. Jobs written before schema version 4 keep their tables Hive-partitioned
 (``generation=0003/part-0.parquet``, ``stage=01/…``): read as they are, moved to this layout
 (:func:`longrope_search.search.tables.migrate`) when such a job is resumed.
 """
@@ -69,24 +70,29 @@ class JobDir:
 
     @property
     def name(self) -> str:
+        """The job's name (its folder's)."""
         return self.path.name
 
     # -- paths ----------------------------------------------------------------------------------
     @property
     def spec(self) -> Path:
+        """The job's spec as it was claimed (``job.yaml``)."""
         return self.path / "job.yaml"
 
     @property
     def ledger(self) -> Path:
+        """The journal of every finished evaluation."""
         return self.path / "ledger.journal"
 
     @property
     def generations(self) -> Path:
+        """The factor tables, one Parquet file per generation."""
         return self.tables_root or self.path / "generations"
 
     # -- a chained job --------------------------------------------------------------------------
     @property
     def stages(self) -> Path:
+        """A chain's stage folders."""
         return self.path / "stages"
 
     def recovery(self, best: dict[str, Any] | None = None) -> JobDir:
@@ -98,25 +104,31 @@ class JobDir:
         return JobDir(self.path.parent / f"{self.name}{RECOVERY_SUFFIX}")
 
     def stage_tables(self, index: int) -> Path:
+        """Stage ``index``'s tables, inside the chain's dataset."""
         return self.generations / f"stage-{index:02d}"
 
     def stage_seed(self, name: str) -> Path:
+        """The seed candidate a stage hands to the next (``seeds/<name>.json``)."""
         return self.path / "seeds" / f"{name}.json"
 
     @property
     def best(self) -> Path:
+        """The finished job's best factors (``best.json``)."""
         return self.path / "best.json"
 
     @property
     def comparison(self) -> Path:
+        """The held-out comparison by prompt length (``comparison.json``)."""
         return self.path / "comparison.json"
 
     @property
     def state(self) -> Path:
+        """The service's record of the job (``state.json``)."""
         return self.path / "state.json"
 
     @property
     def lock(self) -> Path:
+        """The lock a running process holds."""
         return self.path / "lock"
 
     @property
@@ -133,6 +145,7 @@ class JobDir:
         return found
 
     def table(self, generation: int) -> Path:
+        """Generation ``generation``'s table."""
         return self.generations / f"{generation:04d}{TABLE_SUFFIX}"
 
     def tables(self) -> list[tuple[int, Path]]:
@@ -169,12 +182,15 @@ class JobDir:
 
     # -- readers --------------------------------------------------------------------------------
     def read_best(self) -> dict[str, Any] | None:
+        """``best.json``, or None before the job has finished."""
         return _read_json(self.best)
 
     def read_comparison(self) -> dict[str, Any] | None:
+        """``comparison.json``, or None when there is none."""
         return _read_json(self.comparison)
 
     def read_state(self) -> dict[str, Any] | None:
+        """``state.json``, or None for a job no server ran."""
         return _read_json(self.state)
 
     def finished_best(self) -> dict[str, Any]:
@@ -214,14 +230,14 @@ class JobBusy(ConfigError):
 
 
 @contextlib.contextmanager
-def running(job_dir: JobDir) -> Iterator[None]:
+def running(folder: JobDir) -> Iterator[None]:
     """Hold the job's lock while it runs: a second process on the same job (another ``run``, a
     second server) is refused here, before it loads weights or writes."""
-    job_dir.path.mkdir(parents=True, exist_ok=True)
+    folder.path.mkdir(parents=True, exist_ok=True)
     try:
-        fd = take_lock(job_dir.lock)
+        fd = take_lock(folder.lock)
     except LockHeld as held:
-        raise JobBusy("name", f"job '{job_dir.name}' is running in another process (pid "
+        raise JobBusy("name", f"job '{folder.name}' is running in another process (pid "
                       f"{held.holder})", "wait for it to end (or stop it), then run the same "
                       "command again to resume") from None
     try:
@@ -230,26 +246,26 @@ def running(job_dir: JobDir) -> Iterator[None]:
         os.close(fd)
 
 
-def lock_holder(job_dir: JobDir) -> str | None:
+def lock_holder(folder: JobDir) -> str | None:
     """The pid of the process running the job, or None; reads only."""
-    return held_by(job_dir.lock)
+    return held_by(folder.lock)
 
 
-def check_claim(job_dir: JobDir, spec: JobSpec) -> None:
+def check_claim(folder: JobDir, spec: JobSpec) -> None:
     """Refuse a spec that differs from the one the folder already holds: resuming with a
     different spec would mix two searches. Where the results folder is (``results_dir``) is
     not part of the job, so ``runs`` and ``$PWD/runs`` are the same job. Reads only."""
-    if not job_dir.spec.exists():
+    if not folder.spec.exists():
         return
     try:  # read back through the spec, so keys added since (with their defaults) still match
-        previous = load_job(job_dir.spec).to_dict()
+        previous = load_job(folder.spec).to_dict()
     except ConfigError as e:
-        raise ConfigError("name", f"job '{job_dir.name}' exists in {job_dir.path}, but its "
+        raise ConfigError("name", f"job '{folder.name}' exists in {folder.path}, but its "
                           f"job.yaml cannot be read ({e.field}: {e.problem})",
                           "repair or delete that folder, or use a new job name") from None
     differ = differences(_without_location(previous), _without_location(spec.to_dict()))
     if differ:
-        raise ConfigError("name", f"job '{job_dir.name}' already exists in {job_dir.path} "
+        raise ConfigError("name", f"job '{folder.name}' already exists in {folder.path} "
                           f"with a different spec ({'; '.join(differ)})",
                           "use a new job name, or delete the old folder")
 
@@ -267,11 +283,11 @@ def differences(before: Any, after: Any, at: str = "", most: int = 4) -> list[st
     return [] if before == after else [f"{at}: {before!r} there, {after!r} here"]
 
 
-def claim(job_dir: JobDir, spec: JobSpec) -> None:
+def claim(folder: JobDir, spec: JobSpec) -> None:
     """Write the job's spec, or check that the folder holds the same one (:func:`check_claim`)."""
-    check_claim(job_dir, spec)
-    if not job_dir.spec.is_file():
-        atomic_write(job_dir.spec,
+    check_claim(folder, spec)
+    if not folder.spec.is_file():
+        atomic_write(folder.spec,
                      lambda p: p.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False)))
 
 

@@ -67,11 +67,13 @@ class FlockLock:
         self.fd: int | None = None
 
     def acquire(self) -> bool:
+        """Block until this process holds the ledger's lock."""
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return True
 
     def release(self) -> None:
+        """Let the next process in."""
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
@@ -166,6 +168,7 @@ class Ledger:
 
     def record(self, ind: Individual, ev: Evaluation, attention_factor: float,
                asks: int | None = None) -> None:
+        """Append one finished evaluation (λ, n̂, status, NLL per document) to the journal."""
         lam = lambdas_of(ind, self.space)
         params: dict = {f"lambda_{i}": float(v) for i, v in enumerate(lam)}
         params["n_hat"] = ind.genome.n_hat

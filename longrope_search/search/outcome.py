@@ -143,12 +143,12 @@ class Outcome:
     semantics: str  # what the comparison's rows mean (:func:`comparison_semantics`)
 
 
-def finish(plan: Plan, evaluator: Evaluator, job_dir: JobDir, history: Sequence[Individual],
+def finish(plan: Plan, evaluator: Evaluator, folder: JobDir, history: Sequence[Individual],
            evals: Mapping[str, Evaluation], ended: str | None) -> Outcome:
     """The end of a search: ``best.json`` (the lowest complete evaluation, on the grid or a
     gradient step's exact λ), the best λ re-scored with n̂ = 0 when n̂ > 0 (what every engine
     but ``python`` applies), and the held-out comparison (``comparison.json``)."""
-    ind, ev = best_of(history, evals, job_dir)
+    ind, ev = best_of(history, evals, folder)
     best = candidate(ind, plan.space, plan.attention_factor, "best")
     record = best_record(plan, best, ev)
     record["ended"] = ended
@@ -163,15 +163,15 @@ def finish(plan: Plan, evaluator: Evaluator, job_dir: JobDir, history: Sequence[
         ).ppl
     rows = evaluator.compare(best)
     semantics = comparison_semantics(plan.spec)
-    write_json(job_dir.comparison, {
+    write_json(folder.comparison, {
         "documents": str(plan.spec.comparison_path), "deploy": plan.spec.deploy,
         "lengths": list(plan.comparison_lengths), "semantics": semantics, "rows": rows})
-    write_json(job_dir.best, record)  # last: a job with best.json has finished
-    job_dir.remove_temporary()
+    write_json(folder.best, record)  # last: a job with best.json has finished
+    folder.remove_temporary()
     return Outcome(best, ev, rows, semantics)
 
 
-def best_of(history: Sequence[Individual], evals: Mapping[str, Evaluation], job_dir: JobDir
+def best_of(history: Sequence[Individual], evals: Mapping[str, Evaluation], folder: JobDir
             ) -> tuple[Individual, Evaluation]:
     """The lowest complete evaluation: a grid candidate, or a gradient step at its exact λ
     (scored on every document like any candidate, so as much a result as one on the grid; the
@@ -179,7 +179,7 @@ def best_of(history: Sequence[Individual], evals: Mapping[str, Evaluation], job_
     top = ranked(history, evals)
     if not top:
         raise RuntimeError("no candidate was scored completely: see the failed ones in "
-                           f"{job_dir.generations}")
+                           f"{folder.generations}")
     return top[0], evals[top[0].key]
 
 

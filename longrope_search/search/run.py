@@ -118,28 +118,29 @@ def run_search(spec: JobSpec, *, evaluator: Evaluator | None = None,
                           "service do)")
     t0 = time.time()
     plan, strategy = checked or check(spec)
-    job_dir = _open(JobDir.of(spec), spec)
+    folder = _open(JobDir.of(spec), spec)
     if evaluator is not None:
-        return _search(plan, strategy, evaluator, job_dir, progress, on_progress, t0)
+        return _search(plan, strategy, evaluator, folder, progress, on_progress, t0)
     with local_evaluators(loaded)(plan) as local:
-        return _search(plan, strategy, local, job_dir, progress, on_progress, t0)
+        return _search(plan, strategy, local, folder, progress, on_progress, t0)
 
 
 def _open(folder: JobDir, spec: JobSpec) -> JobDir:
     """Claim a job's folder for this run, as the current version writes it."""
     claim(folder, spec)
-    migrate_tables(folder)  # a job resumed from before schema version 4
+    if folder.legacy_tables():  # a job resumed from before schema version 4
+        migrate_tables(folder)
     folder.remove_temporary()  # what a killed run was writing: rewritten from the ledger
     return folder
 
 
-def _search(plan: Plan, strategy: Strategy, evaluator: Evaluator, job_dir: JobDir,
+def _search(plan: Plan, strategy: Strategy, evaluator: Evaluator, folder: JobDir,
             progress: bool, on_progress: OnProgress | None, t0: float) -> SearchResult:
-    driver = Driver(plan, strategy, evaluator, job_dir, on_progress, progress)
+    driver = Driver(plan, strategy, evaluator, folder, on_progress, progress)
     driver.run()
-    out = finish(plan, evaluator, job_dir, driver.history, driver.evals, driver.ended())
+    out = finish(plan, evaluator, folder, driver.history, driver.evals, driver.ended())
     s = driver.stats
-    return SearchResult(out.best, out.evaluation, job_dir.path, s["evaluations"], s["pruned"],
+    return SearchResult(out.best, out.evaluation, folder.path, s["evaluations"], s["pruned"],
                         s["reused"], s["documents"], driver.cost, time.time() - t0,
                         out.comparison, plan.spec.comparison_path, driver.ended(),
                         driver.new_asks, driver.budget, driver.budget_tokens, out.semantics)

@@ -108,6 +108,7 @@ class SearchSpace:
 
     @property
     def num_searched(self) -> int:
+        """How many pairs' λ the search moves (those below the critical dimension are fixed)."""
         return self.num_pairs - (self.critical_dim or 0)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +132,8 @@ class SearchSpace:
         return np.minimum(g, ceiling)
 
     def is_valid(self, genome: Genome) -> bool:
+        """Whether ``genome`` is in the space: the right length, within the bounds, monotone, an
+        allowed n̂."""
         g = genome.grid[self.searched]
         lo, hi = self.bounds()
         steps = np.diff(g)
@@ -168,9 +171,11 @@ class SearchSpace:
         return self.complete(self.repair(g), n)
 
     def lambdas(self, genome: Genome) -> np.ndarray:
+        """The genome's λ_i (grid × step)."""
         return np.round(genome.grid * self.step, 10)  # 1.4, not 1.4000000000000001
 
     def candidate(self, genome: Genome, attention_factor: float, name: str = "") -> Candidate:
+        """The genome as a candidate to score or export."""
         return Candidate(self.lambdas(genome), genome.n_hat, attention_factor, name)
 
     def sample(self, rng: np.random.Generator) -> Genome:

@@ -77,7 +77,7 @@ def schema(num_pairs: int) -> pa.Schema:
     )
 
 
-def write_generation(job_dir: JobDir, generation: int, individuals: Sequence[Individual],
+def write_generation(folder: JobDir, generation: int, individuals: Sequence[Individual],
                      evaluations: Mapping[str, Evaluation], space: SearchSpace,
                      attention_factor: float, cost_spent: Mapping[str, int] | None = None,
                      seeded_from: str | None = None) -> Path:
@@ -87,8 +87,8 @@ def write_generation(job_dir: JobDir, generation: int, individuals: Sequence[Ind
     """
     rows = []
     cost_spent = cost_spent or {}
-    job = job_dir.name
-    stage = JobDir.stage_of(job_dir.table(generation))
+    job = folder.name
+    stage = JobDir.stage_of(folder.table(generation))
     for ind in individuals:
         ev = evaluations.get(ind.key)
         complete = ev is not None and ev.status == OK and bool(ev.nll)
@@ -113,15 +113,15 @@ def write_generation(job_dir: JobDir, generation: int, individuals: Sequence[Ind
             "partial_ppl": ev.ppl if ev and ev.nll and not complete else None,
         })
     table = pa.Table.from_pylist(rows, schema=schema(space.num_pairs))
-    return atomic_write(job_dir.table(generation), lambda p: pq.write_table(table, p))
+    return atomic_write(folder.table(generation), lambda p: pq.write_table(table, p))
 
 
-def migrate(job_dir: JobDir) -> int:
+def migrate(folder: JobDir) -> int:
     """Move a job's tables from the Hive layout of schema versions 1–3 to files that carry
     ``generation``, ``stage``, ``new`` and ``partial_ppl`` (and null ``ppl`` where the score
     is partial), so a resumed job's folder stays one dataset; returns the tables moved."""
     moved = 0
-    for old in job_dir.legacy_tables():
+    for old in folder.legacy_tables():
         t = pq.read_table(old).to_pylist()
         generation, stage = JobDir.generation_of(old), JobDir.stage_of(old)
         for row in t:
@@ -139,7 +139,7 @@ def migrate(job_dir: JobDir) -> int:
         old.unlink()
         old.parent.rmdir()
         moved += 1
-    for folder in job_dir.generations.glob("stage=*"):
-        if not any(folder.iterdir()):
-            folder.rmdir()
+    for stage_dir in folder.generations.glob("stage=*"):
+        if not any(stage_dir.iterdir()):
+            stage_dir.rmdir()
     return moved

@@ -131,6 +131,7 @@ class Evaluation:
 
     @property
     def ppl(self) -> float:
+        """exp(mean NLL); inf when nothing was scored."""
         return math.exp(self.mean_nll) if self.nll else math.inf
 
 

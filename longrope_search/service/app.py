@@ -27,8 +27,11 @@ from longrope_search import __version__
 from longrope_search.deploy import JSON_FORMATS, ExportFormat
 from longrope_search.errors import ConfigError
 from longrope_search.evaluation.modes import SCORING_MODES
+from longrope_search.export import export_job
+from longrope_search.gguf_export import export_gguf, gguf_notes
 from longrope_search.search.early_stopping import RULES
 from longrope_search.search.job import JOB_NAME, JobRequest
+from longrope_search.search.jobdir import JobDir
 from longrope_search.search.trial import SEED_PREFIX, Operator, Status
 from longrope_search.service import reports
 from longrope_search.service.client import NOTES_HEADER
@@ -147,9 +150,6 @@ UNAUTHORIZED = ("missing or wrong bearer token: send 'Authorization: Bearer <TOK
 def _gguf_file(job_dir: Path, short: Path | None) -> FileResponse:
     """The job's GGUF model with its factors, written once into the job folder (again when the
     job's best is newer), then served as a file."""
-    from longrope_search.gguf_export import export_gguf, gguf_notes
-    from longrope_search.search.jobdir import JobDir
-
     files = JobDir(job_dir)
     files.finished_best()  # an unfinished job is refused before anything is written
     out = files.gguf_export
@@ -285,8 +285,6 @@ def create_app(manager: JobManager, *, token: str | None = None) -> FastAPI:
                short_from: str | None = Query(None, pattern=JOB_NAME,
                                               description="job whose λ become short_factor"),
                ) -> Response:
-        from longrope_search.export import export_job
-
         job = job_of(name)
         short = job_of(short_from).dir if short_from else None
         if format == ExportFormat.GGUF:

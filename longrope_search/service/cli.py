@@ -1,6 +1,10 @@
 """The commands around job folders: ``jobs``, ``status`` and ``export`` read them (through a
 server when one answers, else straight from the folder), ``serve`` runs the HTTP API and
-dashboard, and ``submit``, ``cancel`` and ``resume`` change its queue."""
+dashboard, and ``submit``, ``cancel`` and ``resume`` change its queue.
+
+As in :mod:`longrope_search.cli`, each command imports what it runs inside its function, so
+the commands that only talk to a server never load torch, the job spec's models or Ray.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+from tqdm.auto import tqdm
+
 from longrope_search.defaults import RESULTS_DIR
 from longrope_search.deploy import EXPORT_FORMATS, ExportFormat
 from longrope_search.errors import ConfigError
+from longrope_search.ray_flags import ray_options
 from longrope_search.service.client import Client
 from longrope_search.service.states import ACTIVE, BROKEN, FINISHED
 
@@ -120,8 +128,6 @@ def _import_model_code() -> None:
 def _spec_for_server(config: Path, name: str | None = None) -> dict[str, Any]:
     """The YAML config as the server must see it: validated here, with paths made absolute
     (they are relative to where the command runs, as for ``run``), renamed if asked."""
-    import yaml
-
     from longrope_search.defaults import is_named_location
     from longrope_search.search.job import PATH_FIELDS, job_from_dict, load_job
 
@@ -185,9 +191,11 @@ class FolderJobs:
         return sorted(jobs_on_disk(self.results_dir), key=lambda j: j.submitted)
 
     def jobs(self) -> list[dict[str, Any]]:
+        """Every job's summary, read from its folder."""
         return [j.summary() for j in self._jobs()]
 
     def job(self, name: str) -> dict[str, Any]:
+        """One job's detail, as ``GET /api/jobs/{name}`` answers it."""
         return self._job(name).detail()
 
     def _job(self, name: str) -> Job:
@@ -207,15 +215,18 @@ class FolderJobs:
 
     def export(self, name: str, fmt: str, *, config: bool = False,
                short_from: str | None = None) -> dict[str, Any]:
+        """The job's factors in ``fmt``, as ``GET /api/jobs/{name}/export`` answers."""
         from longrope_search.export import export_job
 
         short = self.folder(short_from) if short_from else None
         return export_job(self.folder(name), fmt, with_config=config, short_factors=short)
 
     def best(self, name: str) -> dict[str, Any]:
+        """The finished job's ``best.json``."""
         return self._job(name).files.finished_best()
 
     def folder(self, name: str) -> Path:
+        """The job's folder."""
         return self._job(name).dir
 
 
@@ -260,8 +271,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _follow(client: Source, name: str) -> int:
-    from tqdm.auto import tqdm
-
     job = client.job(name)
     tokens = job.get("budget_tokens")  # the bar counts what `run`'s does: tokens if budgeted
     with tqdm(total=tokens or job["budget"], desc=name, unit="tok" if tokens else "cand",
@@ -395,8 +404,6 @@ def add_result_commands(sub: Any) -> None:
 
 def add_service_commands(sub: Any) -> None:
     """The server, and the commands that change its queue."""
-    from longrope_search.cli import ray_options  # cli.build_parser calls this: no cycle then
-
     p = sub.add_parser("serve", help="run the job API and dashboard")
     p.add_argument("--host", default="127.0.0.1", help="interface (default loopback only)")
     p.add_argument("--port", type=int, default=8321)

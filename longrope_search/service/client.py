@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ class Client:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
+        """One API call; its JSON answer (an error answer raises :class:`ApiError`)."""
         with self._open(method, path, body) as resp:
             return json.loads(resp.read() or b"null")
 
@@ -48,9 +50,7 @@ class Client:
 
     def download(self, path: str, to: Path) -> list[str]:
         """Stream a file response into ``to`` (atomically); the notes it came with."""
-        import shutil
-
-        from longrope_search.io import atomic_write
+        from longrope_search.io import atomic_write  # io loads pyarrow: not for every command
 
         with self._open("GET", path) as resp:
             atomic_write(to, lambda tmp: shutil.copyfileobj(resp, tmp.open("wb"), 1 << 20))
@@ -81,22 +81,28 @@ class Client:
             yield resp
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """``POST /api/jobs``: queue a job."""
         return self.request("POST", "/api/jobs", spec)
 
     def jobs(self) -> list[dict[str, Any]]:
+        """``GET /api/jobs``: every job's summary."""
         return self.request("GET", "/api/jobs")
 
     def job(self, name: str) -> dict[str, Any]:
+        """``GET /api/jobs/{name}``: one job's detail."""
         return self.request("GET", f"/api/jobs/{_quote(name)}")
 
     def cancel(self, name: str) -> dict[str, Any]:
+        """``POST /api/jobs/{name}/cancel``."""
         return self.request("POST", f"/api/jobs/{_quote(name)}/cancel")
 
     def resume(self, name: str) -> dict[str, Any]:
+        """``POST /api/jobs/{name}/resume``."""
         return self.request("POST", f"/api/jobs/{_quote(name)}/resume")
 
     def export(self, name: str, fmt: str, *, config: bool = False,
                short_from: str | None = None) -> dict[str, Any]:
+        """``GET /api/jobs/{name}/export``: the factors in a JSON format."""
         return self.request("GET", _export_path(name, fmt, config, short_from))
 
     def export_gguf(self, name: str, to: Path, *, short_from: str | None = None) -> list[str]:
@@ -104,6 +110,7 @@ class Client:
         return self.download(_export_path(name, ExportFormat.GGUF, False, short_from), to)
 
     def best(self, name: str) -> dict[str, Any]:
+        """``GET /api/jobs/{name}/best``: the finished job's ``best.json``."""
         return self.request("GET", f"/api/jobs/{_quote(name)}/best")
 
 

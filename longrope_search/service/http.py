@@ -33,6 +33,7 @@ class BoundedH11(H11Protocol):
         self._arm()
 
     def on_response_complete(self) -> None:
+        """Restart the deadline for the connection's next request."""
         super().on_response_complete()
         self._arm()  # the next request on this connection gets its own deadline
 

@@ -25,15 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.parquet as pq
+
 from longrope_search.defaults import is_named_location
 from longrope_search.errors import ConfigError
 from longrope_search.io import LockHeld, take_lock, write_json
 from longrope_search.search.job import PATH_FIELDS, JobSpec, job_from_dict, load_job
 from longrope_search.search.jobdir import JobDir, check_claim, claim, lock_holder
 from longrope_search.search.run import check_job
-
-if TYPE_CHECKING:
-    from longrope_search.search.driver import OnProgress, Progress
+from longrope_search.service.reports import generation_summaries
 from longrope_search.service.states import (
     ACTIVE,
     BROKEN,
@@ -47,6 +47,9 @@ from longrope_search.service.states import (
     RUNNING,
     State,
 )
+
+if TYPE_CHECKING:
+    from longrope_search.search.driver import OnProgress, Progress
 
 
 class JobCancelled(Exception):
@@ -71,14 +74,17 @@ class Job:
 
     @property
     def name(self) -> str:
+        """The job's name (its spec's)."""
         return self.spec.name
 
     @property
     def dir(self) -> Path:
+        """The job's folder, as a path."""
         return self.spec.job_dir
 
     @property
     def files(self) -> JobDir:
+        """The job's folder and its layout."""
         return JobDir(self.spec.job_dir)
 
     def summary(self) -> dict[str, Any]:
@@ -114,12 +120,11 @@ class Job:
 
     def detail(self) -> dict[str, Any]:
         """The summary, the spec and a line per generation (``GET /api/jobs/{name}``)."""
-        from longrope_search.service.reports import generation_summaries
-
         return {**self.summary(), "spec": self.spec.to_dict(),
                 "generation_summaries": generation_summaries(self.dir)}
 
     def save(self) -> None:
+        """Write the job's state, progress and times to ``state.json`` (atomically)."""
         write_json(self.files.state, {
             "state": self.state, "progress": {k: v for k, v in self.progress.items()
                                               if v != float("inf")},
@@ -139,10 +144,12 @@ class BrokenJob:
 
     @property
     def conflict(self) -> str:
+        """Why no job of this name can be submitted or resumed."""
         return (f"job {self.name!r} is broken ({self.reason}): repair or remove its folder, "
                 "or use another name")
 
     def summary(self) -> dict[str, Any]:
+        """The job's line in ``GET /api/jobs``: broken, with why."""
         return {"name": self.name, "state": BROKEN, "submitted": self.submitted,
                 "error": self.reason, "generations": 0, "evaluations": 0, "reused": 0,
                 "pruned": 0, "candidates": 0, "budget": 0, "strategy": "", "stages": []}
@@ -254,6 +261,8 @@ class JobManager:
         return sorted([*self.jobs.values(), *self.broken.values()], key=lambda j: j.submitted)
 
     def cancel(self, name: str) -> Job:
+        """Cancel a queued job now, a running one between two evaluations; any other raises
+        :class:`JobConflict` (the API's 409)."""
         job = self.get(name)
         with self.lock:
             if job.state == QUEUED:
@@ -268,6 +277,8 @@ class JobManager:
         return job
 
     def resume(self, name: str) -> Job:
+        """Queue a cancelled or failed job again (it continues from its ledger); any other raises
+        :class:`JobConflict`."""
         job = self.get(name)
         with self.lock:
             if job.state not in RESUMABLE:
@@ -386,8 +397,6 @@ def _read_job(files: JobDir) -> Job:
 def _check_files(files: JobDir) -> None:
     """Read what the API serves from a job folder: its JSON files must be JSON objects and
     every factor table's footer must read (a cut-off write of an older version, a bad copy)."""
-    import pyarrow.parquet as pq
-
     for path in (files.state, files.best, files.comparison):
         if not path.exists():
             continue
@@ -417,8 +426,6 @@ def _progress_from_tables(job_dir: Path) -> tuple[str, dict[str, Any]]:
     """State and progress of a job that no server ran, from what it wrote: finished when it
     has a best.json, running while a process holds its lock, otherwise cancelled (``resume``
     or the same ``run`` continues it from its ledger)."""
-    from longrope_search.service.reports import generation_summaries
-
     gens = generation_summaries(job_dir)
     progress: dict[str, Any] = {
         "generation": gens[-1]["generation"] if gens else None,

@@ -12,6 +12,7 @@ without a known target length their cost is None. ``cost_estimated`` says when t
 
 from __future__ import annotations
 
+import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from longrope_search.search.job import load_job
@@ -344,11 +347,6 @@ def tables_file(job_dir: Path, fmt: str) -> bytes:
     """Every factor table of a job as one file (``parquet`` or ``csv``): the rows as written,
     with ``generation`` (and ``stage``) as integer columns also for tables from before
     schema version 4. Lists (λ, per-document NLL) stay lists in Parquet; CSV drops them."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
     job = JobDir(job_dir)
     parts = []
     for _, path in job.tables():

@@ -16,7 +16,7 @@ def ray_runner(workers: int | None = None, *, gpus_per_worker: float | None = No
     the cluster fails the job at once (``serve`` refuses it before serving)."""
 
     def run(job: Job) -> None:
-        import ray
+        import ray  # loaded by the first Ray job: a server running in-process never loads it
 
         from longrope_search.distributed import connect, pool_size, ray_evaluators
 

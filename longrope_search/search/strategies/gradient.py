@@ -73,6 +73,7 @@ class Start:
         self.m1, self.m2 = np.zeros_like(self.x), np.zeros_like(self.x)
 
     def adam(self, grad: np.ndarray, lr: float) -> np.ndarray:
+        """One Adam step for gradient ``grad``: the move, ``lr`` m̂/(√v̂ + ε)."""
         self.t += 1
         self.m1 = BETAS[0] * self.m1 + (1 - BETAS[0]) * grad
         self.m2 = BETAS[1] * self.m2 + (1 - BETAS[1]) * grad**2
@@ -95,13 +96,16 @@ class LogLambda:
         return np.log(self.space.lambdas(genome)[self.space.searched])
 
     def start(self, name: str, genome: Genome, last: str = "") -> Start:
+        """A descent from ``genome``."""
         return Start(name, self.position(genome), genome.n_hat, last=last)
 
     def lambdas(self, x: np.ndarray) -> np.ndarray:
         # exp(log b) may miss b by an ulp
+        """Every pair's λ at log-position ``x``, clipped to the bounds."""
         return self.space.expand(np.clip(np.exp(x), *self.bounds))
 
     def on_grid(self, x: np.ndarray, n_hat: int) -> Genome:
+        """The nearest valid genome to log-position ``x`` (rounded, repaired to monotone)."""
         grid = np.round(np.exp(x) / self.space.step).astype(np.int64)
         return self.space.complete(self.space.repair(grid), n_hat)
 

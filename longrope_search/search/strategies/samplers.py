@@ -69,9 +69,11 @@ class SamplerStrategy(Strategy):
         self.told: dict[int, Evaluation] = {}  # index in ``asked`` → its result
 
     def sampler(self) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler this strategy asks (each subclass's own)."""
         raise NotImplementedError
 
     def batch_size(self, batch: int) -> int:
+        """How many candidates batch ``batch`` asks for: the population first, then ``children``."""
         cfg = self.problem.search
         return cfg.population if batch == 0 else max(1, cfg.children)
 
@@ -106,6 +108,7 @@ class TPE(SamplerStrategy):
     operator = "tpe"
 
     def sampler(self) -> optuna.samplers.BaseSampler:
+        """Optuna's multivariate TPE."""
         return optuna.samplers.TPESampler(seed=self.problem.seed, multivariate=True)
 
 
@@ -115,6 +118,7 @@ class CmaEs(SamplerStrategy):
     operator = "cmaes"
 
     def sampler(self) -> optuna.samplers.BaseSampler:
+        """Optuna's CMA-ES (population ``children``)."""
         seed = self.problem.seed
         return optuna.samplers.CmaEsSampler(
             seed=seed, popsize=max(2, self.problem.search.children),
@@ -128,4 +132,5 @@ class RandomSearch(SamplerStrategy):
     operator = "random"
 
     def sampler(self) -> optuna.samplers.BaseSampler:
+        """Optuna's random sampler: the baseline."""
         return optuna.samplers.RandomSampler(seed=self.problem.seed)
