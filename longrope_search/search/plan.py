@@ -9,8 +9,7 @@ candidate is then scored is :mod:`.fitness`; what a finished job reports is :mod
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,8 +49,8 @@ class Plan:
     comparison_lengths: tuple[int, ...] = ()  # where the held-out comparison reports
     # the fitness documents and the comparison's: k token tensors each, cut to L' (or
     # scoring.document_tokens), tokenized once per run
-    documents: list[torch.Tensor] = dataclasses.field(default_factory=list)
-    heldout: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    documents: list[torch.Tensor] = field(default_factory=list)
+    heldout: list[torch.Tensor] = field(default_factory=list)
     notes: tuple[str, ...] = ()  # what a user is told before the search starts
 
     @property
@@ -118,17 +117,18 @@ def plan_job(spec: JobSpec) -> Plan:
                 tuple(sorted(set(lengths))), notes=_notes(spec, window))
     tokenizer = ModelSource.of(spec.model_path).tokenizer(spec.trust_remote_code)
     plan.documents = _documents(plan, tokenizer, "documents", spec.documents_path)
-    plan.heldout = _documents(plan, tokenizer, "heldout_documents", spec.comparison_path)
+    plan.heldout = plan.documents if spec.comparison_path == spec.documents_path else \
+        _documents(plan, tokenizer, "heldout_documents", spec.comparison_path)
     return plan
 
 
 def _check_lengths(spec: JobSpec, L: int, Lp: int, two_sets: bool) -> None:
     """Every length a job scores or reports at is at most L'; a fitness length at ≤ L is
     refused where the engine applies the short factors there, not the searched ones."""
-    for field, lengths in (("scoring.lengths", spec.scoring.lengths),
-                           ("comparison_lengths", spec.comparison_lengths)):
+    for name, lengths in (("scoring.lengths", spec.scoring.lengths),
+                          ("comparison_lengths", spec.comparison_lengths)):
         if lengths and max(lengths) > Lp:
-            raise ConfigError(field, f"{max(lengths)} is beyond the target length L' = {Lp}",
+            raise ConfigError(name, f"{max(lengths)} is beyond the target length L' = {Lp}",
                               f"use lengths from 2 to {Lp}")
     if two_sets and spec.factors == "long" and spec.scoring.lengths and \
             min(spec.scoring.lengths) <= L:

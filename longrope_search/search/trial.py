@@ -42,7 +42,6 @@ STATUSES = (OK, PRUNED, FAILED, MINIBATCH)  # what an evaluation can have
 SEED_PREFIX = "seed:"
 
 
-
 def seed_operator(name: str) -> str:
     """The operator of the seed candidate ``name`` (a seed method or a factor file)."""
     return f"{SEED_PREFIX}{name}"
@@ -52,8 +51,10 @@ def seed_name(operator: str) -> str | None:
     """The seed an operator names, or None for any other operator."""
     return operator.removeprefix(SEED_PREFIX) if operator.startswith(SEED_PREFIX) else None
 
+
 #: The ``minibatch`` (index, count) of a step on all the documents: every one, in one batch.
 ALL_DOCUMENTS = (0, 1)
+
 
 class Operator(StrEnum):
     """How an individual was made (the tables' ``operator`` column); a seed candidate's is
